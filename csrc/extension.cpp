@@ -1,0 +1,38 @@
+// The iteach_fast torch.library namespace and the Python module object of iteach_fast._C.
+//
+// Every C++/CUDA op of the package is declared in this namespace (TORCH_LIBRARY below, or
+// TORCH_LIBRARY_FRAGMENT in the op's own file) and implemented per dispatch key with
+// TORCH_LIBRARY_IMPL. Python reaches them as torch.ops.iteach_fast.<name>.
+#include <Python.h>
+#include <torch/library.h>
+
+#include <string>
+
+extern "C" {
+// `import iteach_fast._C` only needs a module object: the ops register themselves through
+// the static initialisers of TORCH_LIBRARY when the shared library is loaded.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+namespace iteach_fast {
+
+// Whether this build of the extension contains the CUDA kernels.
+bool has_cuda() {
+#ifdef ITEACH_FAST_WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+std::string version() { return "0.1.0"; }
+
+}  // namespace iteach_fast
+
+TORCH_LIBRARY(iteach_fast, m) {
+  m.def("has_cuda() -> bool", &iteach_fast::has_cuda);
+  m.def("version() -> str", &iteach_fast::version);
+}

@@ -1,0 +1,67 @@
+"""Loading the compiled extension ``iteach_fast._C`` and Triton, and saying why not.
+
+The package must import without either: the reference backend always works. What is
+missing is reported once, as a warning, when the package is imported.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import warnings
+from functools import lru_cache
+
+import torch
+
+
+@lru_cache(maxsize=None)
+def extension():
+    """``(module, None)`` if ``iteach_fast._C`` loads, else ``(None, reason)``."""
+    if os.environ.get("ITEACH_FAST_NO_EXT", "0") == "1":
+        return None, "ITEACH_FAST_NO_EXT=1"
+    try:
+        module = importlib.import_module("iteach_fast._C")
+    except ImportError as err:  # not built, or built against another torch
+        return None, f"iteach_fast._C is not built or does not load ({err}); run `make build`"
+    return module, None
+
+
+def extension_has_cuda() -> bool:
+    module, _ = extension()
+    return module is not None and bool(torch.ops.iteach_fast.has_cuda())
+
+
+def triton_interpret() -> bool:
+    """Whether Triton runs on the CPU through its interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@lru_cache(maxsize=None)
+def triton_status():
+    """``(True, None)`` if Triton kernels can run here, else ``(False, reason)``."""
+    try:
+        import triton  # noqa: F401
+    except ImportError as err:
+        return False, f"triton is not installed ({err})"
+    if not (torch.cuda.is_available() or triton_interpret()):
+        return False, "no CUDA device (set TRITON_INTERPRET=1 to run Triton on the CPU, slowly)"
+    return True, None
+
+
+_warned = False
+
+
+def warn_missing_once() -> None:
+    """Warn once per process if the extension is missing, naming every unavailable backend."""
+    global _warned
+    if _warned:
+        return
+    _warned = True
+    _, ext_reason = extension()
+    if ext_reason is None:
+        return
+    parts = [f"cpp ({ext_reason})"]
+    ok, triton_reason = triton_status()
+    if not ok:
+        parts.append(f"triton ({triton_reason})")
+    warnings.warn("iteach_fast: backends unavailable: " + "; ".join(parts)
+                  + ". The reference backend is used instead.", RuntimeWarning, stacklevel=3)
