@@ -57,7 +57,7 @@ def ecce_attention(q, k, v, zp, lengths, dist: int, scale: float) -> torch.Tenso
     """ECCE-guided attention: ``softmax(q k^T * scale + E) v`` per head, keys beyond
     ``lengths`` excluded, rows beyond ``lengths`` (and whole length-0 conversations) 0."""
     B, H, L, Dh = q.shape
-    acc = accumulation_dtype(q.dtype)
+    dtype, acc = q.dtype, accumulation_dtype(q.dtype)
     valid = valid_mask(lengths, L)
     rows = valid[:, None, :, None]
     zero = torch.zeros((), dtype=acc, device=q.device)
@@ -69,8 +69,29 @@ def ecce_attention(q, k, v, zp, lengths, dist: int, scale: float) -> torch.Tenso
     # which the output mask below zeroes, instead of to NaN.
     S = S.masked_fill(~valid[:, None, None, :], torch.finfo(acc).min)
     A = torch.softmax(S, dim=-1)
-    out = torch.where(rows, torch.matmul(A, v), zero)
-    return out.to(q.dtype)
+    return torch.where(rows, torch.matmul(A, v), zero).to(dtype)
+
+
+def masked_avg_pool(x: torch.Tensor, valid: torch.Tensor, pool_size: int) -> torch.Tensor:
+    """Mean of ``x (B, L, D)`` over ``[i - p//2, i + p//2]`` clipped to the valid positions
+    (``valid (B, L, 1)`` bool), in ``x``'s dtype. Values at invalid rows are unspecified
+    (finite); callers mask them."""
+    r = pool_size // 2
+    zero = torch.zeros((), dtype=x.dtype, device=x.device)
+    xs = torch.where(valid, x, zero).transpose(1, 2)  # (B, D, L), padding zeroed
+    window_sum = F.avg_pool1d(xs, pool_size, stride=1, padding=r, count_include_pad=True) * pool_size
+    ones = valid.to(x.dtype).transpose(1, 2)  # (B, 1, L)
+    window_count = F.avg_pool1d(ones, pool_size, stride=1, padding=r, count_include_pad=True) * pool_size
+    return (window_sum / window_count.clamp_min(1)).transpose(1, 2)
+
+
+def masked_max_pool(x: torch.Tensor, valid: torch.Tensor, pool_size: int) -> torch.Tensor:
+    """Max of ``x (B, L, D)`` over ``[i - p//2, i + p//2]`` clipped to the valid positions
+    (``valid (B, L, 1)`` bool). Invalid rows are ``-inf``; callers mask them. Ties route the
+    gradient to the first (lowest) index of the window, as ``torch.max_pool1d`` does."""
+    r = pool_size // 2
+    xm = torch.where(valid, x, torch.tensor(float("-inf"), dtype=x.dtype, device=x.device)).transpose(1, 2)
+    return F.max_pool1d(xm, pool_size, stride=1, padding=r).transpose(1, 2)
 
 
 def routed_mixture(logits, x, y_attn, y_mlp, lengths, pool_size: int) -> torch.Tensor:
@@ -84,17 +105,9 @@ def routed_mixture(logits, x, y_attn, y_mlp, lengths, pool_size: int) -> torch.T
     acc = accumulation_dtype(x.dtype)
     valid = valid_mask(lengths, L)[..., None]  # (B, L, 1)
     zero = torch.zeros((), dtype=acc, device=x.device)
-    r = pool_size // 2
     xa = x.to(acc)
-
-    xs = torch.where(valid, xa, zero).transpose(1, 2)  # (B, D, L), padding zeroed
-    window_sum = F.avg_pool1d(xs, pool_size, stride=1, padding=r, count_include_pad=True) * pool_size
-    ones = valid.to(acc).transpose(1, 2)  # (B, 1, L)
-    window_count = F.avg_pool1d(ones, pool_size, stride=1, padding=r, count_include_pad=True) * pool_size
-    avg = (window_sum / window_count.clamp_min(1)).transpose(1, 2)
-
-    xm = torch.where(valid, xa, torch.tensor(float("-inf"), dtype=acc, device=x.device)).transpose(1, 2)
-    mx = F.max_pool1d(xm, pool_size, stride=1, padding=r).transpose(1, 2)
+    avg = masked_avg_pool(xa, valid, pool_size)
+    mx = masked_max_pool(xa, valid, pool_size)
 
     w = torch.softmax(torch.where(valid, logits.to(acc), zero), dim=-1)
     # mask every term before mixing: at invalid rows max-pool is -inf, and 0 * -inf is NaN
