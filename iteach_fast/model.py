@@ -1,0 +1,248 @@
+"""ITEACH-Net: the teacher / student models and the Inverted Teacher-Student framework
+(paper §3.2, §3.4, §3.5; DESIGN §2).
+
+    net = ITEACHNet(input_dims=(1024, 512, 1024), num_classes=4)          # "its": 3xTF teacher, 4xNAS student
+    teacher_out, student_out = net((t, a, v), (t_miss, a_miss, v_miss), lengths, present)
+    losses = net.loss(teacher_out, student_out, labels, lengths, present)  # eq. 12-15
+    optim = torch.optim.AdamW(net.parameter_groups())                      # 5e-4, router 5e-3
+
+The fused operators are reached only through :mod:`iteach_fast.modules` (hence
+:mod:`iteach_fast.ops`); ``backend`` is passed down to every module.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .modules import ECCE, MIXERS, EncoderLayer, lengths_or_full, set_backend, valid_mask
+
+__all__ = ["ModelOutput", "ITEACHModel", "ITEACHNet", "FRAMEWORKS", "REC_WEIGHTS"]
+
+FRAMEWORKS = ("its", "ts", "pre")
+#: eq. 14: weights of ||H'_l - H_l||^2 for l = 1, 2, 3 (H_1 is the last layer's feature)
+REC_WEIGHTS = (0.5, 0.1, 0.05)
+MODALITIES = ("text", "audio", "visual")
+
+
+class ModelOutput(NamedTuple):
+    """``logits``: ``(B, L, C)`` (``(B, L)`` for a regressor), 0 at invalid rows.
+    ``hidden``: ``[H_1, H_2, ...]``, each ``(B, L, D)``, numbered from the classifier
+    backwards (``H_1`` = the last layer's fused text feature), as in eq. 3-4."""
+    logits: torch.Tensor
+    hidden: list
+
+
+class ITEACHModel(nn.Module):
+    """One teacher or student model (eq. 1-4): per-modality input projection
+    ``X_m = Linear(d_m, D)``, per-modality ECCE (its ``zp_m`` computed once from ``X_m`` and
+    shared by every layer of that modality), ``num_layers`` Encoder Layers, and a classifier
+    ``Linear(D, C)`` on the last hidden feature ``H_1``. ``num_classes=1`` makes it a
+    regressor (CMU-MOSI / MOSEI) with output ``(B, L)``.
+
+    Missing modalities arrive as zeros (GCNet's convention); ``present (B, L, 3)`` bool is
+    validated but not otherwise needed here.
+    """
+
+    def __init__(self, input_dims, num_classes: int, num_layers: int, mixer: str = "tf", dim: int = 128,
+                 heads: int = 8, ffn_ratio: float = 4.0, max_len: int = 110, dist: int = 30, conv_kernel: int = 7,
+                 pool_size: int = 3, ecce: str = "local+global", dropout: float = 0.0, backend: str = "auto",
+                 mlp_ratio: float = 1.0):
+        super().__init__()
+        input_dims = tuple(int(d) for d in input_dims)
+        if len(input_dims) != 3 or min(input_dims) < 1:
+            raise ValueError(f"input_dims must be three positive ints (text, audio, visual), got {input_dims}")
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1 (1 = regression), got {num_classes}")
+        if num_layers < 1:
+            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        if mixer not in MIXERS:
+            raise ValueError(f"mixer must be one of {MIXERS}, got {mixer!r}")
+        self.input_dims, self.num_classes, self.num_layers = input_dims, num_classes, num_layers
+        self.mixer, self.dim, self.max_len = mixer, dim, max_len
+        self.proj = nn.ModuleList(nn.Linear(d, dim) for d in input_dims)
+        self.ecce = nn.ModuleList(ECCE(dim, heads, conv_kernel, dist, ecce, backend) for _ in input_dims)
+        self.dropout = nn.Dropout(dropout)
+        self.layers = nn.ModuleList(
+            EncoderLayer(dim, heads, mixer, ffn_ratio, max_len, dist, pool_size, mlp_ratio, dropout, backend)
+            for _ in range(num_layers))
+        self.classifier = nn.Linear(dim, num_classes)
+
+    @property
+    def regression(self) -> bool:
+        return self.num_classes == 1
+
+    def set_backend(self, backend: str) -> "ITEACHModel":
+        """Switch every fused operator to ``backend`` ("auto", "reference", "triton", "cpp")."""
+        return set_backend(self, backend)
+
+    def _validate(self, inputs, lengths, present):
+        for name, x in zip(MODALITIES, inputs):
+            if not isinstance(x, torch.Tensor):
+                raise TypeError(f"{name} must be a torch.Tensor (B, L, d), got {type(x).__name__}")
+            if not x.is_floating_point():
+                raise TypeError(f"{name} must have a floating-point dtype, got {x.dtype}")
+            if x.dim() != 3:
+                raise ValueError(f"{name} must have shape (B, L, d), got {tuple(x.shape)}")
+        B, L = inputs[0].shape[:2]
+        for name, x, d in zip(MODALITIES, inputs, self.input_dims):
+            if x.shape[:2] != (B, L):
+                raise ValueError(f"{name} has (B, L) = {tuple(x.shape[:2])} but text has {(B, L)}")
+            if x.shape[2] != d:
+                raise ValueError(f"{name} has feature dim {x.shape[2]}, but the model was built with "
+                                 f"input_dims {self.input_dims} (expected {d})")
+            if x.device != inputs[0].device:
+                raise ValueError(f"{name} is on {x.device} but text is on {inputs[0].device}")
+        if self.mixer == "nas" and L > self.max_len:
+            raise ValueError(f"conversations of padded length L={L} exceed max_len={self.max_len} "
+                             f"(the NAS MLP mixer's token dimension); build the model with max_len >= {L}")
+        lengths = lengths_or_full(lengths, B, L, inputs[0].device)
+        if present is not None:
+            if not isinstance(present, torch.Tensor) or present.dtype != torch.bool:
+                raise TypeError("present must be a bool tensor (B, L, 3), got "
+                                f"{getattr(present, 'dtype', type(present).__name__)}")
+            if tuple(present.shape) != (B, L, 3):
+                raise ValueError(f"present must have shape ({B}, {L}, 3), got {tuple(present.shape)}")
+        return lengths
+
+    def forward(self, text: torch.Tensor, audio: torch.Tensor, visual: torch.Tensor, lengths=None,
+                present: torch.Tensor | None = None) -> ModelOutput:
+        """``text (B, L, d_t)``, ``audio (B, L, d_a)``, ``visual (B, L, d_v)``, ``lengths (B,)``
+        -> :class:`ModelOutput`. Every output is exactly 0 at invalid positions."""
+        inputs = (text, audio, visual)
+        lengths = self._validate(inputs, lengths, present)
+        L = text.shape[1]
+        valid = valid_mask(lengths, L)
+        zero = torch.zeros((), dtype=text.dtype, device=text.device)
+        # eq. 1-2: X_m, then ECCE once per modality; padding zeroed (the projection bias would not be)
+        xs = [torch.where(valid, self.dropout(proj(torch.where(valid, x, zero))), zero)
+              for proj, x in zip(self.proj, inputs)]
+        zps = tuple(ecce(x, lengths) for ecce, x in zip(self.ecce, xs))
+        t, a, v = xs
+        hidden = []
+        for layer in self.layers:  # eq. 3-4
+            t, a, v = layer(t, a, v, zps, lengths)
+            hidden.append(t)
+        hidden.reverse()  # H_1 is the feature closest to the classifier
+        logits = torch.where(valid, self.classifier(hidden[0]), zero)
+        if self.regression:
+            logits = logits.squeeze(-1)
+        return ModelOutput(logits, hidden)
+
+
+class ITEACHNet(nn.Module):
+    """The (Inverted) Teacher-Student framework (§3.2) with its joint loss (§3.5).
+
+    ``framework``:
+      - ``"its"`` (the paper's): teacher ``teacher_layers`` (3) x TF on complete data,
+        student ``student_layers`` (4) x NAS on incomplete data — the student is the bigger one.
+      - ``"ts"`` (conventional distillation): the roles' architectures swapped — teacher 4 x NAS,
+        student 3 x TF.
+      - ``"pre"``: a single model (4 x NAS) that is both teacher and student
+        (``self.teacher is self.student``).
+    ``teacher_layers`` / ``student_layers`` / ``teacher_mixer`` / ``student_mixer`` left as
+    None take the framework's defaults above; given, they override them (e.g. the ablation
+    ``student_mixer="tf"``). ``model_kwargs`` go to both :class:`ITEACHModel`s.
+    """
+
+    def __init__(self, input_dims, num_classes: int, framework: str = "its", teacher_layers: int | None = None,
+                 student_layers: int | None = None, teacher_mixer: str | None = None,
+                 student_mixer: str | None = None, **model_kwargs):
+        super().__init__()
+        if framework not in FRAMEWORKS:
+            raise ValueError(f"framework must be one of {FRAMEWORKS}, got {framework!r}")
+        defaults = {"its": ((3, "tf"), (4, "nas")), "ts": ((4, "nas"), (3, "tf")), "pre": ((4, "nas"), (4, "nas"))}
+        (t_layers, t_mixer), (s_layers, s_mixer) = defaults[framework]
+        self.framework = framework
+        self.student = ITEACHModel(input_dims, num_classes, student_layers or s_layers, student_mixer or s_mixer,
+                                   **model_kwargs)
+        if framework != "pre":
+            self.teacher = ITEACHModel(input_dims, num_classes, teacher_layers or t_layers,
+                                       teacher_mixer or t_mixer, **model_kwargs)
+
+    @property
+    def teacher(self) -> ITEACHModel:
+        # "pre" registers one model only (so state_dict holds it once); it is also the teacher
+        return self._modules["teacher"] if "teacher" in self._modules else self._modules["student"]
+
+    @property
+    def regression(self) -> bool:
+        return self.student.regression
+
+    def set_backend(self, backend: str) -> "ITEACHNet":
+        return set_backend(self, backend)
+
+    def forward(self, complete, incomplete, lengths=None, present: torch.Tensor | None = None):
+        """``complete`` / ``incomplete``: ``(text, audio, visual)`` tuples; the teacher sees the
+        complete data, the student the incomplete one (missing modalities zeroed).
+        Returns ``(teacher_out, student_out)``, two :class:`ModelOutput`s."""
+        for name, inp in (("complete", complete), ("incomplete", incomplete)):
+            if not isinstance(inp, (tuple, list)) or len(inp) != 3:
+                raise TypeError(f"{name} must be a (text, audio, visual) tuple of tensors")
+        return self.teacher(*complete, lengths, None), self.student(*incomplete, lengths, present)
+
+    @torch.no_grad()
+    def predict(self, incomplete, lengths=None, present: torch.Tensor | None = None) -> torch.Tensor:
+        """Evaluation: the student's logits ``(B, L, C)`` (``(B, L)`` scores for a regressor)
+        on incomplete input, without gradients; 0 at invalid rows. Call ``eval()`` first."""
+        return self.student(*incomplete, lengths, present).logits
+
+    # ------------------------------------------------------------------ losses (eq. 12-15)
+
+    def emotion_loss(self, logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy (classification, eq. 12) or squared error (regression, eq. 13), the mean
+        over valid utterances; 0 when there are none."""
+        n = valid.sum().clamp_min(1)
+        if self.regression:
+            err = (logits.float() - labels.float()) ** 2
+            return torch.where(valid, err, torch.zeros_like(err)).sum() / n
+        # only valid rows reach cross_entropy: the padding's labels may be anything (e.g. -1)
+        return F.cross_entropy(logits[valid].float(), labels[valid].long(), reduction="sum") / n
+
+    def loss(self, teacher_out: ModelOutput, student_out: ModelOutput, labels: torch.Tensor, lengths,
+             present: torch.Tensor) -> dict:
+        """The joint objective (eq. 12-15), as a dict ``total, emo, rec, emo_teacher, emo_student``.
+
+        ``L_emo = CE(teacher) + CE(student)`` (MSE for a regressor), each the mean over valid
+        utterances. ``L_rec = Σ_l w_l · mse(H'_l, H_l)`` with ``w = (0.5, 0.1, 0.05)`` over the
+        last three hidden features, on the valid utterances whose student input lost at least
+        one modality (``present`` not all true), averaged over those utterances and ``D``; the
+        teacher's features are detached (eq. 14: no gradient to the teacher). 0 when no
+        utterance lost anything. ``total = emo + rec`` (eq. 15).
+        """
+        B, L = student_out.hidden[0].shape[:2]
+        device = student_out.hidden[0].device
+        lengths = lengths_or_full(lengths, B, L, device)
+        valid = valid_mask(lengths, L)[..., 0]
+        if tuple(labels.shape) != (B, L):
+            raise ValueError(f"labels must have shape ({B}, {L}), got {tuple(labels.shape)}")
+        if not isinstance(present, torch.Tensor) or present.dtype != torch.bool or tuple(present.shape) != (B, L, 3):
+            raise ValueError(f"present must be a bool tensor of shape ({B}, {L}, 3): it says which utterances "
+                             f"lost a modality (the distillation targets of L_rec)")
+        emo_t = self.emotion_loss(teacher_out.logits, labels, valid)
+        emo_s = self.emotion_loss(student_out.logits, labels, valid)
+
+        lost = (valid & ~present.all(dim=-1))[..., None]  # (B, L, 1)
+        D = student_out.hidden[0].shape[-1]
+        denom = (lost.sum() * D).clamp_min(1)
+        rec = student_out.hidden[0].new_zeros((), dtype=torch.float32)
+        for w, h_s, h_t in zip(REC_WEIGHTS, student_out.hidden, teacher_out.hidden):
+            sq = (h_s.float() - h_t.detach().float()) ** 2
+            rec = rec + w * torch.where(lost, sq, torch.zeros_like(sq)).sum() / denom
+        emo = emo_t + emo_s
+        return {"total": emo + rec, "emo": emo, "rec": rec, "emo_teacher": emo_t, "emo_student": emo_s}
+
+    # ------------------------------------------------------------------ optimiser
+
+    def parameter_groups(self, lr: float = 5e-4, router_lr: float = 5e-3, weight_decay: float = 0.01) -> list:
+        """AdamW parameter groups (§4.2): router parameters (names containing ``"router"``) at
+        ``router_lr``, every other parameter at ``lr``. Empty groups are left out."""
+        router, rest = [], []
+        for name, p in self.named_parameters():  # deduplicated: "pre" shares one model
+            if p.requires_grad:
+                (router if "router" in name else rest).append(p)
+        groups = [{"params": rest, "lr": lr, "weight_decay": weight_decay, "name": "weights"},
+                  {"params": router, "lr": router_lr, "weight_decay": weight_decay, "name": "router"}]
+        return [g for g in groups if g["params"]]
