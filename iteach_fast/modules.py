@@ -172,8 +172,9 @@ class ECCEAttention(nn.Module):
         def heads(t):  # (B, L, D) -> (B, H, L, Dh)
             return t.view(B, L, self.heads, D // self.heads).transpose(1, 2)
 
-        o = ops.ecce_attention(heads(self.q(x)), heads(self.k(x)), heads(self.v(x)), zp.to(x.dtype), lengths,
-                               self.dist, backend=self.backend)
+        q, k, v = heads(self.q(x)), heads(self.k(x)), heads(self.v(x))
+        # zp in q's dtype: under autocast the projections may run in half precision while x does not
+        o = ops.ecce_attention(q, k, v, zp.to(q.dtype), lengths, self.dist, backend=self.backend)
         o = self.out(o.transpose(1, 2).reshape(B, L, D))
         return _mask(self.dropout(o), valid)  # W_o's bias would otherwise land on the padding
 
@@ -263,8 +264,11 @@ class RoutedTokenMixer(nn.Module):
         B, L, _ = x.shape
         lengths = lengths_or_full(lengths, B, L, x.device)
         x = _mask(x, valid_mask(lengths, L))
-        return ops.routed_mixture(self.router(x), x, self.attention(x, zp, lengths), self.mlp(x, None, lengths),
-                                  lengths, self.pool_size, backend=self.backend)
+        logits, y_attn, y_mlp = self.router(x), self.attention(x, zp, lengths), self.mlp(x, None, lengths)
+        # one dtype for the fused op: under autocast the Linear outputs may be half while x is float32
+        dt = y_attn.dtype
+        return ops.routed_mixture(logits.to(dt), x.to(dt), y_attn, y_mlp.to(dt), lengths, self.pool_size,
+                                  backend=self.backend)
 
     def routing_weights(self, x: torch.Tensor, lengths=None) -> torch.Tensor:
         """The per-token mixer weights ``softmax(router(X)) (B, L, 4)`` (0 at invalid rows), for analysis."""

@@ -297,3 +297,17 @@ def test_encoder_layer_fuses_audio_then_visual_into_text():
     torch.testing.assert_close(v2, ev)
     h = et + m.ca_a(et, ea, lens)
     torch.testing.assert_close(t2, h + m.ca_v(h, ev, lens))
+
+
+@pytest.mark.parametrize("name", ["attention", "routed", "encoder_nas", "cross_attention", "encoder_layer"])
+def test_autocast_float32_inputs(name):
+    """Under autocast the projections run in bfloat16 while the inputs stay float32: the
+    modules hand each fused op one dtype, and padding stays 0."""
+    make, call = MODULES[name]
+    m = _perturb_params(make())
+    x, zp, lens = torch.randn(B, L, D), torch.randn(B, L, H), lengths()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = call(m, x, zp, lens)
+    ref = call(m, x, zp, lens)
+    assert torch.isfinite(y).all() and (y[~valid(lens, L).expand_as(y)] == 0).all()
+    torch.testing.assert_close(y.float(), ref, atol=0.15, rtol=0.1)
