@@ -329,3 +329,16 @@ def test_parameter_counts_at_paper_settings(record_property):
     assert 1.5e6 < counts["teacher"] < 4e6, report
     assert 2.5e6 < counts["student"] < 6e6, report
     assert counts["student"] > counts["teacher"], report  # inverted: the student is the bigger model
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_model_other_dtypes(dtype):
+    net = ITEACHNet(DIMS, C, **SMALL).to(dtype)
+    complete, incomplete, lens, present, labels = batch()
+    cast = lambda xs: tuple(x.to(dtype) for x in xs)  # noqa: E731
+    t_out, s_out = net(cast(complete), cast(incomplete), lens, present)
+    assert s_out.logits.dtype == dtype and t_out.hidden[0].dtype == dtype
+    losses = net.loss(t_out, s_out, labels, lens, present)
+    losses["total"].backward()
+    assert torch.isfinite(losses["total"]) and all(p.grad is None or torch.isfinite(p.grad).all()
+                                                   for p in net.parameters())
