@@ -42,26 +42,8 @@ MIXERS = ("tf", "nas")
 
 # ----------------------------------------------------------------------------- helpers
 
-def lengths_or_full(lengths, B: int, L: int, device: torch.device) -> torch.Tensor:
-    """``lengths`` as int64 ``(B,)`` on ``device`` (None: every conversation has length ``L``).
-
-    Raises ``TypeError`` / ``ValueError`` naming ``lengths`` for a float tensor, a wrong
-    shape, or values outside ``[0, L]``.
-    """
-    if lengths is None:
-        return torch.full((B,), L, dtype=torch.int64, device=device)
-    if not isinstance(lengths, torch.Tensor):
-        lengths = torch.as_tensor(lengths)
-    if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
-        raise TypeError(f"lengths must be an integer tensor of shape ({B},), got dtype {lengths.dtype}")
-    if tuple(lengths.shape) != (B,):
-        raise ValueError(f"lengths must have shape ({B},) (one length per conversation), got {tuple(lengths.shape)}")
-    lengths = lengths.to(device=device, dtype=torch.int64)
-    if B and not torch.compiler.is_compiling():
-        lo, hi = int(lengths.min()), int(lengths.max())
-        if lo < 0 or hi > L:
-            raise ValueError(f"lengths must lie in [0, L={L}], got values in [{lo}, {hi}]")
-    return lengths
+# ``lengths`` as int64 ``(B,)`` on a device, None meaning all L; errors name ``lengths``
+lengths_or_full = ops.check_lengths
 
 
 def valid_mask(lengths: torch.Tensor, L: int) -> torch.Tensor:

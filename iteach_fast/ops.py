@@ -45,7 +45,7 @@ def _check_dims(name: str, t: torch.Tensor, expected: dict[int, tuple[str, int]]
             raise ValueError(f"{name} has {what} = {t.shape[dim]} (shape {tuple(t.shape)}), expected {size}")
 
 
-def _check_lengths(lengths, B: int, L: int, device: torch.device) -> torch.Tensor:
+def check_lengths(lengths, B: int, L: int, device: torch.device) -> torch.Tensor:
     """``lengths`` as int64 ``(B,)`` on ``device``; None means every conversation has length L."""
     if lengths is None:
         return torch.full((B,), L, dtype=torch.int64, device=device)
@@ -79,7 +79,7 @@ def ecce_bias(zp: torch.Tensor, lengths=None, dist: int = 30, backend: str = "au
     _check_tensor("zp", zp, 3, "(B, L, H)")
     B, L, _ = zp.shape
     dist = _check_int("dist", dist, 1)
-    lengths = _check_lengths(lengths, B, L, zp.device)
+    lengths = check_lengths(lengths, B, L, zp.device)
     impl = backends.select("ecce_bias", backend, zp.device, zp.dtype)
     return impl.load()(zp, lengths, dist)
 
@@ -105,7 +105,7 @@ def ecce_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, zp: torch.
         scale = 1.0 / math.sqrt(Dh) if Dh else 1.0
     elif not isinstance(scale, (int, float)) or isinstance(scale, bool) or not math.isfinite(scale):
         raise TypeError(f"scale must be a finite float or None, got {scale!r}")
-    lengths = _check_lengths(lengths, B, L, q.device)
+    lengths = check_lengths(lengths, B, L, q.device)
     impl = backends.select("ecce_attention", backend, q.device, q.dtype)
     return impl.load()(q, k, v, zp, lengths, dist, float(scale))
 
@@ -130,6 +130,6 @@ def routed_mixture(logits: torch.Tensor, x: torch.Tensor, y_attn: torch.Tensor, 
     pool_size = _check_int("pool_size", pool_size, 1)
     if pool_size % 2 == 0:
         raise ValueError(f"pool_size must be odd (a window centred on each token), got {pool_size}")
-    lengths = _check_lengths(lengths, B, L, x.device)
+    lengths = check_lengths(lengths, B, L, x.device)
     impl = backends.select("routed_mixture", backend, x.device, x.dtype)
     return impl.load()(logits, x, y_attn, y_mlp, lengths, pool_size)
