@@ -1,0 +1,113 @@
+"""Figures (matplotlib, Agg backend: no display needed), each saved as a PNG.
+
+* :func:`waf_vs_rate` — WAF against the test missing rate, one line per model / strategy
+  (the UME view of paper Tables 2, 4, 5).
+* :func:`confusion_grid` — one row-normalised confusion matrix per missing rate.
+* :func:`ecce_heatmap` — the global context-changing bias ``E`` of the student's text ECCE
+  on one conversation (paper Fig. 5): one panel per head plus their mean.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+__all__ = ["waf_vs_rate", "confusion_grid", "ecce_heatmap"]
+
+
+def _save(fig, path: str) -> str:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def waf_vs_rate(results: dict, path: str, metric: str = "waf") -> str:
+    """``results``: ``{label: rows}`` with rows as written by :func:`iteach_fast.evaluate.evaluate_rates`."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, rows in results.items():
+        rows = [r for r in rows if isinstance(r["rate"], float)]
+        avg = np.mean([r[metric] for r in rows])
+        ax.plot([r["rate"] for r in rows], [r[metric] for r in rows], marker="o", label=f"{label} (avg {avg:.2f})")
+    ax.set_xlabel("test missing rate")
+    ax.set_ylabel(f"{metric.upper()} (%)")
+    ax.set_title("Unified Model Evaluation")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def confusion_grid(matrices: dict, class_names, path: str) -> str:
+    """``matrices``: ``{rate: (C, C) counts}`` (rows: true class) -> a grid of heatmaps."""
+    n = len(matrices)
+    cols = min(4, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.0 * rows), squeeze=False)
+    for ax, (rate, cm) in zip(axes.flat, matrices.items()):
+        cm = np.asarray(cm, dtype=float)
+        norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+        ax.imshow(norm, vmin=0, vmax=1, cmap="Blues")
+        for i in range(cm.shape[0]):
+            for j in range(cm.shape[1]):
+                ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                        color="white" if norm[i, j] > 0.5 else "black")
+        ax.set_title(f"missing rate {rate:.1f}", fontsize=9)
+        ax.set_xticks(range(len(class_names)), class_names, rotation=45, fontsize=7)
+        ax.set_yticks(range(len(class_names)), class_names, fontsize=7)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.supxlabel("predicted")
+    fig.supylabel("true")
+    return _save(fig, path)
+
+
+@torch.no_grad()
+def ecce_bias_of(net, conversation: dict, device="cpu") -> torch.Tensor:
+    """``E (H, L, L)`` of the student's text ECCE on one complete conversation."""
+    student = net.student
+    text = torch.as_tensor(conversation["text"], dtype=torch.float32, device=device)[None]
+    lengths = torch.tensor([text.shape[1]], device=device)
+    x = student.proj[0](text)  # X_t, the ECCE's input (every position valid here)
+    return student.ecce[0].bias(x, lengths)[0].float().cpu()
+
+
+def ecce_heatmap(net, dataset, path: str, index: int | None = None, device="cpu") -> str | None:
+    """Heatmaps of ``E`` for one conversation (default: the longest that fits ``max_len``),
+    one panel per head and their mean, with the labels' runs marked. None if ECCE is off."""
+    if net.student.ecce[0].mode == "off":
+        return None
+    convs = list(dataset)
+    if index is None:
+        fitting = [i for i, c in enumerate(convs) if len(c["labels"]) <= net.student.max_len] or [0]
+        index = max(fitting, key=lambda i: len(convs[i]["labels"]))
+    conv = convs[index]
+    was_training = net.training
+    net.eval()
+    E = ecce_bias_of(net, conv, device)
+    net.train(was_training)
+    H = E.shape[0]
+    panels = [(f"head {h}", E[h]) for h in range(H)] + [("mean over heads", E.mean(0))]
+    cols = min(5, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 3.0 * rows), squeeze=False)
+    labels = np.asarray(conv["labels"])
+    shifts = np.nonzero(labels[1:] != labels[:-1])[0] + 0.5  # emotion changes between utterances
+    for ax, (title, e) in zip(axes.flat, panels):
+        lim = float(e.abs().max()) or 1.0
+        ax.imshow(e.numpy(), cmap="RdBu_r", vmin=-lim, vmax=lim)
+        for s in shifts:
+            ax.axhline(s, color="k", lw=0.4, alpha=0.5)
+            ax.axvline(s, color="k", lw=0.4, alpha=0.5)
+        ax.set_title(title, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.suptitle(f"ECCE global bias E (student, text) on {conv['id']}; lines: emotion changes", fontsize=10)
+    return _save(fig, path)
