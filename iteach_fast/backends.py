@@ -7,6 +7,7 @@ where it can run, how much it is preferred, and the tolerances its tests hold it
 from __future__ import annotations
 
 import importlib
+import sys
 from dataclasses import dataclass, field
 
 import torch
@@ -61,7 +62,9 @@ class Implementation:
 
     def load(self):
         module, name = self.target.split(":")
-        return getattr(importlib.import_module(module), name)
+        # an imported module from sys.modules: torch.compile traces that, not importlib
+        loaded = sys.modules.get(module)
+        return getattr(loaded if loaded is not None else importlib.import_module(module), name)
 
 
 _F32_HALF = (torch.float32, torch.float16, torch.bfloat16)

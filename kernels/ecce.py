@@ -21,7 +21,12 @@ would save the two small (B, H, L) buffers but make the result order-dependent
 (non-deterministic), and bfloat16 atomics do not run in the Triton interpreter.
 
 All ops are ``torch.library.triton_op``s in the namespace ``iteach_fast`` (names prefixed
-``ecce_``), with autograd registered, so they trace under torch.compile without a graph break.
+``ecce_``), with autograd registered, so they trace under torch.compile without a graph break
+and Inductor sees the kernels. Under the Triton interpreter (``TRITON_INTERPRET=1``, read once
+at import, as ``triton.jit`` does) a kernel is a plain Python function that ``wrap_triton``
+cannot trace, so there each op is an opaque ``torch.library.custom_op`` instead, whose fake
+(meta) implementation is the same function with the launches skipped on fake tensors: the
+schema, fake-tensor and torch.compile paths still run, on the CPU.
 Inputs are assumed validated (``iteach_fast.ops`` does that); ``lengths`` is int64 ``(B,)``.
 """
 from __future__ import annotations
@@ -31,6 +36,7 @@ import os
 import torch
 import triton
 import triton.language as tl
+from torch._subclasses.fake_tensor import is_fake
 from torch.library import triton_op, wrap_triton
 
 __all__ = ["ecce_prefix", "ecce_bias", "ecce_attention"]
@@ -375,8 +381,42 @@ def _bias_bwd_kernel(DE, LENGTHS, PLUS, MINUS, dist, L, H,
 
 # ----------------------------------------------------------------------------- launchers
 
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _op(name: str, mutates_args=()):
+    """``triton_op`` where the kernels compile; under the interpreter an opaque ``custom_op``
+    whose fake implementation is the function itself (see the module docstring)."""
+    def decorate(fn):
+        if not INTERPRET:
+            return triton_op(name, mutates_args=mutates_args)(fn)
+        op = torch.library.custom_op(name, fn, mutates_args=mutates_args)
+        op.register_fake(fn)
+        return op
+    return decorate
+
+
+class _Interpreted:
+    """``kernel[grid](*args)`` in the interpreter, doing nothing when an argument is a fake tensor
+    (the op's fake implementation only needs the outputs' metadata)."""
+
+    def __init__(self, kernel):
+        self.kernel = kernel
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            if any(isinstance(a, torch.Tensor) and (is_fake(a) or a.device.type == "meta") for a in args):
+                return None
+            return self.kernel[grid](*args, **kwargs)
+        return launch
+
+
+def _wrap(kernel):
+    return _Interpreted(kernel) if INTERPRET else wrap_triton(kernel)
+
+
 def _interpreted(device: torch.device) -> bool:
-    return device.type != "cuda" or os.environ.get("TRITON_INTERPRET", "0") == "1"
+    return INTERPRET or device.type != "cuda"
 
 
 def _blocks(device: torch.device) -> tuple[int, int]:
@@ -407,7 +447,7 @@ def _prefix(x: torch.Tensor, w: torch.Tensor | None, lengths: torch.Tensor):
     D = x.shape[2]
     P = torch.empty(B, L + 1, H, device=x.device, dtype=torch.float32)
     zp = torch.empty(B, L, H, device=x.device, dtype=torch.float32) if w is not None else None
-    wrap_triton(_prefix_kernel)[(B,)](
+    _wrap(_prefix_kernel)[(B,)](
         x, w if w is not None else x, zp if zp is not None else P, P, lengths, L, D, H,
         x.stride(0), x.stride(1), P.stride(0), P.stride(1),
         HAS_W=w is not None, BLOCK_L=64, BLOCK_D=min(64, max(16, triton.next_power_of_2(D))),
@@ -424,19 +464,19 @@ def _dzp_from_band_sums(plus: torch.Tensor, minus: torch.Tensor, lengths: torch.
 
 # ----------------------------------------------------------------------------- ops: prefix
 
-@triton_op("iteach_fast::ecce_suffix_sum", mutates_args=())
+@_op("iteach_fast::ecce_suffix_sum", mutates_args=())
 def _suffix_sum(dP: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """``dzp[b, k] = sum_{t>k} dP[b, t]`` for ``k < lengths[b]``, else 0: (B, L+1, H) -> (B, L, H) float32."""
     B, L1, H = dP.shape
     L = L1 - 1
     dzp = torch.empty(B, L, H, device=dP.device, dtype=torch.float32)
     if B and L:
-        wrap_triton(_suffix_kernel)[(B,)](dP, dzp, lengths, L, H, dP.stride(0), dP.stride(1), dP.stride(2),
+        _wrap(_suffix_kernel)[(B,)](dP, dzp, lengths, L, H, dP.stride(0), dP.stride(1), dP.stride(2),
                                           BLOCK_L=64, BLOCK_H=_scan_block_h(H))
     return dzp
 
 
-@triton_op("iteach_fast::ecce_prefix", mutates_args=())
+@_op("iteach_fast::ecce_prefix", mutates_args=())
 def _prefix_op(z: torch.Tensor, w: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     B, L, D = z.shape
     H = w.shape[1]
@@ -485,7 +525,7 @@ def ecce_prefix(z: torch.Tensor, w: torch.Tensor, lengths: torch.Tensor | None =
 
 # ----------------------------------------------------------------------------- ops: attention
 
-@triton_op("iteach_fast::ecce_attention_fwd", mutates_args=())
+@_op("iteach_fast::ecce_attention_fwd", mutates_args=())
 def _attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, zp: torch.Tensor, lengths: torch.Tensor,
                    dist: int, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(out, lse2, P)``: the attention output, each row's base-2 log-sum-exp (B, H, L) and
@@ -497,13 +537,13 @@ def _attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, zp: torch.
         return out, lse2, torch.zeros(B, L + 1, H, device=q.device, dtype=torch.float32)
     _, P = _prefix(zp, None, lengths)
     BLOCK_M, BLOCK_N = _blocks(q.device)
-    wrap_triton(_attn_fwd_kernel)[(triton.cdiv(L, BLOCK_M), B * H)](
+    _wrap(_attn_fwd_kernel)[(triton.cdiv(L, BLOCK_M), B * H)](
         q, k, v, P, lengths, out, lse2, scale, min(dist, L + 1), L, H, Dh, P.stride(0), P.stride(1),
         BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=_head_block(Dh), DOT_PRECISION=_dot_precision(q.dtype))
     return out, lse2, P
 
 
-@triton_op("iteach_fast::ecce_attention_bwd", mutates_args=())
+@_op("iteach_fast::ecce_attention_bwd", mutates_args=())
 def _attention_bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
                    lse2: torch.Tensor, P: torch.Tensor, lengths: torch.Tensor, dist: int,
                    scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -517,9 +557,9 @@ def _attention_bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torc
     BLOCK_M, BLOCK_N = _blocks(q.device)
     meta = dict(BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=_head_block(Dh), DOT_PRECISION=_dot_precision(q.dtype))
     common = (scale, min(dist, L + 1), L, H, Dh, P.stride(0), P.stride(1))
-    wrap_triton(_attn_bwd_dq_kernel)[(triton.cdiv(L, BLOCK_M), B * H)](
+    _wrap(_attn_bwd_dq_kernel)[(triton.cdiv(L, BLOCK_M), B * H)](
         q, k, v, P, lengths, dout, lse2, delta, dq, sums[0], sums[1], *common, **meta)
-    wrap_triton(_attn_bwd_dkv_kernel)[(triton.cdiv(L, BLOCK_N), B * H)](
+    _wrap(_attn_bwd_dkv_kernel)[(triton.cdiv(L, BLOCK_N), B * H)](
         q, k, v, P, lengths, dout, lse2, delta, dk, dv, sums[2], sums[3], *common, **meta)
     dzp = _dzp_from_band_sums(sums[0] + sums[2], sums[1] + sums[3], lengths)
     return dq, dk, dv, dzp
@@ -554,7 +594,7 @@ def ecce_attention(q, k, v, zp, lengths, dist: int, scale: float) -> torch.Tenso
 
 # ----------------------------------------------------------------------------- ops: materialised bias
 
-@triton_op("iteach_fast::ecce_bias_fwd", mutates_args=())
+@_op("iteach_fast::ecce_bias_fwd", mutates_args=())
 def _bias_fwd(zp: torch.Tensor, lengths: torch.Tensor, dist: int) -> torch.Tensor:
     B, L, H = zp.shape
     E = torch.empty(B, H, L, L, device=zp.device, dtype=zp.dtype)
@@ -562,12 +602,12 @@ def _bias_fwd(zp: torch.Tensor, lengths: torch.Tensor, dist: int) -> torch.Tenso
         return E
     _, P = _prefix(zp, None, lengths)
     BLOCK_M, BLOCK_N = _blocks(zp.device)
-    wrap_triton(_bias_fwd_kernel)[(triton.cdiv(L, BLOCK_M), triton.cdiv(L, BLOCK_N), B * H)](
+    _wrap(_bias_fwd_kernel)[(triton.cdiv(L, BLOCK_M), triton.cdiv(L, BLOCK_N), B * H)](
         P, lengths, E, min(dist, L + 1), L, H, P.stride(0), P.stride(1), BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N)
     return E
 
 
-@triton_op("iteach_fast::ecce_bias_bwd", mutates_args=())
+@_op("iteach_fast::ecce_bias_bwd", mutates_args=())
 def _bias_bwd(dE: torch.Tensor, lengths: torch.Tensor, dist: int) -> torch.Tensor:
     """dzp (B, L, H) float32 from dE (B, H, L, L)."""
     B, H, L, _ = dE.shape
@@ -575,7 +615,7 @@ def _bias_bwd(dE: torch.Tensor, lengths: torch.Tensor, dist: int) -> torch.Tenso
         return torch.zeros(B, L, H, device=dE.device, dtype=torch.float32)
     sums = torch.empty(2, B, H, L, device=dE.device, dtype=torch.float32)
     BLOCK = _blocks(dE.device)[0]
-    wrap_triton(_bias_bwd_kernel)[(triton.cdiv(L, BLOCK), B * H)](
+    _wrap(_bias_bwd_kernel)[(triton.cdiv(L, BLOCK), B * H)](
         dE, lengths, sums[0], sums[1], min(dist, L + 1), L, H, BLOCK=BLOCK)
     return _dzp_from_band_sums(sums[0], sums[1], lengths)
 
