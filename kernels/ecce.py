@@ -41,7 +41,7 @@ from torch.library import triton_op, wrap_triton
 
 __all__ = ["ecce_prefix", "ecce_bias", "ecce_attention"]
 
-LOG2E = 1.4426950408889634  # the softmax runs in base 2 (exp2 is the cheap instruction)
+LOG2E = tl.constexpr(1.4426950408889634)  # the softmax runs in base 2 (exp2 is the cheap instruction)
 MAX_HEAD_DIM = 256  # one (BLOCK, Dh) tile of q/k/v must fit in registers
 
 
