@@ -150,7 +150,7 @@ BIAS_CASES = [  # (B, L, H, dist, lengths)
 ]
 
 
-@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("dtype", HALF + (torch.bfloat16,))  # no tl.dot here: bfloat16 runs in the interpreter
 @pytest.mark.parametrize("B,L,H,dist,lengths", BIAS_CASES)
 def test_bias_matches_reference(B, L, H, dist, lengths, dtype):
     lengths = torch.tensor(lengths, device=DEVICE)
@@ -444,7 +444,8 @@ def test_attention_in_a_cuda_graph():
 
 def max_relative_errors():
     """``{dtype: {quantity: max over ATTENTION_CASES of max|kernel - ref64| / max|ref64|}}`` for the
-    attention output and its gradients (q, k, v, zp), every input rounded to the dtype first."""
+    attention output and its gradients (q, k, v, zp), every input rounded to the dtype first
+    (quantities that are exactly 0 in a case are left out of it)."""
     result = {}
     dtypes = HALF + ((torch.bfloat16,) if torch.cuda.is_available() else ())
     names = ("out", "dq", "dk", "dv", "dzp")
@@ -460,7 +461,9 @@ def max_relative_errors():
             got = (out,) + torch.autograd.grad(out, inputs, g)
             exp = (ref,) + torch.autograd.grad(ref, ref_inputs, g.double())
             for name, a, b in zip(names, got, exp):
-                err = ((a.double() - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+                if b.abs().max() < 1e-12:  # e.g. dq, dk, dzp at L = 1 (one key): exactly 0, no scale
+                    continue
+                err = ((a.double() - b).abs().max() / b.abs().max()).item()
                 worst[name] = max(worst[name], err)
         result[str(dtype)] = worst
     return result
