@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 from .data import collate
 from .masking import EVAL_RATES, apply_mask, fixed_masks, missing_rate, present_for_batch
 
-__all__ = ["compute_metrics", "predict", "evaluate_rates", "format_table", "ume", "ime", "write_rows"]
+__all__ = ["compute_metrics", "predict", "evaluate_rates", "format_table", "ume", "ime", "write_rows", "data_gaps"]
 
 
 def compute_metrics(y_true, y_pred, task: str = "classification") -> dict:
@@ -210,3 +210,84 @@ def ime(cfg, rates=EVAL_RATES, out_dir: str | None = None, log=print) -> dict:
             "metrics": "percent; each row is a separate model trained and tested at that rate"}
     write_rows(rows, os.path.join(out_dir, "ime.json"), os.path.join(out_dir, "ime.csv"), meta)
     return {"rows": rows, "average": average_row(rows), "table": table}
+
+
+# ------------------------------------------------------------------ the data's gaps
+
+MODALITY_SUBSETS = (("text", "audio", "visual"), ("text", "audio"), ("text", "visual"), ("audio", "visual"),
+                    ("text",), ("audio",), ("visual",))
+
+
+def _utterance_features(dataset, modalities, context: int = 0):
+    """``(X, y)`` over all utterances: the chosen modalities' features concatenated; with
+    ``context > 0`` also each utterance's mean over a ``±context`` window and its
+    conversation's mean (the cheapest context a classifier can get)."""
+    xs, ys = [], []
+    for c in dataset:
+        x = np.concatenate([np.asarray(c[m], dtype=np.float64) for m in modalities], axis=1)
+        parts = [x]
+        if context > 0:
+            csum = np.concatenate([np.zeros((1, x.shape[1])), np.cumsum(x, 0)])
+            n = len(x)
+            lo = np.clip(np.arange(n) - context, 0, n)
+            hi = np.clip(np.arange(n) + context + 1, 0, n)
+            parts += [(csum[hi] - csum[lo]) / (hi - lo)[:, None], np.repeat(x.mean(0, keepdims=True), n, 0)]
+        xs.append(np.concatenate(parts, axis=1))
+        ys.append(np.asarray(c["labels"]))
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def _only(dataset, modalities) -> dict:
+    """A fixed mask table keeping only ``modalities`` in every utterance."""
+    keep = torch.tensor([m in modalities for m in ("text", "audio", "visual")])
+    return {c["id"]: keep.expand(len(c["labels"]), 3).clone() for c in dataset}
+
+
+def data_gaps(splits, net=None, split: str = "test", context: int = 3, device="cpu", batch_size: int = 32,
+              log=print) -> dict:
+    """How much context and each modality are worth on a dataset (classification).
+
+    * ``context``: a per-utterance logistic regression (no context) against the same
+      classifier given a ``±context`` window mean and the conversation mean; and, with
+      ``net``, the trained student on complete data (a full context model).
+    * ``modalities``: the per-utterance classifier trained and tested on each subset of
+      modalities; with ``net``, the student tested with only that subset present.
+
+    Rows ``{"model", "modalities", "waf", "acc"}`` (percent), printed as a table.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if splits.train.task != "classification":
+        raise ValueError("data_gaps: classification datasets only")
+    test = getattr(splits, split)
+    rows = []
+
+    def fit_score(mods, ctx):
+        xtr, ytr = _utterance_features(splits.train, mods, ctx)
+        xte, yte = _utterance_features(test, mods, ctx)
+        clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+        clf.fit(xtr, ytr)
+        return compute_metrics(yte, clf.predict(xte))
+
+    for mods in MODALITY_SUBSETS:
+        rows.append({"model": "per-utterance logreg (no context)", "modalities": "+".join(m[0] for m in mods),
+                     **fit_score(mods, 0)})
+    rows.append({"model": f"logreg + window ±{context} + conversation mean", "modalities": "t+a+v",
+                 **fit_score(MODALITY_SUBSETS[0], context)})
+    if net is not None:
+        for mods in MODALITY_SUBSETS:
+            y, p, _ = predict(net, test, _only(test, mods), batch_size, device)
+            rows.append({"model": "ITEACH student (context)", "modalities": "+".join(m[0] for m in mods),
+                         **compute_metrics(y, p)})
+    prior = np.bincount(_utterance_features(splits.train, ("text",))[1], minlength=splits.num_classes)
+    y_test = _utterance_features(test, ("text",))[1]
+    rows.append({"model": "majority class (chance)", "modalities": "-",
+                 **compute_metrics(y_test, np.full_like(y_test, int(prior.argmax())))})
+    head = f"{'model':46s} {'mods':>6s} {'WAF':>7s} {'Acc':>7s}"
+    lines = [f"data gaps on {test.name} [{split}]", head, "-" * len(head)]
+    lines += [f"{r['model']:46s} {r['modalities']:>6s} {r['waf']:7.2f} {r['acc']:7.2f}" for r in rows]
+    table = "\n".join(lines)
+    log(table)
+    return {"rows": rows, "table": table}

@@ -40,9 +40,12 @@ CHECKPOINT_VERSION = 1
 def resolve_device(device: str = "auto") -> torch.device:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"--device {device!r} is not a device (use auto, cpu, cuda or cuda:N)") from err
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"--device {device}: no CUDA device is available (use --device cpu)")
+        raise ValueError(f"--device {device}: no CUDA device is available (use --device cpu)")
     return dev
 
 

@@ -1,0 +1,311 @@
+"""``iteach-fast`` (also ``python -m iteach_fast``): train, evaluate, ime, demo, bench, info.
+
+Every field of :class:`iteach_fast.config.TrainConfig` is a flag (``--batch-size 16``,
+``--syn-dims 64,32,48``); ``--config FILE`` (YAML/JSON) sets defaults that flags override.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+
+from .config import TrainConfig, load_mapping
+
+CHOICES = {
+    "dataset": ("synthetic", "iemocap4", "iemocap6", "cmumosi", "cmumosei"),
+    "framework": ("its", "ts", "pre"),
+    "strategy": ("fixed", "random", "progressive"),
+    "ecce": ("local+global", "global", "off"),
+    "select_on": ("valid", "test"),
+    "dtype": ("fp32", "bf16", "fp16"),
+    "backend": ("auto", "reference", "triton", "cpp"),
+    "teacher_mixer": ("tf", "nas"),
+    "student_mixer": ("tf", "nas"),
+}
+
+# the demo's short schedule: small synthetic conversations and a small model, so that it
+# ends in a few minutes on 2 CPU cores (see `iteach-fast demo --help`)
+DEMO_DEFAULTS = dict(syn_conversations=60, syn_max_len=60, dim=32, heads=4, max_len=60, epochs=8, batch_size=8,
+                     strategy="random", framework="its", student_mixer="nas", select_rates=(0.0, 0.3, 0.5, 0.7),
+                     out_dir=os.path.join("runs", "demo"))
+
+
+def _list_of(kind):
+    def parse(text: str):
+        try:
+            return tuple(kind(x) for x in text.split(",") if x.strip())
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list of {kind.__name__}: {text!r}") from err
+    return parse
+
+
+def _add_config_flags(p: argparse.ArgumentParser, defaults: dict | None = None) -> None:
+    """One flag per TrainConfig field; default SUPPRESS so only given flags override --config."""
+    base = TrainConfig()
+    g = p.add_argument_group("training configuration (TrainConfig; defaults shown)")
+    for f in dataclasses.fields(TrainConfig):
+        default = (defaults or {}).get(f.name, getattr(base, f.name))
+        flag = "--" + f.name.replace("_", "-")
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        kw = dict(default=argparse.SUPPRESS, dest=f.name, help=f"(default: {shown})")
+        if isinstance(default, bool):
+            g.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+            continue
+        if isinstance(default, tuple):
+            kind = int if all(isinstance(x, int) for x in default) else float
+            kw["type"], kw["metavar"] = _list_of(kind), "A,B,.."
+        elif default is None:  # optional fields: their annotation says int or str
+            kw["type"] = int if "int" in str(f.type) else str
+        else:
+            kw["type"] = type(default)
+        if f.name in CHOICES:
+            kw["choices"] = CHOICES[f.name]
+        g.add_argument(flag, **kw)
+    p.add_argument("--config", help="YAML or JSON file of TrainConfig keys (flags override it)")
+
+
+def config_from_args(args: argparse.Namespace, defaults: dict | None = None) -> TrainConfig:
+    cfg = TrainConfig().replace(**(defaults or {}))
+    if getattr(args, "config", None):
+        cfg = cfg.replace(**load_mapping(args.config))
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
+    return cfg.replace(**given).validate()
+
+
+# ------------------------------------------------------------------ subcommands
+
+def cmd_train(args) -> int:
+    from .train import load_checkpoint, train
+
+    if args.resume:
+        # the checkpoint's own config; flags may raise --epochs or move --out-dir (default:
+        # the checkpoint's folder), everything else stays as trained
+        ckpt_cfg = TrainConfig.from_dict(load_checkpoint(args.resume)["config"])
+        defaults = {**ckpt_cfg.to_dict(), "out_dir": os.path.dirname(os.path.abspath(args.resume))}
+        cfg = config_from_args(args, defaults)
+        ignored = sorted(k for k, v in cfg.to_dict().items()
+                         if k not in ("epochs", "out_dir", "progress") and v != defaults.get(k))
+        if ignored:
+            print(f"note: --resume continues the checkpoint's run; these settings are ignored: {ignored}",
+                  file=sys.stderr)
+    else:
+        cfg = config_from_args(args)
+    summary = train(cfg, resume=args.resume)
+    print(f"best checkpoint: {summary['best']}\nevaluate it with: iteach-fast evaluate --checkpoint {summary['best']}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluate import ume
+
+    res = ume(args.checkpoint, out_dir=args.out, rates=args.rates, split=args.split, seed=args.seed,
+              batch_size=args.batch_size, device=args.device, backend=args.backend, dtype=args.dtype,
+              plots=not args.no_plots)
+    written = [f"{k} {v}" for k, v in res["paths"].items() if v]
+    if args.gaps:
+        from .evaluate import _atomic_text, data_gaps
+        from .train import load_for_eval, resolve_device
+
+        net, _, splits, _ = load_for_eval(args.checkpoint, device=args.device, backend=args.backend)
+        print()
+        gaps = data_gaps(splits, net, split=args.split, device=resolve_device(args.device))
+        path = os.path.join(args.out or os.path.dirname(os.path.abspath(args.checkpoint)), "gaps.json")
+        _atomic_text(path, json.dumps({"split": args.split, "rows": gaps["rows"]}, indent=2))
+        written.append(f"gaps {path}")
+    print("written: " + ", ".join(written))
+    return 0
+
+
+def cmd_ime(args) -> int:
+    from .evaluate import ime
+
+    cfg = config_from_args(args)
+    res = ime(cfg, rates=args.rates, out_dir=os.path.join(cfg.out_dir, "ime"))
+    print(f"written under {os.path.join(cfg.out_dir, 'ime')} (ime.json, ime.csv)")
+    return 0 if res["rows"] else 1
+
+
+def cmd_demo(args) -> int:
+    from . import plots
+    from .evaluate import ume
+    from .train import train
+
+    cfg = config_from_args(args, DEMO_DEFAULTS)
+    root = cfg.out_dir
+    cfg = cfg.replace(out_dir=os.path.join(root, cfg.framework))
+    print(f"demo: ITEACH-Net ({cfg.framework}) on synthetic conversations, {cfg.epochs} epochs, "
+          f"then UME at missing rates 0.0..0.7 -> {cfg.out_dir}", flush=True)
+    t0 = time.time()
+    summary = train(cfg)
+    t_train = time.time() - t0
+    res = ume(summary["best"], out_dir=cfg.out_dir, device=cfg.device, dtype=cfg.dtype)
+    total = time.time() - t0
+    print(f"\ntrained in {t_train:.0f} s, evaluated in {total - t_train:.0f} s (total {total:.0f} s)")
+    # every framework's demo run found so far, on one plot
+    found = {}
+    for fw in ("its", "ts", "pre"):
+        path = os.path.join(root, fw, "ume.json")
+        if os.path.isfile(path):
+            with open(path) as f:
+                run = json.load(f)
+            found[run["label"]] = run["rows"]
+    compare = plots.waf_vs_rate(found, os.path.join(root, "waf_vs_rate.png"))
+    print(f"results: {res['paths']['json']}, {res['paths']['csv']}")
+    print(f"plots:   {os.path.dirname(res['paths']['waf_plot'])}/ (waf_vs_rate, confusion, ecce_heatmap); "
+          f"all demo runs: {compare}")
+    if cfg.framework == "its":
+        print("compare with the single-model framework: iteach-fast demo --framework pre")
+    return 0
+
+
+def _repo_root() -> str:
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_bench_main():
+    """``main(argv)`` of the benchmark suite ``<repo>/bench/run.py``.
+
+    The suite ships with the source checkout, not with the installed package: a clear
+    ``ImportError`` when it is not there (or does not provide ``main``)."""
+    import importlib
+
+    root = _repo_root()
+    where = os.path.join(root, "bench", "run.py")
+    if not os.path.isfile(where):
+        raise ImportError(f"the benchmark suite is not present ({os.path.join('bench', 'run.py')} not found next to "
+                          "the package); it ships with the source checkout: run `iteach-fast bench` from an "
+                          "editable install of the repository (pip install -e .)")
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    try:
+        module = importlib.import_module("bench.run")
+    except ImportError as err:
+        raise ImportError(f"the benchmark suite bench/run.py could not be imported: {err}") from err
+    if os.path.abspath(getattr(module, "__file__", "") or "") != os.path.abspath(where):
+        raise ImportError(f"`bench.run` resolves to {module.__file__}, not the repository's bench/run.py "
+                          "(another package named `bench` shadows it)")
+    if not callable(getattr(module, "main", None)):
+        raise ImportError("bench/run.py has no main(argv)")
+    return module.main
+
+
+def cmd_bench(args) -> int:
+    try:
+        bench_main = load_bench_main()
+    except ImportError as err:
+        print(f"iteach-fast bench: error: {err}", file=sys.stderr)
+        return 2
+    rest = list(args.bench_args)
+    if rest and rest[0] == "--":
+        rest = rest[1:]
+    return int(bench_main(rest) or 0)
+
+
+def cmd_info(args) -> int:
+    import platform
+
+    import numpy
+    import torch
+
+    from . import __version__
+    from .backends import available_backends
+
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except Exception as err:  # noqa: BLE001 - any import failure means "not usable"
+        triton_version = f"not available ({type(err).__name__})"
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    print(f"iteach_fast {__version__}")
+    print(f"python      {platform.python_version()} ({sys.executable})")
+    print(f"torch       {torch.__version__} (CUDA build: {torch.version.cuda or 'no'})")
+    print(f"triton      {triton_version}")
+    print(f"numpy       {numpy.__version__}")
+    print(f"CUDA        {'available' if cuda else 'not available'}")
+    print(f"device      {torch.cuda.get_device_name(0) if cuda else 'cpu'} "
+          f"({torch.get_num_threads()} CPU threads)")
+    print(f"backends on {device}:")
+    for op, backends in available_backends(device).items():
+        for name, why in backends.items():
+            print(f"  {op:16s} {name:10s} {'ok' if why is None else 'unavailable: ' + why}")
+    return 0
+
+
+# ------------------------------------------------------------------ parser
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="iteach-fast", description="ITEACH-Net: incomplete multimodal ERC "
+                                "(Inverted Teacher-Student training, UME / IME evaluation) and its kernels.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train ITEACH-Net (teacher on complete, student on masked data)",
+                       description="Train ITEACH-Net; writes best.pt / last.pt under --out-dir.")
+    _add_config_flags(t)
+    t.add_argument("--resume", help="a last.pt to continue from (bit-identical continuation)")
+    t.set_defaults(func=cmd_train)
+
+    from .masking import EVAL_RATES
+
+    rates = dict(type=_list_of(float), default=EVAL_RATES, metavar="R,R,..",
+                 help="missing rates (default: 0.0,0.1,...,0.7)")
+    e = sub.add_parser("evaluate", help="UME: test one checkpoint at missing rates 0.0..0.7",
+                       description="Unified Model Evaluation: one checkpoint, fixed-seed masks per rate; prints the "
+                                   "table, writes ume.json, ume.csv and plots/.")
+    e.add_argument("--checkpoint", required=True, help="best.pt or last.pt from `train`")
+    e.add_argument("--out", help="output folder (default: the checkpoint's folder)")
+    e.add_argument("--rates", **rates)
+    e.add_argument("--split", choices=("test", "valid"), default="test")
+    e.add_argument("--seed", type=int, default=0, help="seed of the test masks (default 0)")
+    e.add_argument("--batch-size", type=int, default=None)
+    e.add_argument("--device", default="auto")
+    e.add_argument("--backend", default=None, choices=("auto", "reference", "triton", "cpp"))
+    e.add_argument("--dtype", default=None, choices=("fp32", "bf16", "fp16"))
+    e.add_argument("--no-plots", action="store_true")
+    e.add_argument("--gaps", action="store_true",
+                   help="also measure the data's context and modality gaps (classification): a per-utterance "
+                        "logistic regression vs one with context features, each modality subset, and the "
+                        "checkpoint's student with only those modalities present; writes gaps.json")
+    e.set_defaults(func=cmd_evaluate)
+
+    i = sub.add_parser("ime", help="IME: train one model per missing rate (fixed strategy), test each at it",
+                       description="Independent Model Evaluation; writes <out-dir>/ime/ime.json and ime.csv.")
+    _add_config_flags(i)
+    i.add_argument("--rates", **rates)
+    i.set_defaults(func=cmd_ime)
+
+    shown = ", ".join(f"{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in DEMO_DEFAULTS.items())
+    d = sub.add_parser("demo", help="short ITS training on synthetic data, then UME (a few CPU minutes)",
+                       description=f"Train on synthetic conversations with a short schedule, then UME; "
+                                   f"writes under runs/demo/<framework>/. Demo defaults: {shown}. "
+                                   "Any training flag overrides them; --framework pre runs the single-model "
+                                   "baseline for comparison.")
+    _add_config_flags(d, DEMO_DEFAULTS)
+    d.set_defaults(func=cmd_demo)
+
+    b = sub.add_parser("bench", help="kernel benchmarks (runs bench/run.py with the remaining arguments)",
+                       description="Run the benchmark suite <repo>/bench/run.py; all further arguments go to it.")
+    b.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments for bench/run.py")
+    b.set_defaults(func=cmd_bench)
+
+    n = sub.add_parser("info", help="versions, device and available kernel backends")
+    n.set_defaults(func=cmd_info)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except (ValueError, FileNotFoundError) as err:
+        # user errors (bad config, missing files, fp16 on CPU): one clear line, no traceback
+        print(f"iteach-fast {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

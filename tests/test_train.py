@@ -1,0 +1,116 @@
+"""Tests of the training loop (iteach_fast.train): every strategy and framework for one
+epoch on tiny data, the strategies' rates, atomic checkpoints, bit-identical resume, and
+the errors of the set-up helpers. The eq. 12-15 loss itself is tested in test_model.py."""
+import os
+
+import pytest
+import torch
+
+from iteach_fast import train as training
+from iteach_fast.config import TrainConfig
+
+# a tiny run: 8 conversations of 3-8 utterances, a 1-layer model of width 8
+TINY = dict(syn_conversations=8, syn_min_len=3, syn_max_len=8, syn_dims=(6, 4, 5), dim=8, heads=2, max_len=8,
+            dist=4, conv_kernel=3, teacher_layers=1, student_layers=1, epochs=1, batch_size=4,
+            select_rates=(0.0, 0.5), progress=False, threads=1)
+
+
+def tiny(tmp_path, **kw) -> TrainConfig:
+    return TrainConfig(**{**TINY, "out_dir": str(tmp_path / "run"), **kw}).validate()
+
+
+def quiet(*_args, **_kw):
+    pass
+
+
+@pytest.mark.parametrize("strategy,framework", [("fixed", "its"), ("random", "its"), ("progressive", "its"),
+                                                ("random", "ts"), ("random", "pre")])
+def test_one_epoch_each_strategy_and_framework(tmp_path, strategy, framework):
+    cfg = tiny(tmp_path, strategy=strategy, framework=framework, rate=0.3)
+    out = training.train(cfg, log=quiet)
+    assert os.path.isfile(out["best"]) and os.path.isfile(out["last"])
+    assert not [f for f in os.listdir(cfg.out_dir) if ".tmp" in f]  # no half-written checkpoint left
+    (h,) = out["history"]
+    assert h["epoch"] == 1 and all(torch.isfinite(torch.tensor(h[k])) for k in ("total", "emo", "rec"))
+    assert 0.0 <= h["valid_waf"] <= 100.0 and out["best_epoch"] == 1
+    net, cfg2, splits, ckpt = training.load_for_eval(out["best"], device="cpu")
+    assert cfg2.framework == framework and cfg2.strategy == strategy and not net.training
+    assert (net.teacher is net.student) == (framework == "pre")  # pre: one model, teacher and student
+    assert ckpt["data"]["input_dims"] == [6, 4, 5] and ckpt["version"] == training.CHECKPOINT_VERSION
+
+
+def test_rate_schedule_of_each_strategy(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    assert training.rate_for(tiny(tmp_path, strategy="fixed", rate=0.4), 7, g) == 0.4
+    rnd = tiny(tmp_path, strategy="random", max_rate=0.7)
+    rates = [training.rate_for(rnd, 0, g) for _ in range(200)]
+    assert 0.0 <= min(rates) < 0.1 and 0.6 < max(rates) <= 0.7
+    prog = tiny(tmp_path, strategy="progressive", progressive_step=0.1, progressive_every=10, max_rate=0.7)
+    got = [training.rate_for(prog, e, g) for e in (0, 9, 10, 25, 69, 70, 99)]
+    assert got == pytest.approx([0.0, 0.0, 0.1, 0.2, 0.6, 0.7, 0.7])
+
+
+def _state(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def test_resume_is_bit_identical(tmp_path):
+    # dropout and the random strategy exercise the torch RNG and the mask generator
+    base = dict(strategy="random", dropout=0.1, epochs=2)
+    straight = training.train(tiny(tmp_path / "a", **base), log=quiet)
+    first = training.train(tiny(tmp_path / "b", **{**base, "epochs": 1}), log=quiet)
+    resumed = training.train(tiny(tmp_path / "b", **base), resume=first["last"], log=quiet)
+    a, b = _state(straight["last"]), _state(resumed["last"])
+    assert a["epoch"] == b["epoch"] == 1
+    assert a["model"].keys() == b["model"].keys()
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        for k in sa:
+            assert torch.equal(sa[k], sb[k]), k
+    assert [h["total"] for h in a["history"]] == [h["total"] for h in b["history"]]
+
+
+def test_max_steps_and_zero_epochs(tmp_path):
+    out = training.train(tiny(tmp_path, epochs=3), log=quiet, max_steps=1)
+    assert len(out["history"]) == 1
+    out0 = training.train(tiny(tmp_path / "zero", epochs=0), log=quiet)
+    assert out0["history"] == [] and training.load_checkpoint(out0["best"])["config"]["epochs"] == 0
+    training.load_for_eval(out0["last"])
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path = str(tmp_path / "ck.pt")
+    training.save_checkpoint(path, model={"w": torch.ones(2)}, config={})
+    real_save = torch.save
+
+    def broken(obj, f, *a, **k):
+        with open(f, "wb") as fh:
+            fh.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken)
+    with pytest.raises(OSError):
+        training.save_checkpoint(path, model={"w": torch.zeros(2)}, config={})
+    monkeypatch.setattr(torch, "save", real_save)
+    assert torch.equal(training.load_checkpoint(path)["model"]["w"], torch.ones(2))  # the old one is intact
+
+
+def test_checkpoint_and_setup_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.pt"):
+        training.load_checkpoint(str(tmp_path / "nope.pt"))
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not an iteach-fast checkpoint"):
+        training.load_checkpoint(str(bad))
+    with pytest.raises(ValueError, match="--device"):
+        training.resolve_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device"):
+            training.resolve_device("cuda")
+    with pytest.raises(ValueError, match="--dtype bf16"):
+        training.check_dtype("bf16", torch.device("cpu"))
+    with pytest.raises(ValueError, match="strategy"):
+        tiny(tmp_path, strategy="sometimes")
+    with pytest.raises(ValueError, match="unknown config keys"):
+        tiny(tmp_path).replace(epoch=3)
