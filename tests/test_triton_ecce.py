@@ -381,6 +381,14 @@ def test_attention_large_on_gpu(dtype, Dh):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("dtype", (torch.float32, torch.float16))
+@pytest.mark.parametrize("Dh", (128, 256))
+def test_attention_wide_heads_on_gpu(dtype, Dh):
+    """Wide heads take smaller tiles (shared memory); float32 at Dh = 256 the smallest."""
+    check_attention(2, 2, 300, Dh, 30, [300, 77], dtype)
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", (torch.float32, torch.float16, torch.bfloat16))
 def test_bias_large_on_gpu(dtype):
     lengths = torch.tensor([300, 129], device=DEVICE)
