@@ -1,0 +1,152 @@
+"""Tests of evaluation (iteach_fast.evaluate) and the figures (iteach_fast.plots): metric
+parity with a hand computation, the UME / IME outputs (JSON, CSV, table, average row),
+the PNGs, and the data-gap report."""
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from iteach_fast import evaluate as ev
+from iteach_fast import plots
+from iteach_fast import train as training
+from iteach_fast.config import TrainConfig
+from iteach_fast.masking import EVAL_RATES
+
+TINY = dict(syn_conversations=8, syn_min_len=3, syn_max_len=8, syn_dims=(6, 4, 5), dim=8, heads=2, max_len=8,
+            dist=4, conv_kernel=3, teacher_layers=1, student_layers=1, epochs=1, batch_size=4,
+            select_rates=(0.0, 0.5), progress=False, threads=1)
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def quiet(*_args, **_kw):
+    pass
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ck") / "run"
+    return training.train(TrainConfig(**TINY, out_dir=str(out)), log=quiet)["best"]
+
+
+# ----------------------------------------------------------------------------- metrics
+
+def _hand_waf(t, p):
+    """Weighted F1 from its definition: per-class F1 weighted by the class's support in t."""
+    total = 0.0
+    for c in sorted(set(t)):
+        tp = sum(1 for a, b in zip(t, p) if a == c and b == c)
+        fp = sum(1 for a, b in zip(t, p) if a != c and b == c)
+        fn = sum(1 for a, b in zip(t, p) if a == c and b != c)
+        f1 = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+        total += f1 * sum(1 for a in t if a == c)
+    return 100 * total / len(t)
+
+
+def test_classification_metrics_match_hand_computation():
+    t = [0, 0, 1, 1, 1, 2, 3, 3, 2, 0]
+    p = [0, 1, 1, 1, 0, 2, 3, 2, 2, 3]
+    m = ev.compute_metrics(np.array(t), np.array(p))
+    assert m["acc"] == pytest.approx(100 * 6 / 10)
+    assert m["waf"] == pytest.approx(_hand_waf(t, p))
+    assert set(m) == {"waf", "acc"}
+    empty = ev.compute_metrics(np.zeros(0), np.zeros(0))
+    assert np.isnan(empty["waf"]) and np.isnan(empty["acc"])
+
+
+def test_regression_metrics_binary_rule_and_mae():
+    # GCNet's MOSI rule: > 0 positive, < 0 negative, label exactly 0 excluded; MAE over all
+    y = np.array([2.0, -1.0, 0.0, 0.5, -2.5, 1.0])
+    s = np.array([1.5, 0.4, 2.0, 0.2, -1.0, -0.3])
+    m = ev.compute_metrics(y, s, task="regression")
+    kept_t = [True, False, True, False, True]  # labels without the 0
+    kept_p = [True, True, True, False, False]
+    assert m["acc"] == pytest.approx(100 * 3 / 5)
+    assert m["waf"] == pytest.approx(_hand_waf(kept_t, kept_p))
+    assert m["mae"] == pytest.approx(np.abs(y - s).mean())
+
+
+# ----------------------------------------------------------------------------- UME / IME
+
+def test_ume_outputs(checkpoint, tmp_path):
+    res = ev.ume(checkpoint, out_dir=str(tmp_path), device="cpu", log=quiet)
+    rows = res["rows"]
+    assert [r["rate"] for r in rows] == list(EVAL_RATES)
+    for r in rows:
+        assert set(r) == {"rate", "realised_rate", "waf", "acc", "n"} and r["n"] > 0
+        assert r["realised_rate"] == pytest.approx(min(r["rate"], 2 / 3), abs=0.05)
+    assert rows[0]["realised_rate"] == 0.0
+    avg = res["average"]
+    assert avg["rate"] == "average" and avg["waf"] == pytest.approx(np.mean([r["waf"] for r in rows]))
+    # JSON: meta, rows and the average
+    with open(tmp_path / "ume.json") as f:
+        data = json.load(f)
+    assert len(data["rows"]) == len(rows) and data["average"] == pytest.approx(avg)
+    for got, want in zip(data["rows"], rows):
+        assert got == pytest.approx(want)
+    assert {"dataset", "split", "mask_seed", "framework", "student_mixer", "strategy", "metrics"} <= set(data)
+    # CSV: the columns, one row per rate, then the average
+    with open(tmp_path / "ume.csv") as f:
+        table = list(csv.DictReader(f))
+    assert list(table[0]) == ["rate", "realised_rate", "waf", "acc", "n"]
+    assert [r["rate"] for r in table] == [str(r) for r in EVAL_RATES] + ["average"]
+    assert float(table[-1]["waf"]) == pytest.approx(avg["waf"], abs=1e-4)
+    # the printed table
+    lines = res["table"].splitlines()
+    assert lines[1].split() == ["rate", "realised", "WAF", "Acc"] and lines[-1].split()[0] == "average"
+    # the plots are PNGs
+    for key in ("waf_plot", "confusion", "ecce"):
+        with open(res["paths"][key], "rb") as f:
+            assert f.read(8) == PNG, key
+    # fixed-seed masks: the same numbers again
+    again = ev.ume(checkpoint, out_dir=str(tmp_path / "again"), rates=(0.3,), device="cpu", plots=False, log=quiet)
+    assert again["rows"][0] == rows[3]
+
+
+def test_ume_regression_has_mae(tmp_path):
+    ck = training.train(TrainConfig(**{**TINY, "syn_classes": 1}, out_dir=str(tmp_path / "r")), log=quiet)["best"]
+    res = ev.ume(ck, out_dir=str(tmp_path), rates=(0.0, 0.5), device="cpu", log=quiet)
+    assert all("mae" in r for r in res["rows"]) and "mae" in res["average"]
+    with open(tmp_path / "ume.csv") as f:
+        assert next(csv.reader(f)) == ["rate", "realised_rate", "waf", "acc", "mae", "n"]
+    assert "confusion" not in res["paths"]  # no classes to confuse
+    assert "MAE" in res["table"]
+
+
+def test_ime_one_model_per_rate(tmp_path):
+    cfg = TrainConfig(**TINY, out_dir=str(tmp_path))
+    res = ev.ime(cfg, rates=(0.0, 0.4), log=quiet)
+    assert [r["rate"] for r in res["rows"]] == [0.0, 0.4]
+    for rate in ("0.0", "0.4"):
+        ck = training.load_checkpoint(str(tmp_path / "ime" / f"rate_{rate}" / "best.pt"))
+        assert ck["config"]["strategy"] == "fixed" and ck["config"]["rate"] == float(rate)
+    with open(tmp_path / "ime" / "ime.json") as f:
+        assert json.load(f)["average"]["rate"] == "average"
+    assert os.path.isfile(tmp_path / "ime" / "ime.csv")
+
+
+def test_data_gaps_report(checkpoint):
+    net, _, splits, _ = training.load_for_eval(checkpoint, device="cpu")
+    res = ev.data_gaps(splits, net, log=quiet)
+    models = {r["model"] for r in res["rows"]}
+    assert {"per-utterance logreg (no context)", "ITEACH student (context)", "majority class (chance)"} <= models
+    assert all(0 <= r["waf"] <= 100 for r in res["rows"])
+    assert len([r for r in res["rows"] if r["model"] == "ITEACH student (context)"]) == 7  # each modality subset
+
+
+# ----------------------------------------------------------------------------- plots
+
+def test_plots_are_pngs(tmp_path, checkpoint):
+    rows = [{"rate": r, "waf": 50 - 10 * r} for r in (0.0, 0.3, 0.7)] + [{"rate": "average", "waf": 46.7}]
+    p1 = plots.waf_vs_rate({"a": rows, "b": rows[:2]}, str(tmp_path / "x" / "waf.png"))
+    p2 = plots.confusion_grid({0.0: np.eye(3) * 4, 0.5: np.ones((3, 3))}, ["a", "b", "c"], str(tmp_path / "cm.png"))
+    net, _, splits, _ = training.load_for_eval(checkpoint, device="cpu")
+    p3 = plots.ecce_heatmap(net, splits.test, str(tmp_path / "ecce.png"))
+    for p in (p1, p2, p3):
+        with open(p, "rb") as f:
+            assert f.read(8) == PNG
+    E = plots.ecce_bias_of(net, splits.test[0])
+    n = len(splits.test[0]["labels"])
+    assert E.shape == (TINY["heads"], n, n) and torch.isfinite(E).all()
