@@ -288,7 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo)
 
     b = sub.add_parser("bench", help="kernel benchmarks (runs bench/run.py with the remaining arguments)",
-                       description="Run the benchmark suite <repo>/bench/run.py; all further arguments go to it.")
+                       description="Run the benchmark suite <repo>/bench/run.py (it ships with the source checkout); "
+                                   "all further arguments go to it: `iteach-fast bench -- --help` shows its options.")
     b.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments for bench/run.py")
     b.set_defaults(func=cmd_bench)
 
@@ -298,6 +299,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"] and argv[1:] not in (["-h"], ["--help"]):
+        # everything after `bench` belongs to bench/run.py (argparse's REMAINDER cannot take
+        # a leading option such as --quick); `iteach-fast bench -- --help` shows the suite's help
+        return cmd_bench(argparse.Namespace(command="bench", bench_args=argv[1:]))
     args = build_parser().parse_args(argv)
     try:
         return args.func(args) or 0
