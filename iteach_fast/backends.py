@@ -45,12 +45,12 @@ class Implementation:
             if device is not None and device.type != "cuda" and not _extension.triton_interpret():
                 return f"Triton kernels need CUDA tensors, got device {device} (or set TRITON_INTERPRET=1)"
         if self.backend == "cpp":
-            module, why = _extension.extension()
-            if module is None:
+            why, has_op, has_cuda = _cpp_status(self.op)
+            if why is not None:
                 return why
-            if not hasattr(torch.ops.iteach_fast, self.op):
-                return f"iteach_fast._C has no op {self.op!r} in this build"
-            if device is not None and device.type == "cuda" and not _extension.extension_has_cuda():
+            if not has_op:
+                return f"iteach_fast._C has no op {self.op!r} (with its {self.op + '_backward'!r}) in this build"
+            if device is not None and device.type == "cuda" and not has_cuda:
                 return "iteach_fast._C was built without CUDA"
             if device is not None and device.type not in ("cpu", "cuda"):
                 return f"iteach_fast._C has kernels for cpu and cuda only, got {device}"
@@ -65,6 +65,26 @@ class Implementation:
         # an imported module from sys.modules: torch.compile traces that, not importlib
         loaded = sys.modules.get(module)
         return getattr(loaded if loaded is not None else importlib.import_module(module), name)
+
+
+# What the compiled extension offers, looked up once (at import, below) and then read from a
+# plain dict: torch.compile traces that, but not the importlib call behind _extension.extension().
+_CPP_STATUS: dict[str, tuple[str | None, bool, bool]] = {}
+
+
+def _cpp_status(op: str) -> tuple[str | None, bool, bool]:
+    """``(reason the extension is missing or None, has op and op_backward, built with CUDA)``."""
+    status = _CPP_STATUS.get(op)
+    if status is None:
+        module, why = _extension.extension()
+        if module is None:
+            status = (why, False, False)
+        else:
+            # the forward op and its backward op (torch.ops.iteach_fast.<op>, <op>_backward)
+            has_op = hasattr(torch.ops.iteach_fast, op) and hasattr(torch.ops.iteach_fast, op + "_backward")
+            status = (None, has_op, _extension.extension_has_cuda())
+        _CPP_STATUS[op] = status
+    return status
 
 
 _F32_HALF = (torch.float32, torch.float16, torch.bfloat16)
@@ -83,6 +103,7 @@ for _op in ("ecce_bias", "ecce_attention"):
                             tolerances={torch.float32: (1e-4, 1e-3), torch.float16: (3e-3, 3e-3),
                                         torch.bfloat16: (2e-2, 2e-2)}))
 register(Implementation("routed_mixture", "cpp", "iteach_fast.extension_ops:routed_mixture", rank=1))
+_cpp_status("routed_mixture")  # resolved now, outside any torch.compile trace
 
 
 def implementations(op: str) -> list[Implementation]:
