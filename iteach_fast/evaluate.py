@@ -218,23 +218,19 @@ MODALITY_SUBSETS = (("text", "audio", "visual"), ("text", "audio"), ("text", "vi
                     ("text",), ("audio",), ("visual",))
 
 
-def _utterance_features(dataset, modalities, context: int = 0):
-    """``(X, y)`` over all utterances: the chosen modalities' features concatenated; with
-    ``context > 0`` also each utterance's mean over a ``±context`` window and its
-    conversation's mean (the cheapest context a classifier can get)."""
-    xs, ys = [], []
-    for c in dataset:
-        x = np.concatenate([np.asarray(c[m], dtype=np.float64) for m in modalities], axis=1)
-        parts = [x]
-        if context > 0:
-            csum = np.concatenate([np.zeros((1, x.shape[1])), np.cumsum(x, 0)])
-            n = len(x)
-            lo = np.clip(np.arange(n) - context, 0, n)
-            hi = np.clip(np.arange(n) + context + 1, 0, n)
-            parts += [(csum[hi] - csum[lo]) / (hi - lo)[:, None], np.repeat(x.mean(0, keepdims=True), n, 0)]
-        xs.append(np.concatenate(parts, axis=1))
-        ys.append(np.asarray(c["labels"]))
-    return np.concatenate(xs), np.concatenate(ys)
+def _utterance_features(dataset, modalities):
+    """``(X, y, conversation sizes)`` over all utterances, the chosen modalities' features concatenated."""
+    xs = [np.concatenate([np.asarray(c[m], dtype=np.float64) for m in modalities], axis=1) for c in dataset]
+    ys = [np.asarray(c["labels"]) for c in dataset]
+    return np.concatenate(xs), np.concatenate(ys), [len(y) for y in ys]
+
+
+def _window_sum(v: np.ndarray, k: int) -> np.ndarray:
+    """``out[i] = sum of v[i-k .. i+k]`` within one conversation."""
+    n = len(v)
+    csum = np.concatenate([np.zeros((1,) + v.shape[1:]), np.cumsum(v, 0)])
+    idx = np.arange(n)
+    return csum[np.clip(idx + k + 1, 0, n)] - csum[np.clip(idx - k, 0, n)]
 
 
 def _only(dataset, modalities) -> dict:
@@ -243,13 +239,14 @@ def _only(dataset, modalities) -> dict:
     return {c["id"]: keep.expand(len(c["labels"]), 3).clone() for c in dataset}
 
 
-def data_gaps(splits, net=None, split: str = "test", context: int = 3, device="cpu", batch_size: int = 32,
-              log=print) -> dict:
+def data_gaps(splits, net=None, split: str = "test", context_windows=(1, 2, 3), device="cpu",
+              batch_size: int = 32, log=print) -> dict:
     """How much context and each modality are worth on a dataset (classification).
 
     * ``context``: a per-utterance logistic regression (no context) against the same
-      classifier given a ``±context`` window mean and the conversation mean; and, with
-      ``net``, the trained student on complete data (a full context model).
+      classifier whose log-probabilities are summed over a ``±k`` window of the conversation
+      (the simplest use of local emotional stability), and, with ``net``, the trained
+      student on complete data (a learned context model).
     * ``modalities``: the per-utterance classifier trained and tested on each subset of
       modalities; with ``net``, the student tested with only that subset present.
 
@@ -262,26 +259,31 @@ def data_gaps(splits, net=None, split: str = "test", context: int = 3, device="c
     if splits.train.task != "classification":
         raise ValueError("data_gaps: classification datasets only")
     test = getattr(splits, split)
-    rows = []
+    rows, ctx_rows = [], []
 
-    def fit_score(mods, ctx):
-        xtr, ytr = _utterance_features(splits.train, mods, ctx)
-        xte, yte = _utterance_features(test, mods, ctx)
-        clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
-        clf.fit(xtr, ytr)
-        return compute_metrics(yte, clf.predict(xte))
+    def fit(mods):
+        xtr, ytr, _ = _utterance_features(splits.train, mods)
+        return make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(xtr, ytr)
 
     for mods in MODALITY_SUBSETS:
+        clf = fit(mods)
+        xte, yte, sizes = _utterance_features(test, mods)
         rows.append({"model": "per-utterance logreg (no context)", "modalities": "+".join(m[0] for m in mods),
-                     **fit_score(mods, 0)})
-    rows.append({"model": f"logreg + window ±{context} + conversation mean", "modalities": "t+a+v",
-                 **fit_score(MODALITY_SUBSETS[0], context)})
+                     **compute_metrics(yte, clf.predict(xte))})
+        if len(mods) == 3:
+            logp = np.split(clf.predict_log_proba(xte), np.cumsum(sizes)[:-1])
+            for k in context_windows:
+                pred = np.concatenate([clf.classes_[_window_sum(lp, k).argmax(1)] for lp in logp])
+                ctx_rows.append({"model": f"logreg, log-probs summed over ±{k} utterances",
+                                 "modalities": "t+a+v", **compute_metrics(yte, pred)})
+    rows += ctx_rows
     if net is not None:
         for mods in MODALITY_SUBSETS:
             y, p, _ = predict(net, test, _only(test, mods), batch_size, device)
             rows.append({"model": "ITEACH student (context)", "modalities": "+".join(m[0] for m in mods),
                          **compute_metrics(y, p)})
-    prior = np.bincount(_utterance_features(splits.train, ("text",))[1], minlength=splits.num_classes)
+    prior = np.bincount(_utterance_features(splits.train, ("text",))[1].astype(np.int64),
+                        minlength=splits.num_classes)
     y_test = _utterance_features(test, ("text",))[1]
     rows.append({"model": "majority class (chance)", "modalities": "-",
                  **compute_metrics(y_test, np.full_like(y_test, int(prior.argmax())))})
