@@ -42,6 +42,11 @@ def _list_of(kind):
     return parse
 
 
+def _flat(rates) -> tuple:
+    """``--rates 0,0.3 0.7`` -> ``(0.0, 0.3, 0.7)`` (nargs="+" of comma-separated lists)."""
+    return tuple(x for part in rates for x in (part if isinstance(part, tuple) else (part,)))
+
+
 def _add_config_flags(p: argparse.ArgumentParser, defaults: dict | None = None) -> None:
     """One flag per TrainConfig field; default SUPPRESS so only given flags override --config."""
     base = TrainConfig()
@@ -101,7 +106,12 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     from .evaluate import ume
 
-    res = ume(args.checkpoint, out_dir=args.out, rates=args.rates, split=args.split, seed=args.seed,
+    if args.checkpoint and args.checkpoint_pos and args.checkpoint != args.checkpoint_pos:
+        raise ValueError("give the checkpoint once: --checkpoint or CHECKPOINT")
+    args.checkpoint = args.checkpoint or args.checkpoint_pos
+    if not args.checkpoint:
+        raise ValueError("the argument --checkpoint (or CHECKPOINT) is required: a best.pt or last.pt from `train`")
+    res = ume(args.checkpoint, out_dir=args.out, rates=_flat(args.rates), split=args.split, seed=args.seed,
               batch_size=args.batch_size, device=args.device, backend=args.backend, dtype=args.dtype,
               plots=not args.no_plots)
     written = [f"{k} {v}" for k, v in res["paths"].items() if v]
@@ -123,7 +133,7 @@ def cmd_ime(args) -> int:
     from .evaluate import ime
 
     cfg = config_from_args(args)
-    res = ime(cfg, rates=args.rates, out_dir=os.path.join(cfg.out_dir, "ime"))
+    res = ime(cfg, rates=_flat(args.rates), out_dir=os.path.join(cfg.out_dir, "ime"))
     print(f"written under {os.path.join(cfg.out_dir, 'ime')} (ime.json, ime.csv)")
     return 0 if res["rows"] else 1
 
@@ -251,12 +261,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .masking import EVAL_RATES
 
-    rates = dict(type=_list_of(float), default=EVAL_RATES, metavar="R,R,..",
-                 help="missing rates (default: 0.0,0.1,...,0.7)")
+    rates = dict(type=_list_of(float), nargs="+", default=EVAL_RATES, metavar="R,R,..",
+                 help="missing rates, comma- or space-separated (default: 0.0,0.1,...,0.7)")
     e = sub.add_parser("evaluate", help="UME: test one checkpoint at missing rates 0.0..0.7",
                        description="Unified Model Evaluation: one checkpoint, fixed-seed masks per rate; prints the "
                                    "table, writes ume.json, ume.csv and plots/.")
-    e.add_argument("--checkpoint", required=True, help="best.pt or last.pt from `train`")
+    e.add_argument("checkpoint_pos", nargs="?", metavar="CHECKPOINT", help="the same as --checkpoint")
+    e.add_argument("--checkpoint", help="best.pt or last.pt from `train` (required, or as CHECKPOINT)")
     e.add_argument("--out", help="output folder (default: the checkpoint's folder)")
     e.add_argument("--rates", **rates)
     e.add_argument("--split", choices=("test", "valid"), default="test")

@@ -64,7 +64,7 @@ def test_train_then_evaluate_through_the_console_script(tmp_path):
                                                *TINY_FLAGS], capture_output=True, text=True, env=env, timeout=300)
     assert train.returncode == 0, train.stderr
     assert "epoch   1/1" in train.stdout and "best checkpoint" in train.stdout
-    ume = subprocess.run(console_script() + ["evaluate", "--checkpoint", str(out / "best.pt"), "--rates", "0,0.7",
+    ume = subprocess.run(console_script() + ["evaluate", str(out / "best.pt"), "--rates", "0", "0.7",
                                              "--no-plots", "--device", "cpu"],
                          capture_output=True, text=True, env=env, timeout=300)
     assert ume.returncode == 0, ume.stderr
