@@ -27,10 +27,11 @@ CHOICES = {
 }
 
 # the demo's short schedule: small synthetic conversations and a small model, so that it
-# ends in a few minutes on 2 CPU cores (see `iteach-fast demo --help`)
-DEMO_DEFAULTS = dict(syn_conversations=60, syn_max_len=60, dim=32, heads=4, max_len=60, epochs=8, batch_size=8,
-                     strategy="random", framework="its", student_mixer="nas", select_rates=(0.0, 0.3, 0.5, 0.7),
-                     out_dir=os.path.join("runs", "demo"))
+# ends in a few minutes on 2 CPU cores (see `iteach-fast demo --help`); the framework's own
+# mixers (its: TF teacher, NAS student)
+DEMO_DEFAULTS = dict(syn_conversations=120, syn_max_len=60, dim=32, heads=4, max_len=60, epochs=10, batch_size=8,
+                     lr=1e-3, router_lr=1e-2, dropout=0.1, strategy="random", framework="its",
+                     select_rates=(0.0, 0.3, 0.5, 0.7), out_dir=os.path.join("runs", "demo"))
 
 
 def _list_of(kind):
@@ -163,6 +164,9 @@ def cmd_demo(args) -> int:
                 run = json.load(f)
             found[run["label"]] = run["rows"]
     compare = plots.waf_vs_rate(found, os.path.join(root, "waf_vs_rate.png"))
+    if len(found) > 1:
+        print("UME average WAF of the demo runs so far: " + "; ".join(
+            f"{label} {sum(r['waf'] for r in rows) / len(rows):.2f}" for label, rows in found.items()))
     print(f"results: {res['paths']['json']}, {res['paths']['csv']}")
     print(f"plots:   {os.path.dirname(res['paths']['waf_plot'])}/ (waf_vs_rate, confusion, ecce_heatmap); "
           f"all demo runs: {compare}")
