@@ -14,6 +14,10 @@
 
 #include "routed_mixture.h"
 
+// The loops over D: independent lanes, no aliasing between the row buffers and the tensors,
+// so ask OpenMP (the build compiles with -fopenmp) to vectorise them.
+#define ITF_SIMD _Pragma("omp simd")
+
 namespace iteach_fast {
 
 // Shapes, dtypes and devices of a routed_mixture call (shared with the CUDA entry points).
@@ -38,6 +42,7 @@ void routed_mixture_check(const at::Tensor& logits, const at::Tensor& x, const a
   }
   TORCH_CHECK(pool_size >= 1 && pool_size % 2 == 1, "routed_mixture: pool_size must be odd and >= 1, got ",
               pool_size);
+  TORCH_CHECK(L < (int64_t(1) << 31), "routed_mixture: L must be < 2^31, got ", L);
   (void)D;
 }
 
@@ -67,16 +72,19 @@ void forward_kernel(const T* logits, const T* x, const T* ya, const T* ym, const
       const A inv_count = A(1) / A(hi - lo + 1);
       const T* xb = x + b * L * D;
       const T* x0 = xb + lo * D;
+      ITF_SIMD
       for (int64_t d = 0; d < D; ++d) {
         sum[d] = A(x0[d]);
         mx[d] = A(x0[d]);
       }
       for (int64_t k = lo + 1; k <= hi; ++k) {
         const T* xk = xb + k * D;
+        ITF_SIMD
         for (int64_t d = 0; d < D; ++d) rm::pool_step<A>(A(xk[d]), sum[d], mx[d]);
       }
       const T* a = ya + t * D;
       const T* m = ym + t * D;
+      ITF_SIMD
       for (int64_t d = 0; d < D; ++d) o[d] = T(rm::mix4<A>(w, A(a[d]), A(m[d]), sum[d], inv_count, mx[d]));
     }
   });
@@ -87,7 +95,7 @@ void backward_kernel(const T* dout, const T* logits, const T* x, const T* ya, co
                      T* dlogits, T* dx, T* dya, T* dym, int64_t B, int64_t L, int64_t D, int64_t r) {
   at::parallel_for(0, B * L, grain(D, (2 * r + 1) * (2 * r + 1)), [&](int64_t begin, int64_t end) {
     std::vector<A> sum(D), mx(D), acc(D);
-    std::vector<int64_t> arg(D);
+    std::vector<int32_t> arg(D);  // window indices < L; 32-bit like the float lanes, so the scan vectorises
     for (int64_t t = begin; t < end; ++t) {
       const int64_t b = t / L, j = t % L;
       const int64_t len = rm::clamp_len(lengths[b], L);
@@ -111,18 +119,21 @@ void backward_kernel(const T* dout, const T* logits, const T* x, const T* ya, co
       int64_t lo, hi;
       rm::window(j, r, len, lo, hi);
       const A inv_count = A(1) / A(hi - lo + 1);
+      ITF_SIMD
       for (int64_t d = 0; d < D; ++d) {
         sum[d] = A(xb[lo * D + d]);
         mx[d] = sum[d];
       }
       for (int64_t k = lo + 1; k <= hi; ++k) {
         const T* xk = xb + k * D;
+        ITF_SIMD
         for (int64_t d = 0; d < D; ++d) rm::pool_step<A>(A(xk[d]), sum[d], mx[d]);
       }
       const T* g = dout + row;
       const T* a = ya + row;
       const T* m = ym + row;
       A s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+#pragma omp simd reduction(+ : s0, s1, s2, s3)
       for (int64_t d = 0; d < D; ++d) {
         const A gd = A(g[d]);
         dya[row + d] = T(w[0] * gd);
@@ -149,17 +160,23 @@ void backward_kernel(const T* dout, const T* logits, const T* x, const T* ya, co
         rm::window(i, r, len, wlo, whi);
         const A w2c = wi[2] / A(whi - wlo + 1), w3 = wi[3];
         const T* xl = xb + wlo * D;
+        ITF_SIMD
         for (int64_t d = 0; d < D; ++d) {
           mx[d] = A(xl[d]);
-          arg[d] = wlo;
+          arg[d] = int32_t(wlo);
         }
         for (int64_t k = wlo + 1; k <= whi; ++k) {
           const T* xk = xb + k * D;
-          for (int64_t d = 0; d < D; ++d) rm::argmax_step<A>(A(xk[d]), k, mx[d], arg[d]);
+          const int32_t k32 = int32_t(k);
+          ITF_SIMD
+          for (int64_t d = 0; d < D; ++d) rm::argmax_step<A, int32_t>(A(xk[d]), k32, mx[d], arg[d]);
         }
         const T* gi = dout + (tb + i) * D;
-        for (int64_t d = 0; d < D; ++d) acc[d] += rm::dx_from<A>(A(gi[d]), w2c, w3, arg[d] == j);
+        const int32_t j32 = int32_t(j);
+        ITF_SIMD
+        for (int64_t d = 0; d < D; ++d) acc[d] += rm::dx_from<A>(A(gi[d]), w2c, w3, arg[d] == j32);
       }
+      ITF_SIMD
       for (int64_t d = 0; d < D; ++d) dx[row + d] = T(acc[d]);
     }
   });

@@ -75,9 +75,11 @@ ITF_HD void softmax4_backward(const A w[kMixers], const A s[kMixers], A dl[kMixe
 
 // The max-pool tie rule (see the top of this file): does v replace the running maximum m?
 // Strictly greater, or NaN (NaN propagates, as in torch). Equal values do not: first index wins.
+// Bitwise `|`, not `||`: no branch, so loops over D stay vectorisable (and branch-free on
+// random data, where a branch would mispredict half the time).
 template <typename A>
 ITF_HD bool max_takes(A v, A m) {
-  return v > m || v != v;
+  return (v > m) | (v != v);
 }
 
 // One step of the window scan: running sum and running max (first index on ties).
@@ -88,8 +90,9 @@ ITF_HD void pool_step(A v, A& sum, A& mx) {
 }
 
 // One step of the arg-max scan of a window (first index on ties), for the max-pool gradient.
-template <typename A>
-ITF_HD void argmax_step(A v, int64_t k, A& mx, int64_t& arg) {
+// I: the index type (int32_t on the CPU, as wide as float lanes, so the loop vectorises).
+template <typename A, typename I>
+ITF_HD void argmax_step(A v, I k, A& mx, I& arg) {
   const bool t = max_takes(v, mx);
   mx = t ? v : mx;
   arg = t ? k : arg;
@@ -103,9 +106,10 @@ ITF_HD A mix4(const A w[kMixers], A ya, A ym, A sum, A inv_count, A mx) {
 
 // The gradient that token i's output sends to x[j] (j inside i's window): through the
 // avg-pool always, through the max-pool only if j is the window's arg-max.
+// (A select of two weights, then one product: branch-free, so the loop over D vectorises.)
 template <typename A>
 ITF_HD A dx_from(A g, A w2_over_count, A w3, bool j_is_argmax) {
-  return w2_over_count * g + (j_is_argmax ? w3 * g : A(0));
+  return (w2_over_count + (j_is_argmax ? w3 : A(0))) * g;
 }
 
 // len clamped to [0, L]: lengths come validated from iteach_fast.ops, but a direct call of

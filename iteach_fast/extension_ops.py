@@ -43,7 +43,9 @@ def _backward(ctx, grad):
     logits, x, y_attn, y_mlp, lengths = ctx.saved_tensors
     d_logits, dx, d_y_attn, d_y_mlp = torch.ops.iteach_fast.routed_mixture_backward.default(
         grad.contiguous(), logits, x, y_attn, y_mlp, lengths, ctx.pool_size)
-    return d_logits, dx, d_y_attn, d_y_mlp, None, None
+    needs = ctx.needs_input_grad
+    grads = tuple(g if need else None for g, need in zip((d_logits, dx, d_y_attn, d_y_mlp), needs))
+    return grads + (None, None)
 
 
 _AVAILABLE = available()  # once, at import: torch.compile then reads a constant

@@ -133,6 +133,15 @@ def test_empty_batch_and_all_empty_conversations():
     assert out.shape == (2, 0, 3) and [g.shape for g in grads] == [a.shape for a in args]
 
 
+def test_gradient_of_some_inputs_only():
+    args, lens = _inputs(2, 6, 5, [6, 2])
+    x = args[1].clone().requires_grad_()
+    ops.routed_mixture(args[0], x, args[2], args[3], lens, 3, backend="cpp").sum().backward()
+    xr = args[1].clone().requires_grad_()
+    ops.routed_mixture(args[0], xr, args[2], args[3], lens, 3, backend="reference").sum().backward()
+    torch.testing.assert_close(x.grad, xr.grad)
+
+
 def test_deterministic():
     args, lens = _inputs(4, 33, 40, [33, 20, 1, 7])
     g = torch.randn(4, 33, 40)

@@ -175,7 +175,7 @@ __global__ void __launch_bounds__(kThreads)
       for (int64_t k = wlo + 1; k <= whi; ++k) {
         const Pack<T, VEC> qk = load<T, VEC>(xb + k * D + d);
 #pragma unroll
-        for (int e = 0; e < VEC; ++e) rm::argmax_step<A>(A(qk.v[e]), k, m[e], arg[e]);
+        for (int e = 0; e < VEC; ++e) rm::argmax_step<A, int64_t>(A(qk.v[e]), k, m[e], arg[e]);
       }
       const Pack<T, VEC> gi = load<T, VEC>(dout + (tb + i) * D + d);
 #pragma unroll
