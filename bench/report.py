@@ -259,9 +259,11 @@ def render(json_path: str, out_dir: str | None = None) -> list[str]:
 
 
 def latest_results(results_dir: str = RESULTS) -> list[str]:
-    """The newest result file per device (by the date in its name), smoke runs left out."""
+    """The newest result file per device (by the date in its name), smoke runs left out;
+    also one folder down, where ``bench/gpu_check.sh`` leaves its report."""
     latest: dict[str, str] = {}
-    for path in sorted(glob.glob(os.path.join(results_dir, "*.json"))):
+    found = glob.glob(os.path.join(results_dir, "*.json")) + glob.glob(os.path.join(results_dir, "*", "*.json"))
+    for path in sorted(found, key=os.path.basename):
         name = os.path.basename(path)
         if name.startswith("smoke-"):
             continue

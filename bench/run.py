@@ -70,6 +70,8 @@ def run_case(case: suite.Case, device: torch.device, quick: bool) -> dict:
         peak, mem_method = measure.peak_memory(prepared.fn, device)
     except suite.Skip as why:
         return {"status": "skipped", "reason": str(why)}
+    except torch.OutOfMemoryError as err:  # e.g. the reference's B*H*L*L bias at long L: a finding, not a bug
+        return {"status": "skipped", "reason": "out of memory: " + _reason(err)}
     except Exception as err:  # noqa: BLE001 - a failing case is a result, and the run goes on
         return {"status": "failed", "reason": _reason(err)}
     return {"status": "ok", "reason": None, "median_ms": timing.median_ms, "p20_ms": timing.p20_ms,

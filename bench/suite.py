@@ -40,6 +40,14 @@ GPU_SIZES = ((32, 110), (16, 512), (4, 2048), (1, 8192))
 CPU_SIZES = ((32, 110), (4, 512), (1, 2048))
 QUICK_CPU_SIZES = ((32, 110), (4, 512))
 SMOKE_SIZES = ((2, 16), (2, 40))
+# per-op overrides: the attention at the issue's fixed batch (its reference needs B*H*L*L
+# floats, so it runs out of memory at L = 8192 where the fused kernel does not), and the
+# memory-bound mixture up to B*L*D = 8M (CPU) / 64M (GPU) elements
+OP_SIZES = {
+    ("ecce_attention", "cuda"): ((32, 110), (32, 512), (32, 2048), (32, 8192)),
+    ("routed_mixture", "cuda"): ((32, 110), (64, 1024), (512, 1024)),
+    ("routed_mixture", "cpu"): ((32, 110), (64, 1024)),
+}
 # a model's MLP token mixer is Linear(L, L): the model is benchmarked at conversation lengths only
 MODEL_SIZES = {"gpu": ((32, 110), (8, 512)), "cpu": ((4, 110),), "smoke": ((2, 16),)}
 
@@ -49,7 +57,7 @@ PEERS = {
                        "F.scaled_dot_product_attention as a float attn_mask (time includes building E)",
     "flex-attention": "torch.compile(flex_attention) with a score_mod reading the band mean from the "
                       "prefix sums P (key padding masked in the score_mod; time includes P)",
-    "torch": "plain PyTorch: zp = z @ W_fc, then the masked exclusive cumsum (reference.band_prefix)",
+    "torch": "plain PyTorch: zp = z @ W_fc (float32, masked), then its exclusive cumsum P",
     "compiled-torch": "torch.compile of the plain-PyTorch matmul + cumsum",
     "reference": "the pure-PyTorch reference (iteach_fast.reference), the oracle",
     "auto": "the whole model with backend='auto': the fastest registered backend of each op",
@@ -121,6 +129,8 @@ def default_sizes(device: torch.device, quick: bool, smoke: bool, op: str) -> tu
         return MODEL_SIZES["gpu" if kind == "cuda" else kind]
     if kind == "smoke":
         return SMOKE_SIZES
+    if (op, kind) in OP_SIZES:
+        return OP_SIZES[op, kind]
     if kind == "cuda":
         return GPU_SIZES
     return QUICK_CPU_SIZES if quick else CPU_SIZES
@@ -214,9 +224,13 @@ def flex_ecce_attention(q, k, v, zp, lengths, dist: int, scale: float) -> torch.
     return torch.where(valid, out, torch.zeros((), dtype=out.dtype, device=out.device))
 
 
-def torch_prefix(z, w, lengths) -> torch.Tensor:
-    """The prefix sums P (B, L+1, H) of zp = z @ w over valid positions, in plain PyTorch."""
-    return reference.band_prefix(z @ w, lengths)
+def torch_prefix(z, w, lengths) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(zp, P)`` as K1's ``ecce_prefix`` returns them, in plain PyTorch: ``zp = z @ w``
+    (B, L, H) zeroed beyond ``lengths`` and its exclusive prefix sums ``P (B, L+1, H)``, float32."""
+    zp = (z @ w).to(reference.accumulation_dtype(z.dtype))
+    zp = torch.where(reference.valid_mask(lengths, z.shape[1])[..., None], zp, torch.zeros((), dtype=zp.dtype,
+                                                                                         device=zp.device))
+    return zp, F.pad(torch.cumsum(zp, dim=1), (0, 0, 1, 0))
 
 
 @functools.lru_cache(maxsize=None)
@@ -227,7 +241,7 @@ def _compiled(fn: Callable) -> Callable:
 
 
 def _prefix_kernel(device) -> Callable:
-    """K1's prefix kernel ``ecce_prefix(z, w_fc, lengths) -> P``, from the registry once it is
+    """K1's prefix kernel ``ecce_prefix(z, w_fc, lengths) -> (zp, P)``, from the registry once it is
     registered there, else from ``iteach_fast.kernels.ecce``."""
     impl = backends.REGISTRY.get("ecce_prefix", {}).get("triton")
     if impl is not None:
@@ -277,6 +291,9 @@ def _op_function(case: Case, device: torch.device) -> Callable:
     elif provider == "sdpa-float-mask":
         fn = sdpa_float_mask
     elif provider == "flex-attention":
+        if device.type != "cuda":
+            raise Skip("FlexAttention has no backward on the CPU and its CPU forward is not a speed path: "
+                       "benchmarked on CUDA only")
         fn = _compiled(flex_ecce_attention)
     else:
         raise ValueError(f"unknown provider {provider!r} for {op}")
@@ -307,8 +324,8 @@ def prepare(case: Case, device: torch.device, copies: int = 3, seed: int = 0) ->
             with torch.no_grad():
                 fn(*next(rotation))
     else:
-        out_shape = fn(*sets[0]).shape  # also the first compile, if any
-        grads_out = [torch.randn(out_shape, generator=gen).to(device=device, dtype=case.torch_dtype)
+        outputs = _as_tuple(fn(*sets[0]))  # also the first compile, if any
+        grads_out = [[torch.randn(o.shape, generator=gen).to(device=device, dtype=o.dtype) for o in outputs]
                      for _ in range(copies)]
         rotation = itertools.cycle(zip(sets, grads_out))
 
@@ -316,8 +333,12 @@ def prepare(case: Case, device: torch.device, copies: int = 3, seed: int = 0) ->
             inputs, grad_out = next(rotation)
             for t in inputs:
                 t.grad = None
-            fn(*inputs).backward(grad_out)
+            torch.autograd.backward(_as_tuple(fn(*inputs)), grad_out)
     return Prepared(call, bytes_moved(case), flops(case))
+
+
+def _as_tuple(out) -> tuple:
+    return tuple(out) if isinstance(out, (tuple, list)) else (out,)
 
 
 def _prepare_model(case: Case, device: torch.device, copies: int, gen: torch.Generator) -> Prepared:
@@ -375,8 +396,8 @@ def bytes_moved(case: Case) -> int | None:
         back = e * (8 * B * H * L * Dh + 2 * B * L * H) + 4 * B * H * L
         return fwd + (back if bwd else 0)
     if case.op == "ecce_prefix":
-        fwd = e * (B * L * D + D * H) + 4 * B * (L + 1) * H  # read z, W; write P (float32)
-        back = 4 * B * (L + 1) * H + e * (2 * B * L * D + 2 * D * H)  # read dP, z, W; write dz, dW
+        fwd = e * (B * L * D + D * H) + 4 * (B * L * H + B * (L + 1) * H)  # read z, W; write zp, P (float32)
+        back = 4 * (B * L * H + B * (L + 1) * H) + e * (2 * B * L * D + 2 * D * H)  # read dzp, dP, z, W; write dz, dW
         return fwd + (back if bwd else 0)
     if case.op == "routed_mixture":
         fwd = e * (4 * B * L * D + 4 * B * L)  # read logits, x, y_attn, y_mlp; write out

@@ -1,0 +1,83 @@
+"""The benchmark report: a fake result set renders a Markdown table, footnotes and PNG plots,
+and the README's generated section is replaced, not appended to."""
+import json
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+pytest.importorskip("matplotlib")
+
+import report  # noqa: E402
+
+
+def _row(provider, L, ms, status="ok", reason=None, mem=2**20):
+    row = {"op": "ecce_attention", "provider": provider, "mode": "fwd", "dtype": "float32", "B": 2, "L": L,
+           "D": 128, "H": 8, "Dh": 16, "status": status, "reason": reason, "provider_kind": "peer"}
+    if status == "ok":
+        row.update(median_ms=ms, p20_ms=ms * 0.9, p80_ms=ms * 1.1, rounds=10, timer="fake", peak_mem_bytes=mem,
+                   mem_method="fake allocator", bytes_moved=10**6, flops=10**8, note=None)
+    return row
+
+
+def fake_results():
+    rows = [_row("reference", 64, 4.0), _row("reference", 128, 12.0), _row("triton", 64, 1.0),
+            _row("triton", 128, 2.0, mem=2**10),
+            _row("flex-attention", 64, None, "skipped", "FlexAttention needs CUDA"),
+            _row("flex-attention", 128, None, "failed", "InductorError: boom")]
+    return {"schema": 1,
+            "environment": {"date": "2026-01-02T03:04:05+00:00", "python": "3.11", "torch": "2.14.1",
+                            "triton": "3.8.0", "cuda": None, "device": "Fake CPU", "device_type": "cpu",
+                            "device_slug": "fake-cpu", "cpu_threads": 2, "git_commit": "0123456789abcdef",
+                            "git_dirty": False},
+            "config": {"quick": True},
+            "ceilings": {"copy_bytes_per_s": 1e10, "matmul_flops_per_s": {"float32": 1e11}},
+            "baselines": {"ecce_attention": "reference"}, "providers": {}, "rows": rows}
+
+
+@pytest.fixture
+def result_file(tmp_path):
+    path = tmp_path / "fake-cpu-2026-01-02.json"
+    path.write_text(json.dumps(fake_results()))
+    return path
+
+
+def test_speedups_are_over_the_baseline_of_the_same_size():
+    ups = report.speedups(fake_results())
+    assert ups[2] == pytest.approx(4.0) and ups[3] == pytest.approx(6.0)
+    assert ups[0] == pytest.approx(1.0)
+
+
+def test_render_writes_table_and_plots(result_file):
+    written = report.render(str(result_file))
+    names = sorted(os.path.basename(p) for p in written)
+    assert names == sorted(["fake-cpu-2026-01-02.md"] + [f"fake-cpu-2026-01-02-{m}.png" for m in report.PLOTS])
+    for path in written:
+        assert os.path.getsize(path) > 0
+        if path.endswith(".png"):
+            with open(path, "rb") as f:
+                assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    md = open(written[0] if written[0].endswith(".md") else result_file.with_suffix(".md")).read()
+    assert "| dtype | B | L | reference | triton | flex-attention |" in md
+    assert "×4.00" in md and "×6.00" in md  # the speed-ups
+    assert "skipped [1]" in md and "1. skipped: FlexAttention needs CUDA" in md
+    assert "failed [2]" in md and "2. failed: InductorError: boom" in md
+    assert "Fake CPU" in md and "0123456789" in md
+
+
+def test_update_readme_replaces_the_generated_section(result_file, tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# head\n\n{report.BEGIN}\nold text\n{report.END}\n\ntail\n")
+    for _ in range(2):  # idempotent: the second run replaces the first
+        report.update_readme(str(readme), [str(result_file)])
+    text = readme.read_text()
+    assert text.startswith("# head") and text.rstrip().endswith("tail")
+    assert "old text" not in text and text.count(report.BEGIN) == 1 and text.count("### Fake CPU") == 1
+
+
+def test_update_readme_without_markers_is_a_clear_error(result_file, tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("no markers here\n")
+    with pytest.raises(ValueError, match="markers"):
+        report.update_readme(str(readme), [str(result_file)])
