@@ -103,6 +103,8 @@ def routed_mixture(logits, x, y_attn, y_mlp, lengths, pool_size: int) -> torch.T
     """
     B, L, D = x.shape
     acc = accumulation_dtype(x.dtype)
+    if x.numel() == 0:  # torch's pools reject empty inputs; the answer is empty (and differentiable)
+        return (x + logits.sum(-1, keepdim=True) * 0 + y_attn * 0 + y_mlp * 0).to(x.dtype)
     valid = valid_mask(lengths, L)[..., None]  # (B, L, 1)
     zero = torch.zeros((), dtype=acc, device=x.device)
     xa = x.to(acc)

@@ -139,9 +139,10 @@ def test_padding_is_invisible(op):
     assert torch.isfinite(out).all()
 
 
+@pytest.mark.parametrize("L", [5, 0])  # L = 0: a batch padded to no utterances at all
 @pytest.mark.parametrize("op", ["ecce_bias", "ecce_attention", "routed_mixture"])
-def test_empty_conversation_gives_zeros_and_finite_gradients(op):
-    inputs = {n: t.requires_grad_() for n, t in _random_inputs(op, 2, 5).items()}
+def test_empty_conversation_gives_zeros_and_finite_gradients(op, L):
+    inputs = {n: t.requires_grad_() for n, t in _random_inputs(op, 2, L).items()}
     out = _call(op, inputs, torch.tensor([0, 0]))
     assert torch.count_nonzero(out) == 0
     out.sum().backward()
