@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "routed_mixture.h"
+#include "routed_mixture_host.h"
 
 // The loops over D: independent lanes, no aliasing between the row buffers and the tensors,
 // so ask OpenMP (the build compiles with -fopenmp) to vectorise them.
@@ -20,7 +21,8 @@
 
 namespace iteach_fast {
 
-// Shapes, dtypes and devices of a routed_mixture call (shared with the CUDA entry points).
+namespace {
+
 void routed_mixture_check(const at::Tensor& logits, const at::Tensor& x, const at::Tensor& y_attn,
                           const at::Tensor& y_mlp, const at::Tensor& lengths, int64_t pool_size) {
   TORCH_CHECK(x.dim() == 3, "routed_mixture: x must be (B, L, D), got ", x.sizes());
@@ -44,6 +46,23 @@ void routed_mixture_check(const at::Tensor& logits, const at::Tensor& x, const a
               pool_size);
   TORCH_CHECK(L < (int64_t(1) << 31), "routed_mixture: L must be < 2^31, got ", L);
   (void)D;
+}
+
+}  // namespace
+
+RoutedMixtureCall routed_mixture_call(const at::Tensor& logits, const at::Tensor& x, const at::Tensor& y_attn,
+                                      const at::Tensor& y_mlp, const at::Tensor& lengths, int64_t pool_size) {
+  routed_mixture_check(logits, x, y_attn, y_mlp, lengths, pool_size);
+  return {logits.contiguous(), x.contiguous(), y_attn.contiguous(), y_mlp.contiguous(), lengths.contiguous(),
+          x.size(0), x.size(1), x.size(2), pool_size / 2};
+}
+
+RoutedMixtureGrads routed_mixture_grads(const at::Tensor& grad, const RoutedMixtureCall& c) {
+  TORCH_CHECK(grad.sizes() == c.x.sizes() && grad.scalar_type() == c.x.scalar_type() && grad.device() == c.x.device(),
+              "routed_mixture_backward: grad must match x's shape, dtype and device");
+  const auto opts = c.x.options();
+  return {grad.contiguous(), at::empty({c.B, c.L, rm::kMixers}, opts), at::empty({c.B, c.L, c.D}, opts),
+          at::empty({c.B, c.L, c.D}, opts), at::empty({c.B, c.L, c.D}, opts)};
 }
 
 namespace {
@@ -182,47 +201,37 @@ void backward_kernel(const T* dout, const T* logits, const T* x, const T* ya, co
   });
 }
 
-at::Tensor routed_mixture_cpu(const at::Tensor& logits_, const at::Tensor& x_, const at::Tensor& y_attn_,
-                              const at::Tensor& y_mlp_, const at::Tensor& lengths_, int64_t pool_size) {
-  routed_mixture_check(logits_, x_, y_attn_, y_mlp_, lengths_, pool_size);
-  const auto logits = logits_.contiguous(), x = x_.contiguous(), y_attn = y_attn_.contiguous(),
-             y_mlp = y_mlp_.contiguous(), lengths = lengths_.contiguous();
-  const int64_t B = x.size(0), L = x.size(1), D = x.size(2);
-  auto out = at::empty({B, L, D}, x.options());
-  if (B * L == 0) return out;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "routed_mixture_cpu", [&] {
+at::Tensor routed_mixture_cpu(const at::Tensor& logits, const at::Tensor& x, const at::Tensor& y_attn,
+                              const at::Tensor& y_mlp, const at::Tensor& lengths, int64_t pool_size) {
+  const auto c = routed_mixture_call(logits, x, y_attn, y_mlp, lengths, pool_size);
+  auto out = at::empty({c.B, c.L, c.D}, c.x.options());
+  if (c.B * c.L == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, c.x.scalar_type(), "routed_mixture_cpu", [&] {
     using A = at::opmath_type<scalar_t>;
-    forward_kernel<scalar_t, A>(logits.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), y_attn.data_ptr<scalar_t>(),
-                                y_mlp.data_ptr<scalar_t>(), lengths.data_ptr<int64_t>(), out.data_ptr<scalar_t>(),
-                                B, L, D, pool_size / 2);
+    forward_kernel<scalar_t, A>(c.logits.data_ptr<scalar_t>(), c.x.data_ptr<scalar_t>(),
+                                c.y_attn.data_ptr<scalar_t>(), c.y_mlp.data_ptr<scalar_t>(),
+                                c.lengths.data_ptr<int64_t>(), out.data_ptr<scalar_t>(), c.B, c.L, c.D, c.r);
   });
   return out;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> routed_mixture_backward_cpu(
-    const at::Tensor& grad_, const at::Tensor& logits_, const at::Tensor& x_, const at::Tensor& y_attn_,
-    const at::Tensor& y_mlp_, const at::Tensor& lengths_, int64_t pool_size) {
-  routed_mixture_check(logits_, x_, y_attn_, y_mlp_, lengths_, pool_size);
-  TORCH_CHECK(grad_.sizes() == x_.sizes() && grad_.scalar_type() == x_.scalar_type() &&
-                  grad_.device() == x_.device(),
-              "routed_mixture_backward: grad must match x's shape, dtype and device");
-  const auto grad = grad_.contiguous(), logits = logits_.contiguous(), x = x_.contiguous(),
-             y_attn = y_attn_.contiguous(), y_mlp = y_mlp_.contiguous(), lengths = lengths_.contiguous();
-  const int64_t B = x.size(0), L = x.size(1), D = x.size(2);
-  auto dlogits = at::empty({B, L, rm::kMixers}, x.options());
-  auto dx = at::empty({B, L, D}, x.options());
-  auto dya = at::empty({B, L, D}, x.options());
-  auto dym = at::empty({B, L, D}, x.options());
-  if (B * L == 0) return {dlogits, dx, dya, dym};
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "routed_mixture_backward_cpu", [&] {
-    using A = at::opmath_type<scalar_t>;
-    backward_kernel<scalar_t, A>(grad.data_ptr<scalar_t>(), logits.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(),
-                                 y_attn.data_ptr<scalar_t>(), y_mlp.data_ptr<scalar_t>(),
-                                 lengths.data_ptr<int64_t>(), dlogits.data_ptr<scalar_t>(),
-                                 dx.data_ptr<scalar_t>(), dya.data_ptr<scalar_t>(), dym.data_ptr<scalar_t>(), B,
-                                 L, D, pool_size / 2);
-  });
-  return {dlogits, dx, dya, dym};
+    const at::Tensor& grad, const at::Tensor& logits, const at::Tensor& x, const at::Tensor& y_attn,
+    const at::Tensor& y_mlp, const at::Tensor& lengths, int64_t pool_size) {
+  const auto c = routed_mixture_call(logits, x, y_attn, y_mlp, lengths, pool_size);
+  const auto g = routed_mixture_grads(grad, c);
+  if (c.B * c.L > 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, c.x.scalar_type(), "routed_mixture_backward_cpu", [&] {
+      using A = at::opmath_type<scalar_t>;
+      backward_kernel<scalar_t, A>(g.grad.data_ptr<scalar_t>(), c.logits.data_ptr<scalar_t>(),
+                                   c.x.data_ptr<scalar_t>(), c.y_attn.data_ptr<scalar_t>(),
+                                   c.y_mlp.data_ptr<scalar_t>(), c.lengths.data_ptr<int64_t>(),
+                                   g.d_logits.data_ptr<scalar_t>(), g.d_x.data_ptr<scalar_t>(),
+                                   g.d_y_attn.data_ptr<scalar_t>(), g.d_y_mlp.data_ptr<scalar_t>(), c.B, c.L, c.D,
+                                   c.r);
+    });
+  }
+  return {g.d_logits, g.d_x, g.d_y_attn, g.d_y_mlp};
 }
 
 }  // namespace

@@ -17,12 +17,9 @@
 #include <tuple>
 
 #include "routed_mixture.h"
+#include "routed_mixture_host.h"
 
 namespace iteach_fast {
-
-// Shapes, dtypes and devices (routed_mixture.cpp).
-void routed_mixture_check(const at::Tensor& logits, const at::Tensor& x, const at::Tensor& y_attn,
-                          const at::Tensor& y_mlp, const at::Tensor& lengths, int64_t pool_size);
 
 namespace {
 
@@ -59,6 +56,20 @@ __device__ __forceinline__ void weights(const T* lg, A w[rm::kMixers]) {
   rm::softmax4<A>(A(lg[0]), A(lg[1]), A(lg[2]), A(lg[3]), w);
 }
 
+// Sum and max of x rows lo..hi (one token's pool window) at columns d .. d + VEC.
+template <typename T, typename A, int VEC>
+__device__ __forceinline__ void pool_window(const T* xb, int64_t lo, int64_t hi, int64_t D, int64_t d,
+                                            A (&sum)[VEC], A (&mx)[VEC]) {
+  const Pack<T, VEC> p0 = load<T, VEC>(xb + lo * D + d);
+#pragma unroll
+  for (int e = 0; e < VEC; ++e) sum[e] = mx[e] = A(p0.v[e]);
+  for (int64_t k = lo + 1; k <= hi; ++k) {
+    const Pack<T, VEC> pk = load<T, VEC>(xb + k * D + d);
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) rm::pool_step<A>(A(pk.v[e]), sum[e], mx[e]);
+  }
+}
+
 template <typename T, typename A, int VEC>
 __global__ void __launch_bounds__(kThreads)
     forward_kernel(const T* __restrict__ logits, const T* __restrict__ x, const T* __restrict__ ya,
@@ -82,14 +93,7 @@ __global__ void __launch_bounds__(kThreads)
   const T* xb = x + b * L * D;
   for (int64_t d = int64_t(lane) * VEC; d < D; d += kWarp * VEC) {
     A sum[VEC], mx[VEC];
-    const Pack<T, VEC> p0 = load<T, VEC>(xb + lo * D + d);
-#pragma unroll
-    for (int e = 0; e < VEC; ++e) sum[e] = mx[e] = A(p0.v[e]);
-    for (int64_t k = lo + 1; k <= hi; ++k) {
-      const Pack<T, VEC> pk = load<T, VEC>(xb + k * D + d);
-#pragma unroll
-      for (int e = 0; e < VEC; ++e) rm::pool_step<A>(A(pk.v[e]), sum[e], mx[e]);
-    }
+    pool_window<T, A, VEC>(xb, lo, hi, D, d, sum, mx);
     const Pack<T, VEC> pa = load<T, VEC>(ya + t * D + d), pm = load<T, VEC>(ym + t * D + d);
     Pack<T, VEC> po;
 #pragma unroll
@@ -130,14 +134,7 @@ __global__ void __launch_bounds__(kThreads)
   for (int64_t d = int64_t(lane) * VEC; d < D; d += kWarp * VEC) {
     // token j's own output: its pools, for the dot products of the softmax backward
     A sum[VEC], mx[VEC];
-    const Pack<T, VEC> p0 = load<T, VEC>(xb + lo * D + d);
-#pragma unroll
-    for (int e = 0; e < VEC; ++e) sum[e] = mx[e] = A(p0.v[e]);
-    for (int64_t k = lo + 1; k <= hi; ++k) {
-      const Pack<T, VEC> pk = load<T, VEC>(xb + k * D + d);
-#pragma unroll
-      for (int e = 0; e < VEC; ++e) rm::pool_step<A>(A(pk.v[e]), sum[e], mx[e]);
-    }
+    pool_window<T, A, VEC>(xb, lo, hi, D, d, sum, mx);
     const Pack<T, VEC> pg = load<T, VEC>(dout + row + d), pa = load<T, VEC>(ya + row + d),
                        pm = load<T, VEC>(ym + row + d);
     Pack<T, VEC> qa, qm;
@@ -212,28 +209,26 @@ bool can_vectorise(int64_t D, std::initializer_list<const void*> ptrs) {
   return true;
 }
 
-at::Tensor routed_mixture_cuda(const at::Tensor& logits_, const at::Tensor& x_, const at::Tensor& y_attn_,
-                               const at::Tensor& y_mlp_, const at::Tensor& lengths_, int64_t pool_size) {
-  routed_mixture_check(logits_, x_, y_attn_, y_mlp_, lengths_, pool_size);
-  const c10::cuda::CUDAGuard guard(x_.device());
-  const auto logits = logits_.contiguous(), x = x_.contiguous(), y_attn = y_attn_.contiguous(),
-             y_mlp = y_mlp_.contiguous(), lengths = lengths_.contiguous();
-  const int64_t B = x.size(0), L = x.size(1), D = x.size(2);
-  auto out = at::empty({B, L, D}, x.options());
-  if (B * L == 0 || D == 0) return out;
-  const int64_t blocks = (B * L + kWarpsPerBlock - 1) / kWarpsPerBlock;
+at::Tensor routed_mixture_cuda(const at::Tensor& logits, const at::Tensor& x, const at::Tensor& y_attn,
+                               const at::Tensor& y_mlp, const at::Tensor& lengths, int64_t pool_size) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  const auto c = routed_mixture_call(logits, x, y_attn, y_mlp, lengths, pool_size);
+  auto out = at::empty({c.B, c.L, c.D}, c.x.options());
+  if (c.B * c.L == 0 || c.D == 0) return out;
+  const int64_t blocks = (c.B * c.L + kWarpsPerBlock - 1) / kWarpsPerBlock;
   const auto stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "routed_mixture_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, c.x.scalar_type(), "routed_mixture_cuda", [&] {
     using A = at::opmath_type<scalar_t>;
     constexpr int V = 16 / sizeof(scalar_t);
-    const scalar_t *lg = logits.data_ptr<scalar_t>(), *xp = x.data_ptr<scalar_t>(),
-                   *ya = y_attn.data_ptr<scalar_t>(), *ym = y_mlp.data_ptr<scalar_t>();
+    const scalar_t *lg = c.logits.data_ptr<scalar_t>(), *xp = c.x.data_ptr<scalar_t>(),
+                   *ya = c.y_attn.data_ptr<scalar_t>(), *ym = c.y_mlp.data_ptr<scalar_t>();
     scalar_t* op = out.data_ptr<scalar_t>();
-    const int64_t* ln = lengths.data_ptr<int64_t>();
-    if (can_vectorise<scalar_t>(D, {xp, ya, ym, op})) {
-      forward_kernel<scalar_t, A, V><<<static_cast<unsigned int>(blocks), kThreads, 0, stream>>>(lg, xp, ya, ym, ln, op, B, L, D, pool_size / 2);
+    const int64_t* ln = c.lengths.data_ptr<int64_t>();
+    const auto grid = static_cast<unsigned int>(blocks);
+    if (can_vectorise<scalar_t>(c.D, {xp, ya, ym, op})) {
+      forward_kernel<scalar_t, A, V><<<grid, kThreads, 0, stream>>>(lg, xp, ya, ym, ln, op, c.B, c.L, c.D, c.r);
     } else {
-      forward_kernel<scalar_t, A, 1><<<static_cast<unsigned int>(blocks), kThreads, 0, stream>>>(lg, xp, ya, ym, ln, op, B, L, D, pool_size / 2);
+      forward_kernel<scalar_t, A, 1><<<grid, kThreads, 0, stream>>>(lg, xp, ya, ym, ln, op, c.B, c.L, c.D, c.r);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -241,42 +236,35 @@ at::Tensor routed_mixture_cuda(const at::Tensor& logits_, const at::Tensor& x_, 
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> routed_mixture_backward_cuda(
-    const at::Tensor& grad_, const at::Tensor& logits_, const at::Tensor& x_, const at::Tensor& y_attn_,
-    const at::Tensor& y_mlp_, const at::Tensor& lengths_, int64_t pool_size) {
-  routed_mixture_check(logits_, x_, y_attn_, y_mlp_, lengths_, pool_size);
-  TORCH_CHECK(grad_.sizes() == x_.sizes() && grad_.scalar_type() == x_.scalar_type() &&
-                  grad_.device() == x_.device(),
-              "routed_mixture_backward: grad must match x's shape, dtype and device");
-  const c10::cuda::CUDAGuard guard(x_.device());
-  const auto grad = grad_.contiguous(), logits = logits_.contiguous(), x = x_.contiguous(),
-             y_attn = y_attn_.contiguous(), y_mlp = y_mlp_.contiguous(), lengths = lengths_.contiguous();
-  const int64_t B = x.size(0), L = x.size(1), D = x.size(2);
-  auto dlogits = at::empty({B, L, rm::kMixers}, x.options());
-  auto dx = at::empty({B, L, D}, x.options());
-  auto dya = at::empty({B, L, D}, x.options());
-  auto dym = at::empty({B, L, D}, x.options());
-  if (B * L == 0) return {dlogits, dx, dya, dym};
-  const int64_t blocks = (B * L + kWarpsPerBlock - 1) / kWarpsPerBlock;
+    const at::Tensor& grad, const at::Tensor& logits, const at::Tensor& x, const at::Tensor& y_attn,
+    const at::Tensor& y_mlp, const at::Tensor& lengths, int64_t pool_size) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  const auto c = routed_mixture_call(logits, x, y_attn, y_mlp, lengths, pool_size);
+  const auto g = routed_mixture_grads(grad, c);
+  if (c.B * c.L == 0) return {g.d_logits, g.d_x, g.d_y_attn, g.d_y_mlp};
+  const int64_t blocks = (c.B * c.L + kWarpsPerBlock - 1) / kWarpsPerBlock;
   const auto stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "routed_mixture_backward_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, c.x.scalar_type(), "routed_mixture_backward_cuda", [&] {
     using A = at::opmath_type<scalar_t>;
     constexpr int V = 16 / sizeof(scalar_t);
-    const scalar_t *gp = grad.data_ptr<scalar_t>(), *lg = logits.data_ptr<scalar_t>(), *xp = x.data_ptr<scalar_t>(),
-                   *ya = y_attn.data_ptr<scalar_t>(), *ym = y_mlp.data_ptr<scalar_t>();
-    scalar_t *dl = dlogits.data_ptr<scalar_t>(), *dxp = dx.data_ptr<scalar_t>(), *dyap = dya.data_ptr<scalar_t>(),
-             *dymp = dym.data_ptr<scalar_t>();
-    const int64_t* ln = lengths.data_ptr<int64_t>();
+    const scalar_t *gp = g.grad.data_ptr<scalar_t>(), *lg = c.logits.data_ptr<scalar_t>(),
+                   *xp = c.x.data_ptr<scalar_t>(), *ya = c.y_attn.data_ptr<scalar_t>(),
+                   *ym = c.y_mlp.data_ptr<scalar_t>();
+    scalar_t *dl = g.d_logits.data_ptr<scalar_t>(), *dxp = g.d_x.data_ptr<scalar_t>(),
+             *dyap = g.d_y_attn.data_ptr<scalar_t>(), *dymp = g.d_y_mlp.data_ptr<scalar_t>();
+    const int64_t* ln = c.lengths.data_ptr<int64_t>();
+    const auto grid = static_cast<unsigned int>(blocks);
     // D == 0 still launches: the kernel then writes d_logits = 0
-    if (D > 0 && can_vectorise<scalar_t>(D, {gp, xp, ya, ym, dxp, dyap, dymp})) {
-      backward_kernel<scalar_t, A, V><<<static_cast<unsigned int>(blocks), kThreads, 0, stream>>>(gp, lg, xp, ya, ym, ln, dl, dxp, dyap, dymp,
-                                                                       B, L, D, pool_size / 2);
+    if (c.D > 0 && can_vectorise<scalar_t>(c.D, {gp, xp, ya, ym, dxp, dyap, dymp})) {
+      backward_kernel<scalar_t, A, V><<<grid, kThreads, 0, stream>>>(gp, lg, xp, ya, ym, ln, dl, dxp, dyap, dymp,
+                                                                     c.B, c.L, c.D, c.r);
     } else {
-      backward_kernel<scalar_t, A, 1><<<static_cast<unsigned int>(blocks), kThreads, 0, stream>>>(gp, lg, xp, ya, ym, ln, dl, dxp, dyap, dymp,
-                                                                       B, L, D, pool_size / 2);
+      backward_kernel<scalar_t, A, 1><<<grid, kThreads, 0, stream>>>(gp, lg, xp, ya, ym, ln, dl, dxp, dyap, dymp,
+                                                                     c.B, c.L, c.D, c.r);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return {dlogits, dx, dya, dym};
+  return {g.d_logits, g.d_x, g.d_y_attn, g.d_y_mlp};
 }
 
 }  // namespace
