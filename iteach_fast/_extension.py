@@ -35,9 +35,19 @@ def triton_interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-@lru_cache(maxsize=None)
-def triton_status():
+# Resolved once, then read from a plain dict: torch.compile traces a dict lookup, while it
+# only warns about (and re-traces through) an lru_cache wrapper.
+_TRITON_STATUS: dict[str, tuple[bool, str | None]] = {}
+
+
+def triton_status() -> tuple[bool, str | None]:
     """``(True, None)`` if Triton kernels can run here, else ``(False, reason)``."""
+    if "status" not in _TRITON_STATUS:
+        _TRITON_STATUS["status"] = _triton_status()
+    return _TRITON_STATUS["status"]
+
+
+def _triton_status() -> tuple[bool, str | None]:
     try:
         import triton  # noqa: F401
     except ImportError as err:

@@ -104,6 +104,7 @@ for _op in ("ecce_bias", "ecce_attention"):
                                         torch.bfloat16: (2e-2, 2e-2)}))
 register(Implementation("routed_mixture", "cpp", "iteach_fast.extension_ops:routed_mixture", rank=1))
 _cpp_status("routed_mixture")  # resolved now, outside any torch.compile trace
+_extension.triton_status()
 
 
 def implementations(op: str) -> list[Implementation]:

@@ -247,12 +247,12 @@ def test_unavailable_backend_says_why(monkeypatch):
     if torch.cuda.is_available():
         pytest.skip("Triton runs here")
     from iteach_fast import _extension
-    _extension.triton_status.cache_clear()
+    _extension._TRITON_STATUS.clear()
     try:
         with pytest.raises(BackendUnavailable, match="backend 'triton' is unavailable"):
             ops.ecce_bias(torch.randn(1, 3, 2), backend="triton")
     finally:
-        _extension.triton_status.cache_clear()
+        _extension._TRITON_STATUS.clear()
 
 
 def test_auto_on_cpu_never_picks_the_triton_interpreter():
