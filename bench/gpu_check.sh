@@ -55,9 +55,10 @@ cp "$OUT/logs/environment.log" "$OUT/environment.txt" 2>/dev/null
 
 # no network: build against the installed torch, install nothing else
 step build 180 $PYTHON setup.py build_ext --inplace
-if ! (cd /tmp && $PYTHON -c "import iteach_fast._C") 2>/dev/null; then
-    step install 120 $PYTHON -m pip install --no-build-isolation --no-deps -e .
-fi
+# editable install without a second build: it is what maps kernels/ to iteach_fast.kernels
+# (PYTHONPATH alone finds iteach_fast and its _C, but not the Triton kernels)
+ITEACH_FAST_NO_EXT=1 step install 120 $PYTHON -m pip install --no-build-isolation --no-deps -e .
+step imports 60 $PYTHON -c "import iteach_fast._C, iteach_fast.kernels.ecce; print('iteach_fast._C and iteach_fast.kernels import')"
 
 # the whole suite, GPU tests included; -p no:cacheprovider keeps the tree clean
 step tests 240 $PYTHON -m pytest -q -rs -p no:cacheprovider --junitxml="$OUT/tests.xml" tests

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import warnings
 from functools import lru_cache
 
@@ -49,12 +50,25 @@ def triton_status() -> tuple[bool, str | None]:
 
 def _triton_status() -> tuple[bool, str | None]:
     try:
-        import triton  # noqa: F401
+        import triton
     except ImportError as err:
         return False, f"triton is not installed ({err})"
     if not (torch.cuda.is_available() or triton_interpret()):
         return False, "no CUDA device (set TRITON_INTERPRET=1 to run Triton on the CPU, slowly)"
+    if triton_interpret():
+        import numpy
+
+        # triton <= 3.6's interpreter turns 1-element arrays into Python ints (loop bounds),
+        # which numpy >= 2.4 rejects ("only 0-dimensional arrays can be converted")
+        if _major_minor(triton.__version__) < (3, 7) and _major_minor(numpy.__version__) >= (2, 4):
+            return False, (f"the Triton interpreter of triton {triton.__version__} does not work with "
+                           f"numpy {numpy.__version__}: use triton >= 3.7 or numpy < 2.4")
     return True, None
+
+
+def _major_minor(version: str) -> tuple[int, int]:
+    major, minor = re.match(r"(\d+)\.(\d+)", version).groups()
+    return int(major), int(minor)
 
 
 _warned = False

@@ -56,6 +56,11 @@ class Implementation:
                 return f"iteach_fast._C has kernels for cpu and cuda only, got {device}"
         try:
             self.load()
+        except ModuleNotFoundError as err:
+            if (err.name or "").startswith("iteach_fast.kernels"):
+                return ("iteach_fast.kernels is missing: install the package (pip install -e .), which maps "
+                        "kernels/ to iteach_fast.kernels; a bare checkout on PYTHONPATH does not")
+            return f"{self.target} is not available ({err})"
         except (ImportError, AttributeError, NotImplementedError) as err:
             return f"{self.target} is not available ({err})"
         return None

@@ -14,7 +14,9 @@ pytest.importorskip("matplotlib")
 def test_bench_smoke_run(tmp_path):
     cmd = [sys.executable, os.path.join(ROOT, "bench", "run.py"), "--smoke", "--no-compile", "--sizes", "2x16",
            "--ops", "ecce_bias,ecce_attention,ecce_prefix,routed_mixture", "--out", str(tmp_path)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    # the package importable from this checkout even where it is not pip-installed
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     [path] = list(tmp_path.glob("smoke-*.json"))
     data = json.loads(path.read_text())

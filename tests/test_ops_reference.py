@@ -3,6 +3,7 @@
 These tests pin the oracle itself; the kernels' tests compare against it.
 """
 import math
+import sys
 
 import pytest
 import torch
@@ -253,6 +254,17 @@ def test_unavailable_backend_says_why(monkeypatch):
             ops.ecce_bias(torch.randn(1, 3, 2), backend="triton")
     finally:
         _extension._TRITON_STATUS.clear()
+
+
+def test_missing_kernels_subpackage_says_install(monkeypatch):
+    """A bare checkout on PYTHONPATH has no iteach_fast.kernels (setup.py maps kernels/ there)."""
+    from iteach_fast import _extension, backends
+    if not _extension.triton_status()[0]:
+        pytest.skip("Triton cannot run here at all")
+    for name in ("iteach_fast.kernels", "iteach_fast.kernels.ecce"):
+        monkeypatch.setitem(sys.modules, name, None)  # import of it now fails
+    why = backends.REGISTRY["ecce_attention"]["triton"].unavailable_reason()
+    assert why is not None and "pip install -e ." in why, why
 
 
 def test_auto_on_cpu_never_picks_the_triton_interpreter():

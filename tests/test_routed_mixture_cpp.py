@@ -195,6 +195,9 @@ def test_extension_has_cuda_where_expected():
     if os.environ.get("ITEACH_FAST_EXPECT_CUDA", "0") != "1":
         pytest.skip("ITEACH_FAST_EXPECT_CUDA is not set")
     assert _extension.extension_has_cuda(), "iteach_fast._C was built without CUDA"
+    if torch.cuda.is_available():  # and on a GPU machine every backend must be able to run
+        for op, reasons in backends.available_backends("cuda").items():
+            assert all(why is None for why in reasons.values()), f"{op}: {reasons}"
 
 
 # --------------------------------------------------------------------------- CUDA kernel
