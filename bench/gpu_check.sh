@@ -21,7 +21,7 @@ export MAX_JOBS=${MAX_JOBS:-8}
 # the package from this checkout, whether or not the editable install below happens
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 TOTAL_S=${TOTAL_S:-450}  # the whole script's target (under 8 minutes); the benchmarks get what is left
-# BUILD_S: the build's limit (a cold nvcc build for sm_80 + sm_90 takes about 2 minutes)
+# BUILD_S: the build's limit (a cold build takes 2-4 minutes on 2 cores, for sm_80 + sm_90)
 export ITEACH_FAST_EXPECT_CUDA=1  # the tests then insist that the extension has its CUDA kernels
 failed=()
 
