@@ -63,6 +63,17 @@ def roofline(row: dict, ceilings: dict) -> tuple[float | None, float | None]:
     return bw_frac, flop_frac
 
 
+def _binding_fraction(row: dict, ceilings: dict) -> str | None:
+    """The larger of the two roofline fractions, e.g. ``"42% BW"``: how close to the limit
+    that binds (bandwidth for the pools and scans, FLOP rate for the attention)."""
+    bw, flop = roofline(row, ceilings)
+    known = [(f, name) for f, name in ((bw, "BW"), (flop, "FLOP")) if f is not None]
+    if not known:
+        return None
+    frac, name = max(known)
+    return f"{100 * frac:.0f}% {name}" if frac >= 0.01 else f"<1% {name}"
+
+
 # ----------------------------------------------------------------------------- Markdown
 
 def _ms(ms: float) -> str:
@@ -106,7 +117,9 @@ def header(data: dict) -> str:
         "",
         "Cell: median time of one call (p20-p80 in the JSON), speed-up over the op's baseline "
         "(×, higher is better), peak extra memory "
-        f"({', '.join(mem_methods) or 'n/a'}). Numbered cells did not run; the notes say why.",
+        f"({', '.join(mem_methods) or 'n/a'}), and the fraction of the binding ceiling above: "
+        "BW = bytes that must move / copy bandwidth, FLOP = arithmetic / matmul rate. "
+        "Numbered cells did not run; the notes say why.",
     ]
     return "\n".join(lines)
 
@@ -128,6 +141,9 @@ def tables(data: dict, heading: str = "###") -> str:
                 if i in ups:
                     text += f" ×{ups[i]:.2f}"
                 text += f" · {_bytes(r.get('peak_mem_bytes'))}"
+                limit = _binding_fraction(r, data.get("ceilings", {}))
+                if limit:
+                    text += f" · {limit}"
             else:
                 note = f"{r['status']}: {r.get('reason') or 'no reason recorded'}"
                 if note not in notes:

@@ -61,6 +61,8 @@ def test_render_writes_table_and_plots(result_file):
     md = open(written[0] if written[0].endswith(".md") else result_file.with_suffix(".md")).read()
     assert "| dtype | B | L | reference | triton | flex-attention |" in md
     assert "×4.00" in md and "×6.00" in md  # the speed-ups
+    # the binding ceiling: 1e8 FLOP in 1 ms against 1e11 FLOP/s, 1e6 B in 4 ms against 1e10 B/s
+    assert "| 1.000 ms ×4.00 · 1.0 MiB · 100% FLOP |" in md and "4.000 ms ×1.00 · 1.0 MiB · 25% FLOP" in md
     assert "skipped [1]" in md and "1. skipped: FlexAttention needs CUDA" in md
     assert "failed [2]" in md and "2. failed: InductorError: boom" in md
     assert "Fake CPU" in md and "0123456789" in md
