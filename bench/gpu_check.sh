@@ -49,8 +49,11 @@ for mod in ("pytest", "pytest_benchmark", "numpy", "sklearn", "tqdm", "matplotli
         m = __import__(mod); print(mod, getattr(m, "__version__", "?"))
     except ImportError:
         print(mod, "missing (the tests that need it are skipped)")
-print(subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv"],
-                     capture_output=True, text=True).stdout)
+try:
+    print(subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv"],
+                         capture_output=True, text=True).stdout)
+except FileNotFoundError:
+    print("nvidia-smi: not found")
 EOF
 cp "$OUT/logs/environment.log" "$OUT/environment.txt" 2>/dev/null
 
