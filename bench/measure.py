@@ -127,16 +127,36 @@ def ceilings(device: torch.device, dtypes) -> dict:
     t = time_call(lambda: dst.copy_(src), device, quick=True)
     copy_bw = 2 * src.numel() * 4 / (t.median_ms * 1e-3)
     del src, dst
-    n = 2048 if device.type == "cpu" else 8192
-    matmul = {}
+    max_n = 2048 if device.type == "cpu" else 8192
+    matmul, sizes = {}, {}
     for name in dtypes:
         dtype = getattr(torch, name)
+        n = sizes[name] = _matmul_size(device, dtype, max_n)
         a = torch.randn(n, n, device=device).to(dtype)
         b = torch.randn(n, n, device=device).to(dtype)
         t = time_call(lambda: a @ b, device, quick=True)
         matmul[name] = 2 * n**3 / (t.median_ms * 1e-3)
     return {"copy_bytes_per_s": copy_bw, "copy_method": "dst.copy_(src), float32, read+write bytes",
-            "matmul_flops_per_s": matmul, "matmul_method": f"{n}x{n} @ {n}x{n} per dtype (TF32 as torch's default)"}
+            "matmul_flops_per_s": matmul,
+            "matmul_method": "n x n @ n x n per dtype, n = " + ", ".join(f"{k} {v}" for k, v in sizes.items())
+                             + " (TF32 as torch's default)"}
+
+
+def _matmul_size(device: torch.device, dtype: torch.dtype, max_n: int, budget_s: float = 0.5) -> int:
+    """The largest power-of-two n <= max_n whose n x n matmul takes at most about budget_s: a CPU
+    without bfloat16 units needs minutes for one 2048^3 bfloat16 matmul."""
+    n = 256
+    while n < max_n:
+        a = torch.randn(n, n, device=device).to(dtype)
+        a @ a  # warm-up (library initialisation)
+        synchronize(device)
+        start = time.perf_counter()
+        a @ a
+        synchronize(device)
+        if 8 * (time.perf_counter() - start) > budget_s:  # the next size costs 8 times as much
+            break
+        n *= 2
+    return n
 
 
 # ----------------------------------------------------------------------------- environment
