@@ -26,7 +26,7 @@ namespace {
 void routed_mixture_check(const at::Tensor& logits, const at::Tensor& x, const at::Tensor& y_attn,
                           const at::Tensor& y_mlp, const at::Tensor& lengths, int64_t pool_size) {
   TORCH_CHECK(x.dim() == 3, "routed_mixture: x must be (B, L, D), got ", x.sizes());
-  const auto B = x.size(0), L = x.size(1), D = x.size(2);
+  const auto B = x.size(0), L = x.size(1);
   TORCH_CHECK(logits.dim() == 3 && logits.size(0) == B && logits.size(1) == L && logits.size(2) == rm::kMixers,
               "routed_mixture: logits must be (B, L, 4) = (", B, ", ", L, ", 4), got ", logits.sizes());
   TORCH_CHECK(y_attn.sizes() == x.sizes(), "routed_mixture: y_attn must have x's shape ", x.sizes(),
@@ -45,7 +45,6 @@ void routed_mixture_check(const at::Tensor& logits, const at::Tensor& x, const a
   TORCH_CHECK(pool_size >= 1 && pool_size % 2 == 1, "routed_mixture: pool_size must be odd and >= 1, got ",
               pool_size);
   TORCH_CHECK(L < (int64_t(1) << 31), "routed_mixture: L must be < 2^31, got ", L);
-  (void)D;
 }
 
 }  // namespace
@@ -70,6 +69,19 @@ namespace {
 // Tokens per parallel_for chunk: about 16K elements of work, at least one token.
 int64_t grain(int64_t D, int64_t pool_size) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, D * pool_size)); }
 
+// Sum and max of the x rows lo..hi (one token's pool window), element-wise over D.
+template <typename T, typename A>
+void pool_window(const T* xb, int64_t lo, int64_t hi, int64_t D, A* sum, A* mx) {
+  const T* x0 = xb + lo * D;
+  ITF_SIMD
+  for (int64_t d = 0; d < D; ++d) sum[d] = mx[d] = A(x0[d]);
+  for (int64_t k = lo + 1; k <= hi; ++k) {
+    const T* xk = xb + k * D;
+    ITF_SIMD
+    for (int64_t d = 0; d < D; ++d) rm::pool_step<A>(A(xk[d]), sum[d], mx[d]);
+  }
+}
+
 template <typename T, typename A>
 void forward_kernel(const T* logits, const T* x, const T* ya, const T* ym, const int64_t* lengths, T* out,
                     int64_t B, int64_t L, int64_t D, int64_t r) {
@@ -83,24 +95,12 @@ void forward_kernel(const T* logits, const T* x, const T* ya, const T* ym, const
         std::fill(o, o + D, T(0));
         continue;
       }
-      const T* lg = logits + t * rm::kMixers;
       A w[rm::kMixers];
-      rm::softmax4<A>(A(lg[0]), A(lg[1]), A(lg[2]), A(lg[3]), w);
+      rm::softmax4<A>(logits + t * rm::kMixers, w);
       int64_t lo, hi;
       rm::window(i, r, len, lo, hi);
       const A inv_count = A(1) / A(hi - lo + 1);
-      const T* xb = x + b * L * D;
-      const T* x0 = xb + lo * D;
-      ITF_SIMD
-      for (int64_t d = 0; d < D; ++d) {
-        sum[d] = A(x0[d]);
-        mx[d] = A(x0[d]);
-      }
-      for (int64_t k = lo + 1; k <= hi; ++k) {
-        const T* xk = xb + k * D;
-        ITF_SIMD
-        for (int64_t d = 0; d < D; ++d) rm::pool_step<A>(A(xk[d]), sum[d], mx[d]);
-      }
+      pool_window<T, A>(x + b * L * D, lo, hi, D, sum.data(), mx.data());
       const T* a = ya + t * D;
       const T* m = ym + t * D;
       ITF_SIMD
@@ -131,23 +131,11 @@ void backward_kernel(const T* dout, const T* logits, const T* x, const T* ya, co
 
       // token j's own output: its pools, for the four dot products of the softmax backward
       A w[rm::kMixers];
-      {
-        const T* lg = logits + t * rm::kMixers;
-        rm::softmax4<A>(A(lg[0]), A(lg[1]), A(lg[2]), A(lg[3]), w);
-      }
+      rm::softmax4<A>(logits + t * rm::kMixers, w);
       int64_t lo, hi;
       rm::window(j, r, len, lo, hi);
       const A inv_count = A(1) / A(hi - lo + 1);
-      ITF_SIMD
-      for (int64_t d = 0; d < D; ++d) {
-        sum[d] = A(xb[lo * D + d]);
-        mx[d] = sum[d];
-      }
-      for (int64_t k = lo + 1; k <= hi; ++k) {
-        const T* xk = xb + k * D;
-        ITF_SIMD
-        for (int64_t d = 0; d < D; ++d) rm::pool_step<A>(A(xk[d]), sum[d], mx[d]);
-      }
+      pool_window<T, A>(xb, lo, hi, D, sum.data(), mx.data());
       const T* g = dout + row;
       const T* a = ya + row;
       const T* m = ym + row;
@@ -172,9 +160,8 @@ void backward_kernel(const T* dout, const T* logits, const T* x, const T* ya, co
       int64_t ilo, ihi;
       rm::window(j, r, len, ilo, ihi);  // |i - j| <= r and i valid  <=>  i in j's own window
       for (int64_t i = ilo; i <= ihi; ++i) {
-        const T* lg = logits + (tb + i) * rm::kMixers;
         A wi[rm::kMixers];
-        rm::softmax4<A>(A(lg[0]), A(lg[1]), A(lg[2]), A(lg[3]), wi);
+        rm::softmax4<A>(logits + (tb + i) * rm::kMixers, wi);
         int64_t wlo, whi;
         rm::window(i, r, len, wlo, whi);
         const A w2c = wi[2] / A(whi - wlo + 1), w3 = wi[3];

@@ -49,9 +49,11 @@ ITF_HD void window(int64_t i, int64_t r, int64_t len, int64_t& lo, int64_t& hi) 
   hi = i + r > len - 1 ? len - 1 : i + r;
 }
 
-// The four router weights w = softmax(l) (max-subtracted: finite for any finite logits).
-template <typename A>
-ITF_HD void softmax4(A l0, A l1, A l2, A l3, A w[kMixers]) {
+// The four router weights w = softmax(logits[0..3]) of one token, in A (max-subtracted:
+// finite for any finite logits).
+template <typename A, typename T>
+ITF_HD void softmax4(const T* logits, A w[kMixers]) {
+  const A l0 = A(logits[0]), l1 = A(logits[1]), l2 = A(logits[2]), l3 = A(logits[3]);
   A m = l0 > l1 ? l0 : l1;
   m = m > l2 ? m : l2;
   m = m > l3 ? m : l3;

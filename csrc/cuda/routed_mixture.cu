@@ -51,11 +51,6 @@ __device__ __forceinline__ void store_zeros(T* row, int64_t D, int lane) {
   for (int64_t d = int64_t(lane) * VEC; d < D; d += kWarp * VEC) store<T, VEC>(row + d, z);
 }
 
-template <typename T, typename A>
-__device__ __forceinline__ void weights(const T* lg, A w[rm::kMixers]) {
-  rm::softmax4<A>(A(lg[0]), A(lg[1]), A(lg[2]), A(lg[3]), w);
-}
-
 // Sum and max of x rows lo..hi (one token's pool window) at columns d .. d + VEC.
 template <typename T, typename A, int VEC>
 __device__ __forceinline__ void pool_window(const T* xb, int64_t lo, int64_t hi, int64_t D, int64_t d,
@@ -86,7 +81,7 @@ __global__ void __launch_bounds__(kThreads)
     return;
   }
   A w[rm::kMixers];
-  weights<T, A>(logits + t * rm::kMixers, w);
+  rm::softmax4<A>(logits + t * rm::kMixers, w);
   int64_t lo, hi;
   rm::window(i, r, len, lo, hi);
   const A inv_count = A(1) / A(hi - lo + 1);
@@ -124,7 +119,7 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t tb = b * L;  // token index of row 0 of this conversation
   const T* xb = x + b * L * D;
   A w[rm::kMixers];
-  weights<T, A>(logits + t * rm::kMixers, w);
+  rm::softmax4<A>(logits + t * rm::kMixers, w);
   // j's window: the rows its own pools read, and also every valid i with |i - j| <= r
   int64_t lo, hi;
   rm::window(j, r, len, lo, hi);
@@ -157,7 +152,7 @@ __global__ void __launch_bounds__(kThreads)
     for (int e = 0; e < VEC; ++e) acc[e] = A(0);
     for (int64_t i = lo; i <= hi; ++i) {
       A wi[rm::kMixers];
-      weights<T, A>(logits + (tb + i) * rm::kMixers, wi);
+      rm::softmax4<A>(logits + (tb + i) * rm::kMixers, wi);
       int64_t wlo, whi;
       rm::window(i, r, len, wlo, whi);
       const A w2c = wi[2] / A(whi - wlo + 1), w3 = wi[3];
