@@ -26,6 +26,12 @@ def extension():
     return module, None
 
 
+def has_ops(*names: str) -> bool:
+    """Whether the extension loads and registers every op in ``names`` (``torch.ops.iteach_fast.<name>``)."""
+    module, _ = extension()
+    return module is not None and all(hasattr(torch.ops.iteach_fast, n) for n in names)
+
+
 def extension_has_cuda() -> bool:
     module, _ = extension()
     return module is not None and bool(torch.ops.iteach_fast.has_cuda())

@@ -86,8 +86,7 @@ def _cpp_status(op: str) -> tuple[str | None, bool, bool]:
             status = (why, False, False)
         else:
             # the forward op and its backward op (torch.ops.iteach_fast.<op>, <op>_backward)
-            has_op = hasattr(torch.ops.iteach_fast, op) and hasattr(torch.ops.iteach_fast, op + "_backward")
-            status = (None, has_op, _extension.extension_has_cuda())
+            status = (None, _extension.has_ops(op, op + "_backward"), _extension.extension_has_cuda())
         _CPP_STATUS[op] = status
     return status
 

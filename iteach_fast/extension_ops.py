@@ -20,9 +20,7 @@ _BWD = "iteach_fast::routed_mixture_backward"
 
 def available() -> bool:
     """Whether the loaded extension has the routed_mixture ops."""
-    module, _ = _extension.extension()
-    return module is not None and hasattr(torch.ops.iteach_fast, "routed_mixture") and hasattr(
-        torch.ops.iteach_fast, "routed_mixture_backward")
+    return _extension.has_ops("routed_mixture", "routed_mixture_backward")
 
 
 def _fake_forward(logits, x, y_attn, y_mlp, lengths, pool_size):
