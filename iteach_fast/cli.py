@@ -278,8 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0, help="seed of the test masks (default 0)")
     e.add_argument("--batch-size", type=int, default=None)
     e.add_argument("--device", default="auto")
-    e.add_argument("--backend", default=None, choices=("auto", "reference", "triton", "cpp"))
-    e.add_argument("--dtype", default=None, choices=("fp32", "bf16", "fp16"))
+    e.add_argument("--backend", default=None, choices=CHOICES["backend"])
+    e.add_argument("--dtype", default=None, choices=CHOICES["dtype"])
     e.add_argument("--no-plots", action="store_true")
     e.add_argument("--gaps", action="store_true",
                    help="also measure the data's context and modality gaps (classification): a per-utterance "

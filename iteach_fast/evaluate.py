@@ -218,11 +218,14 @@ MODALITY_SUBSETS = (("text", "audio", "visual"), ("text", "audio"), ("text", "vi
                     ("text",), ("audio",), ("visual",))
 
 
+def _labels(dataset) -> np.ndarray:
+    return np.concatenate([np.asarray(c["labels"]) for c in dataset])
+
+
 def _utterance_features(dataset, modalities):
     """``(X, y, conversation sizes)`` over all utterances, the chosen modalities' features concatenated."""
     xs = [np.concatenate([np.asarray(c[m], dtype=np.float64) for m in modalities], axis=1) for c in dataset]
-    ys = [np.asarray(c["labels"]) for c in dataset]
-    return np.concatenate(xs), np.concatenate(ys), [len(y) for y in ys]
+    return np.concatenate(xs), _labels(dataset), [len(c["labels"]) for c in dataset]
 
 
 def _window_sum(v: np.ndarray, k: int) -> np.ndarray:
@@ -282,9 +285,8 @@ def data_gaps(splits, net=None, split: str = "test", context_windows=(1, 2, 3), 
             y, p, _ = predict(net, test, _only(test, mods), batch_size, device)
             rows.append({"model": "ITEACH student (context)", "modalities": "+".join(m[0] for m in mods),
                          **compute_metrics(y, p)})
-    prior = np.bincount(_utterance_features(splits.train, ("text",))[1].astype(np.int64),
-                        minlength=splits.num_classes)
-    y_test = _utterance_features(test, ("text",))[1]
+    prior = np.bincount(_labels(splits.train).astype(np.int64), minlength=splits.num_classes)
+    y_test = _labels(test)
     rows.append({"model": "majority class (chance)", "modalities": "-",
                  **compute_metrics(y_test, np.full_like(y_test, int(prior.argmax())))})
     head = f"{'model':46s} {'mods':>6s} {'WAF':>7s} {'Acc':>7s}"
