@@ -267,6 +267,25 @@ def test_missing_kernels_subpackage_says_install(monkeypatch):
     assert why is not None and "pip install -e ." in why, why
 
 
+@pytest.mark.parametrize("triton_version, numpy_version, runs", [
+    ("3.6.0", "2.4.6", False), ("3.6.1", "2.5.0", False), ("3.7.0", "2.4.6", True), ("3.6.0", "2.3.5", True),
+    ("3.10.0+git1", "2.4.0rc1", True)])
+def test_triton_interpreter_guard_against_new_numpy(monkeypatch, triton_version, numpy_version, runs):
+    """triton <= 3.6's interpreter fails with numpy >= 2.4: that pair is reported, not run."""
+    triton = pytest.importorskip("triton")
+    import numpy
+
+    from iteach_fast import _extension
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(triton, "__version__", triton_version)
+    monkeypatch.setattr(numpy, "__version__", numpy_version)
+    monkeypatch.setattr(_extension, "_TRITON_STATUS", {})  # resolved afresh, restored afterwards
+    ok, why = _extension.triton_status()
+    assert ok is runs, why
+    if not runs:
+        assert triton_version in why and numpy_version in why
+
+
 def test_auto_on_cpu_never_picks_the_triton_interpreter():
     from iteach_fast import backends
     assert backends.select("ecce_attention", "auto", torch.device("cpu"), torch.float32).backend == "reference"
