@@ -3,8 +3,9 @@
 * GPU: ``triton.testing.do_bench`` (it flushes L2 between calls) after an explicit warm-up,
   median and the 20th/80th percentiles; peak memory is ``torch.cuda.max_memory_allocated``
   during one call, above what was allocated before it (so the inputs are excluded).
-* CPU: pytest-benchmark's timer (``pytest_benchmark.timers.default_timer``) around each
-  call after a warm-up (``time.perf_counter`` where pytest-benchmark is missing); peak memory is the rise of the process's resident-set high-water
+* CPU: pytest-benchmark's timer (``pytest_benchmark.timers.default_timer``; the
+  ``time.perf_counter`` it wraps where pytest-benchmark is missing) around each call after a
+  warm-up; peak memory is the rise of the process's resident-set high-water
   mark (``VmHWM``, reset through ``/proc/self/clear_refs``) over its RSS before the call —
   approximate (the allocator may reuse memory it already holds), and ``None`` where Linux
   does not offer the reset.
