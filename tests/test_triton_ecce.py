@@ -3,7 +3,7 @@
 Without a GPU these run in the Triton interpreter (tests/conftest.py sets TRITON_INTERPRET=1),
 where the kernels use 16 x 16 tiles, so the small sizes here still span several blocks, end
 in a partial block, and have tiles off the band; there the ops are opaque custom ops (see
-kernels/ecce.py), so opcheck and torch.compile run on the CPU too. bfloat16 (whose tl.dot the
+kernels/_compat.py), so opcheck and torch.compile run on the CPU too. bfloat16 (whose tl.dot the
 interpreter gets wrong), large sizes, peak GPU memory and CUDA graphs run on a GPU only
 (marked ``gpu``).
 
@@ -25,6 +25,7 @@ pytest.importorskip("triton", reason="triton is not installed")
 # not skipped: without it the package is not installed (kernels/ becomes iteach_fast.kernels
 # only through setup.py's package_dir), and every Triton test would vanish silently
 from iteach_fast.kernels import ecce  # noqa: E402
+from iteach_fast.kernels import attention as k_attention, bias as k_bias, scan as k_scan  # noqa: E402
 _why = backends.REGISTRY["ecce_attention"]["triton"].unavailable_reason()
 if _why is not None:
     pytest.skip(f"the Triton backend cannot run here: {_why}", allow_module_level=True)
@@ -140,7 +141,7 @@ def test_attention_through_public_op():
 
 def test_attention_rejects_oversized_head_dim():
     with pytest.raises(ValueError, match="head dims"):
-        ecce.ecce_attention(*attention_inputs(1, 1, 2, ecce.MAX_HEAD_DIM + 1, torch.float32, grad=False),
+        ecce.ecce_attention(*attention_inputs(1, 1, 2, k_attention.MAX_HEAD_DIM + 1, torch.float32, grad=False),
                             torch.tensor([2], device=DEVICE), 3, 0.1)
 
 
@@ -294,7 +295,7 @@ def _opcheck_cases():
 
 def test_opcheck():
     """Schema, autograd registration, fake tensors and AOT dispatch (dynamic shapes) of every op.
-    Under the interpreter the ops are opaque custom ops (see kernels/ecce.py), on a GPU triton_ops."""
+    Under the interpreter the ops are opaque custom ops (see kernels/_compat.py), on a GPU triton_ops."""
     for op, args in _opcheck_cases():
         torch.library.opcheck(op, args)
 
@@ -347,8 +348,8 @@ class _LargestTensor(TorchDispatchMode):
         return out
 
 
-_CUSTOM_OPS = {op._qualname: op for op in (ecce._attention_fwd, ecce._attention_bwd, ecce._suffix_sum,
-                                            ecce._prefix_op, ecce._bias_fwd, ecce._bias_bwd)}
+_CUSTOM_OPS = {op._qualname: op for op in (k_attention._attention_fwd, k_attention._attention_bwd,
+                                            k_scan._suffix_sum, k_scan._prefix_op, k_bias._bias_fwd, k_bias._bias_bwd)}
 
 
 def test_attention_never_allocates_an_l_by_l_tensor():
