@@ -21,7 +21,7 @@ $(DEPS): requirements.txt
 	ITEACH_FAST_NO_EXT=1 $(PYTHON) -m pip install -q --no-build-isolation --no-deps -e .
 	touch $@
 
-$(EXT): $(DEPS) setup.py $(wildcard csrc/*.cpp csrc/*.h csrc/cuda/*.cu csrc/cuda/*.cuh)
+$(EXT): $(DEPS) setup.py iteach_fast/__init__.py $(wildcard csrc/*.cpp csrc/*.h csrc/cuda/*.cu csrc/cuda/*.cuh)
 	@echo "building iteach_fast._C ..."; start=$$(date +%s); \
 	$(PYTHON) setup.py -q build_ext --inplace && \
 	echo "iteach_fast._C built in $$(( $$(date +%s) - start )) s"

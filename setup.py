@@ -9,12 +9,20 @@ machine without a GPU does not compile every architecture.
 """
 import glob
 import os
+import re
 import shutil
 import sys
 
 from setuptools import setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+# the version lives in iteach_fast/__init__.py only; the extension gets it as a macro (unquoted:
+# ninja's shell would strip quotes; csrc/extension.cpp stringifies it)
+with open(os.path.join(ROOT, "iteach_fast", "__init__.py")) as _f:
+    VERSION = re.search(r'^__version__ = "([^"]+)"', _f.read(), re.M).group(1)
+# the stable ABI of Python 3.10+: csrc/extension.cpp uses only PyModuleDef / PyModule_Create;
+# torch's BuildExtension defines the same Py_LIMITED_API value for py_limited_api extensions
+LIMITED_API = ("Py_LIMITED_API", "0x030A0000")
 
 
 def _cuda_home():
@@ -68,7 +76,7 @@ def _extensions():
             "iteach_fast._C",
             cpp_sources + cu_sources,
             include_dirs=include_dirs,
-            define_macros=[("ITEACH_FAST_WITH_CUDA", "1")],
+            define_macros=[("ITEACH_FAST_WITH_CUDA", "1"), ("ITEACH_FAST_VERSION", VERSION), LIMITED_API],
             extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-lineinfo"]},
             extra_link_args=["-fopenmp"],
             py_limited_api=True,
@@ -81,6 +89,7 @@ def _extensions():
             "iteach_fast._C",
             cpp_sources,
             include_dirs=include_dirs,
+            define_macros=[("ITEACH_FAST_VERSION", VERSION), LIMITED_API],
             extra_compile_args={"cxx": cxx},
             extra_link_args=["-fopenmp"],
             py_limited_api=True,
@@ -92,7 +101,7 @@ ext_modules, cmdclass = _extensions()
 
 setup(
     name="iteach_fast",
-    version="0.1.0",
+    version=VERSION,
     description="Fused GPU kernels and drop-in PyTorch modules for ITEACH-Net "
                 "(incomplete multimodal emotion recognition in conversation)",
     packages=["iteach_fast", "iteach_fast.kernels"],
@@ -103,5 +112,5 @@ setup(
     install_requires=["torch>=2.11", "numpy", "scikit-learn", "tqdm", "matplotlib"],
     extras_require={"triton": ["triton>=3.6"], "test": ["pytest", "pytest-benchmark"]},
     entry_points={"console_scripts": ["iteach-fast=iteach_fast.cli:main"]},
-    options={"bdist_wheel": {"py_limited_api": "cp39"}},
+    options={"bdist_wheel": {"py_limited_api": "cp310"}},
 )

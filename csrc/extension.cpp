@@ -28,7 +28,10 @@ bool has_cuda() {
 #endif
 }
 
-std::string version() { return "0.1.0"; }
+// The package's version, from iteach_fast/__init__.py through setup.py (an unquoted macro).
+#define ITEACH_FAST_STR2(x) #x
+#define ITEACH_FAST_STR(x) ITEACH_FAST_STR2(x)
+std::string version() { return ITEACH_FAST_STR(ITEACH_FAST_VERSION); }
 
 }  // namespace iteach_fast
 

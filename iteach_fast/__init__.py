@@ -4,19 +4,21 @@
     >>> iteach_fast.ops.ecce_attention(q, k, v, zp, lengths)         # the fused operator
     >>> net = iteach_fast.ITEACHNet(input_dims=(1024, 512, 1024), num_classes=4)
 
-See README.md and docs/maths.md.
+See README.md, docs/maths.md (the maths) and docs/architecture.md (the layout).
 """
-from . import _extension
-from . import ops
+__version__ = "0.1.0"  # the one place: setup.py reads it, and passes it to the C++ extension
 
-__version__ = "0.1.0"
+from . import backends, ops  # noqa: E402  (after __version__, which the extension's build reads)
 
-_extension.warn_missing_once()
+backends.warn_missing_once()
+
+_LAZY_MODULES = ("modules", "model", "data", "masking", "train", "evaluate", "protocols", "metrics", "config",
+                 "runtime", "checkpoint", "plots", "testing")
 
 
 def __getattr__(name):
-    # modules and the model import torch.nn pieces; load them on first use
-    if name in ("modules", "model", "data", "masking", "train", "evaluate"):
+    # the model, training and plotting import torch.nn, sklearn and matplotlib: load them on first use
+    if name in _LAZY_MODULES:
         import importlib
 
         return importlib.import_module(f"{__name__}.{name}")

@@ -1,25 +1,116 @@
-"""The registry of implementations: one entry per (op, backend).
+"""The registry of implementations: one :class:`Implementation` per (op, backend).
 
-Dispatch (``backend="auto"``), the parametrised tests and the benchmarks all iterate over
-this one table, so adding a backend is one entry here plus its module. Each entry says
-where it can run, how much it is preferred, and the tolerances its tests hold it to.
+Each backend declares, once (:data:`BACKEND_SPECS`): how to probe whether it can run in this
+process, on which device types it runs, on which of them ``backend="auto"`` may pick it,
+and its rank (``auto`` prefers the highest). Each implementation adds where its code lives,
+its dtypes and the tolerances its tests hold it to against the reference.
+
+Three things iterate over this one table: dispatch (:func:`select`), the conformance tests
+(``tests/ops/test_conformance.py``) and the benchmarks (``bench/``). Adding a backend is a
+:class:`BackendSpec` and its :func:`register` calls here, plus its module; its tests and
+benchmark rows follow with no other edit.
+
+Everything is resolved once, at import (:func:`refresh`): the probes run, the available
+implementations are imported, and :func:`select` afterwards only reads dicts — so
+``torch.compile`` traces dispatch without meeting an import.
 """
 from __future__ import annotations
 
 import importlib
-import sys
+import os
+import re
+import warnings
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
-from . import _extension
+from . import extension
+from .choices import BACKENDS
 
-OPS = ("ecce_bias", "ecce_attention", "routed_mixture")
-BACKENDS = ("reference", "triton", "cpp")
+__all__ = ["OPS", "BackendUnavailable", "BackendSpec", "Implementation", "REGISTRY", "register", "implementations",
+           "select", "available_backends", "refresh", "warn_missing_once"]
+
+OPS = ("ecce_prefix", "ecce_bias", "ecce_attention", "routed_mixture")
+
+ALL_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+HALF_AND_FLOAT = (torch.float32, torch.float16, torch.bfloat16)
+#: (atol, rtol) per dtype against the float64 reference, for implementations that accumulate in float32
+TOLERANCES = {torch.float64: (1e-10, 1e-8), torch.float32: (2e-5, 2e-4),
+              torch.float16: (2e-3, 2e-3), torch.bfloat16: (2e-2, 2e-2)}
 
 
 class BackendUnavailable(RuntimeError):
     """The requested backend cannot run here (not built, not installed, or wrong device)."""
+
+
+# ----------------------------------------------------------------------------- probes
+
+def triton_interpret() -> bool:
+    """Whether Triton runs on the CPU through its interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _major_minor(version: str) -> tuple[int, int]:
+    major, minor = re.match(r"(\d+)\.(\d+)", version).groups()
+    return int(major), int(minor)
+
+
+def probe_triton() -> str | None:
+    """None if Triton kernels can run in this process, else why not."""
+    try:
+        import triton
+    except ImportError as err:
+        return f"triton is not installed ({err})"
+    if not (torch.cuda.is_available() or triton_interpret()):
+        return "no CUDA device (set TRITON_INTERPRET=1 to run Triton on the CPU, slowly)"
+    if triton_interpret():
+        import numpy
+
+        # triton <= 3.6's interpreter turns 1-element arrays into Python ints (loop bounds),
+        # which numpy >= 2.4 rejects ("only 0-dimensional arrays can be converted")
+        if _major_minor(triton.__version__) < (3, 7) and _major_minor(numpy.__version__) >= (2, 4):
+            return (f"the Triton interpreter of triton {triton.__version__} does not work with "
+                    f"numpy {numpy.__version__}: use triton >= 3.7 or numpy < 2.4")
+    return None
+
+
+def probe_cpp(op: str) -> str | None:
+    """None if the compiled extension has ``op`` and its backward, else why not."""
+    module, why = extension.STATUS
+    if module is None:
+        return why
+    if not extension.has_ops(op, op + "_backward"):
+        return f"iteach_fast._C has no op {op!r} (with its {op + '_backward'!r}) in this build"
+    return None
+
+
+# ----------------------------------------------------------------------------- the table
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """What every implementation of one backend shares."""
+    name: str
+    rank: int  # backend="auto" prefers the highest
+    probe: Callable[[str], str | None]  # op -> None if it can run in this process, else why not
+    devices: Callable[[], tuple[str, ...] | None]  # device types it runs on (None: any)
+    auto_devices: Callable[[], tuple[str, ...] | None]  # where "auto" may pick it (None: wherever it runs)
+    wrong_device: str = ""  # the hint when a tensor is on a device it does not run on
+
+
+BACKEND_SPECS = {
+    "reference": BackendSpec("reference", rank=0, probe=lambda op: None, devices=lambda: None,
+                             auto_devices=lambda: None),
+    # the interpreter makes Triton run on the CPU, as a correctness tool: never an automatic choice
+    "triton": BackendSpec("triton", rank=2, probe=lambda op: probe_triton(),
+                          devices=lambda: ("cuda", "cpu") if triton_interpret() else ("cuda",),
+                          auto_devices=lambda: ("cuda",),
+                          wrong_device="Triton kernels need CUDA tensors (or set TRITON_INTERPRET=1 for the CPU)"),
+    "cpp": BackendSpec("cpp", rank=1, probe=probe_cpp,
+                       devices=lambda: ("cpu", "cuda") if extension.has_cuda() else ("cpu",),
+                       auto_devices=lambda: None,
+                       wrong_device="iteach_fast._C has kernels for cpu and cuda (cuda only when built with CUDA)"),
+}
 
 
 @dataclass(frozen=True)
@@ -27,116 +118,162 @@ class Implementation:
     op: str
     backend: str
     target: str  # "module:function"
-    rank: int  # higher is preferred by backend="auto"
-    dtypes: tuple = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-    # tolerances (atol, rtol) per dtype that tests hold this implementation to, against the reference
-    tolerances: dict = field(default_factory=lambda: {
-        torch.float64: (1e-10, 1e-8), torch.float32: (2e-5, 2e-4),
-        torch.float16: (2e-3, 2e-3), torch.bfloat16: (2e-2, 2e-2)})
+    dtypes: tuple = ALL_DTYPES
+    tolerances: dict = field(default_factory=lambda: dict(TOLERANCES))  # per dtype, vs the float64 reference
 
-    def unavailable_reason(self, device: torch.device | None = None) -> str | None:
+    @property
+    def spec(self) -> BackendSpec:
+        return BACKEND_SPECS[self.backend]
+
+    @property
+    def rank(self) -> int:
+        return self.spec.rank
+
+    def runs_on(self, device_type: str, auto: bool = False) -> bool:
+        """Whether it runs on ``device_type`` (and, with ``auto``, whether "auto" may pick it there)."""
+        devices = self.spec.devices()
+        if devices is not None and device_type not in devices:
+            return False
+        auto_devices = self.spec.auto_devices() if auto else None
+        return auto_devices is None or device_type in auto_devices
+
+    def unavailable_reason(self, device: torch.device | str | None = None) -> str | None:
         """None if this implementation can run on ``device`` (or anywhere, if None), else why not."""
-        if self.backend == "reference":
-            return None
-        if self.backend == "triton":
-            ok, why = _extension.triton_status()
-            if not ok:
-                return why
-            if device is not None and device.type != "cuda" and not _extension.triton_interpret():
-                return f"Triton kernels need CUDA tensors, got device {device} (or set TRITON_INTERPRET=1)"
-        if self.backend == "cpp":
-            why, has_op, has_cuda = _cpp_status(self.op)
-            if why is not None:
-                return why
-            if not has_op:
-                return f"iteach_fast._C has no op {self.op!r} (with its {self.op + '_backward'!r}) in this build"
-            if device is not None and device.type == "cuda" and not has_cuda:
-                return "iteach_fast._C was built without CUDA"
-            if device is not None and device.type not in ("cpu", "cuda"):
-                return f"iteach_fast._C has kernels for cpu and cuda only, got {device}"
-        try:
-            self.load()
-        except ModuleNotFoundError as err:
-            if (err.name or "").startswith("iteach_fast.kernels"):
-                return ("iteach_fast.kernels is missing: install the package (pip install -e .), which maps "
-                        "kernels/ to iteach_fast.kernels; a bare checkout on PYTHONPATH does not")
-            return f"{self.target} is not available ({err})"
-        except (ImportError, AttributeError, NotImplementedError) as err:
-            return f"{self.target} is not available ({err})"
+        why = _STATE.reasons.get((self.op, self.backend))
+        if why is not None:
+            return why
+        if device is not None and not self.runs_on(torch.device(device).type):
+            return f"{self.spec.wrong_device or 'it does not run there'}; got device {device}"
         return None
 
-    def load(self):
-        module, name = self.target.split(":")
-        # an imported module from sys.modules: torch.compile traces that, not importlib
-        loaded = sys.modules.get(module)
-        return getattr(loaded if loaded is not None else importlib.import_module(module), name)
+    def load(self) -> Callable:
+        """The implementation's function (imported at :func:`refresh`)."""
+        fn = _STATE.functions.get((self.op, self.backend))
+        if fn is None:
+            raise BackendUnavailable(f"{self.op}: backend {self.backend!r} is unavailable: "
+                                     f"{self.unavailable_reason()}")
+        return fn
 
-
-# What the compiled extension offers, looked up once (at import, below) and then read from a
-# plain dict: torch.compile traces that, but not the importlib call behind _extension.extension().
-_CPP_STATUS: dict[str, tuple[str | None, bool, bool]] = {}
-
-
-def _cpp_status(op: str) -> tuple[str | None, bool, bool]:
-    """``(reason the extension is missing or None, has op and op_backward, built with CUDA)``."""
-    status = _CPP_STATUS.get(op)
-    if status is None:
-        module, why = _extension.extension()
-        if module is None:
-            status = (why, False, False)
-        else:
-            # the forward op and its backward op (torch.ops.iteach_fast.<op>, <op>_backward)
-            status = (None, _extension.has_ops(op, op + "_backward"), _extension.extension_has_cuda())
-        _CPP_STATUS[op] = status
-    return status
-
-
-_F32_HALF = (torch.float32, torch.float16, torch.bfloat16)
 
 REGISTRY: dict[str, dict[str, Implementation]] = {op: {} for op in OPS}
 
 
 def register(impl: Implementation) -> None:
+    if impl.backend not in BACKEND_SPECS:
+        raise ValueError(f"unknown backend {impl.backend!r}; declare its BackendSpec first")
     REGISTRY[impl.op][impl.backend] = impl
 
 
 for _op in OPS:
-    register(Implementation(_op, "reference", f"iteach_fast.reference:{_op}", rank=0))
-for _op in ("ecce_bias", "ecce_attention"):
-    register(Implementation(_op, "triton", f"iteach_fast.kernels.ecce:{_op}", rank=2, dtypes=_F32_HALF,
+    register(Implementation(_op, "reference", f"iteach_fast.reference:{_op}"))
+for _op in ("ecce_prefix", "ecce_bias", "ecce_attention"):
+    register(Implementation(_op, "triton", f"iteach_fast.kernels.ecce:{_op}", dtypes=HALF_AND_FLOAT,
                             tolerances={torch.float32: (1e-4, 1e-3), torch.float16: (3e-3, 3e-3),
                                         torch.bfloat16: (2e-2, 2e-2)}))
-register(Implementation("routed_mixture", "cpp", "iteach_fast.extension_ops:routed_mixture", rank=1))
-_cpp_status("routed_mixture")  # resolved now, outside any torch.compile trace
-_extension.triton_status()
+register(Implementation("routed_mixture", "cpp", "iteach_fast.extension:routed_mixture"))
+assert set(BACKEND_SPECS) <= set(BACKENDS), "every backend must be a choice in iteach_fast.choices.Backend"
+
+
+# ----------------------------------------------------------------------------- resolution
+
+@dataclass
+class _Resolved:
+    functions: dict = field(default_factory=dict)  # (op, backend) -> callable
+    reasons: dict = field(default_factory=dict)  # (op, backend) -> why it cannot run in this process
+    selected: dict = field(default_factory=dict)  # (op, backend, device type, dtype) -> Implementation | error
+
+
+_STATE = _Resolved()
+
+
+def _import_target(target: str) -> Callable:
+    module, name = target.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def refresh() -> None:
+    """Probe every backend and import every available implementation (done at import; call
+    again after changing the environment, e.g. ``TRITON_INTERPRET``)."""
+    state = _Resolved()
+    for op, impls in REGISTRY.items():
+        for impl in impls.values():
+            key = (op, impl.backend)
+            why = impl.spec.probe(op)
+            if why is None:
+                try:
+                    state.functions[key] = _import_target(impl.target)
+                except ModuleNotFoundError as err:
+                    if (err.name or "").startswith("iteach_fast.kernels"):
+                        why = ("iteach_fast.kernels is missing: install the package (pip install -e .), which maps "
+                               "kernels/ to iteach_fast.kernels; a bare checkout on PYTHONPATH does not")
+                    else:
+                        why = f"{impl.target} is not available ({err})"
+                except (ImportError, AttributeError, NotImplementedError) as err:
+                    why = f"{impl.target} is not available ({err})"
+            if why is not None:
+                state.reasons[key] = why
+    _STATE.functions, _STATE.reasons, _STATE.selected = state.functions, state.reasons, {}
 
 
 def implementations(op: str) -> list[Implementation]:
+    """``op``'s implementations, the most preferred first."""
     return sorted(REGISTRY[op].values(), key=lambda i: -i.rank)
 
 
-def select(op: str, backend: str, device: torch.device, dtype: torch.dtype) -> Implementation:
-    """The implementation ``backend`` names, or for ``"auto"`` the best one that runs here."""
+def _choose(op: str, backend: str, device_type: str, dtype: torch.dtype):
     if backend == "auto":
         for impl in implementations(op):
-            if dtype in impl.dtypes and impl.unavailable_reason(device) is None:
-                # the Triton interpreter is a correctness tool, never an automatic choice
-                if impl.backend == "triton" and device.type != "cuda":
-                    continue
+            if dtype in impl.dtypes and impl.runs_on(device_type, auto=True) and impl.unavailable_reason() is None:
                 return impl
-        raise AssertionError("unreachable: the reference backend always runs")
+        return ValueError(f"{op}: no implementation supports dtype {dtype} on {device_type}")
     if backend not in REGISTRY[op]:
-        raise ValueError(f"backend must be one of {('auto',) + tuple(REGISTRY[op])} for {op}, got {backend!r}")
+        return ValueError(f"backend must be one of {('auto',) + tuple(REGISTRY[op])} for {op}, got {backend!r}")
     impl = REGISTRY[op][backend]
-    why = impl.unavailable_reason(device)
+    why = impl.unavailable_reason(device_type)
     if why is not None:
-        raise BackendUnavailable(f"{op}: backend {backend!r} is unavailable: {why}")
+        return BackendUnavailable(f"{op}: backend {backend!r} is unavailable: {why}")
     if dtype not in impl.dtypes:
-        raise TypeError(f"{op}: backend {backend!r} supports dtypes {impl.dtypes}, got {dtype}")
+        return TypeError(f"{op}: backend {backend!r} supports dtypes {impl.dtypes}, got {dtype}")
     return impl
+
+
+def select(op: str, backend: str, device: torch.device, dtype: torch.dtype) -> Implementation:
+    """The implementation ``backend`` names, or for ``"auto"`` the highest-ranked one that runs
+    on ``device`` with ``dtype``; decided once per (op, backend, device type, dtype)."""
+    key = (op, backend, device.type, dtype)
+    choice = _STATE.selected.get(key)
+    if choice is None:
+        if not isinstance(backend, str):
+            raise TypeError(f"backend must be a str, got {type(backend).__name__}")
+        choice = _STATE.selected[key] = _choose(op, backend, device.type, dtype)
+    if isinstance(choice, Exception):
+        raise type(choice)(*choice.args)
+    return choice
 
 
 def available_backends(device: torch.device | str = "cpu") -> dict[str, dict[str, str | None]]:
     """``{op: {backend: None if it runs on device else the reason}}`` (used by ``iteach-fast info``)."""
-    device = torch.device(device)
     return {op: {b: impl.unavailable_reason(device) for b, impl in REGISTRY[op].items()} for op in OPS}
+
+
+_warned = False
+
+
+def warn_missing_once() -> None:
+    """Warn once per process if the extension is missing, naming every unavailable backend."""
+    global _warned
+    if _warned:
+        return
+    _warned = True
+    ext_reason = extension.STATUS[1]
+    if ext_reason is None:
+        return
+    parts = [f"cpp ({ext_reason})"]
+    triton_reason = probe_triton()
+    if triton_reason is not None:
+        parts.append(f"triton ({triton_reason})")
+    warnings.warn("iteach_fast: backends unavailable: " + "; ".join(parts)
+                  + ". The reference backend is used instead.", RuntimeWarning, stacklevel=3)
+
+
+refresh()

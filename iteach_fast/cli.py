@@ -6,33 +6,28 @@ Every field of :class:`iteach_fast.config.TrainConfig` is a flag (``--batch-size
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import importlib
+import importlib.util
 import json
 import os
 import sys
-import time
+import typing
 
-from .config import TrainConfig, load_mapping
+import platform
 
-CHOICES = {
-    "dataset": ("synthetic", "iemocap4", "iemocap6", "cmumosi", "cmumosei"),
-    "framework": ("its", "ts", "pre"),
-    "strategy": ("fixed", "random", "progressive"),
-    "ecce": ("local+global", "global", "off"),
-    "select_on": ("valid", "test"),
-    "dtype": ("fp32", "bf16", "fp16"),
-    "backend": ("auto", "reference", "triton", "cpp"),
-    "teacher_mixer": ("tf", "nas"),
-    "student_mixer": ("tf", "nas"),
-}
+import numpy
+import torch
 
-# the demo's short schedule: small synthetic conversations and a small model, so that it
-# ends in a few minutes on 2 CPU cores (see `iteach-fast demo --help`); the framework's own
-# mixers (its: TF teacher, NAS student)
-DEMO_DEFAULTS = dict(syn_conversations=120, syn_max_len=60, dim=32, heads=4, max_len=60, epochs=10, batch_size=8,
-                     lr=1e-3, router_lr=1e-2, dropout=0.1, strategy="random", framework="its",
-                     select_rates=(0.0, 0.3, 0.5, 0.7), out_dir=os.path.join("runs", "demo"))
-
+from . import __version__
+from .backends import available_backends
+from .checkpoint import atomic_write, load_checkpoint
+from .choices import BACKENDS, PRECISIONS
+from .config import MODEL_KEYS, TRAIN_KEYS, ModelConfig, TrainConfig, coerce, load_mapping
+from .evaluate import data_gaps, load_for_eval
+from .masking import EVAL_RATES
+from .protocols import DEMO_DEFAULTS, demo, ime, ume
+from .runtime import resolve_device
+from .train import train
 
 def _list_of(kind):
     def parse(text: str):
@@ -48,51 +43,60 @@ def _flat(rates) -> tuple:
     return tuple(x for part in rates for x in (part if isinstance(part, tuple) else (part,)))
 
 
+def _flag_type(name: str, hint):
+    """An argparse ``type`` that coerces a flag's text as the config field's type hint does."""
+    def parse(text: str):
+        try:
+            return coerce(text, hint)
+        except (TypeError, ValueError) as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+    parse.__name__ = name  # argparse names the type in its messages
+    return parse
+
+
 def _add_config_flags(p: argparse.ArgumentParser, defaults: dict | None = None) -> None:
-    """One flag per TrainConfig field; default SUPPRESS so only given flags override --config."""
-    base = TrainConfig()
-    g = p.add_argument_group("training configuration (TrainConfig; defaults shown)")
-    for f in dataclasses.fields(TrainConfig):
-        default = (defaults or {}).get(f.name, getattr(base, f.name))
-        flag = "--" + f.name.replace("_", "-")
-        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
-        kw = dict(default=argparse.SUPPRESS, dest=f.name, help=f"(default: {shown})")
-        if isinstance(default, bool):
+    """One flag per config field (model fields flattened in); default SUPPRESS so only given
+    flags override --config. Types and choices come from the fields' annotations."""
+    base = TrainConfig().replace(**(defaults or {})).flat_dict()
+    hints = {**typing.get_type_hints(TrainConfig), **typing.get_type_hints(ModelConfig)}
+    g = p.add_argument_group("training configuration (TrainConfig and its ModelConfig; defaults shown)")
+    for name in TRAIN_KEYS + MODEL_KEYS:
+        default, hint = base[name], hints[name]
+        flag = "--" + name.replace("_", "-")
+        shown = ",".join(map(str, default)) if isinstance(default, list) else default
+        kw = dict(default=argparse.SUPPRESS, dest=name, help=f"(default: {shown})")
+        if hint is bool:
             g.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
             continue
-        if isinstance(default, tuple):
-            kind = int if all(isinstance(x, int) for x in default) else float
-            kw["type"], kw["metavar"] = _list_of(kind), "A,B,.."
-        elif default is None:  # optional fields: their annotation says int or str
-            kw["type"] = int if "int" in str(f.type) else str
-        else:
-            kw["type"] = type(default)
-        if f.name in CHOICES:
-            kw["choices"] = CHOICES[f.name]
+        literal = [a for a in (typing.get_args(hint) or (hint,)) if typing.get_origin(a) is typing.Literal]
+        if literal:
+            kw["choices"] = typing.get_args(literal[0])
+        kw["type"] = _flag_type(flag, hint)
+        if typing.get_origin(hint) is tuple:
+            kw["metavar"] = "A,B,.."
         g.add_argument(flag, **kw)
-    p.add_argument("--config", help="YAML or JSON file of TrainConfig keys (flags override it)")
+    p.add_argument("--config", help="YAML or JSON file of config keys, flat or with a model: section "
+                                    "(flags override it)")
 
 
 def config_from_args(args: argparse.Namespace, defaults: dict | None = None) -> TrainConfig:
     cfg = TrainConfig().replace(**(defaults or {}))
     if getattr(args, "config", None):
-        cfg = cfg.replace(**load_mapping(args.config))
-    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
+        cfg = TrainConfig.from_dict({**cfg.to_dict(), **load_mapping(args.config)}, source=args.config)
+    given = {k: getattr(args, k) for k in TRAIN_KEYS + MODEL_KEYS if hasattr(args, k)}
     return cfg.replace(**given).validate()
 
 
 # ------------------------------------------------------------------ subcommands
 
 def cmd_train(args) -> int:
-    from .train import load_checkpoint, train
-
     if args.resume:
         # the checkpoint's own config; flags may raise --epochs or move --out-dir (default:
         # the checkpoint's folder), everything else stays as trained
-        ckpt_cfg = TrainConfig.from_dict(load_checkpoint(args.resume)["config"])
-        defaults = {**ckpt_cfg.to_dict(), "out_dir": os.path.dirname(os.path.abspath(args.resume))}
+        ckpt_cfg = TrainConfig.from_dict(load_checkpoint(args.resume)["config"], source=args.resume)
+        defaults = {**ckpt_cfg.flat_dict(), "out_dir": os.path.dirname(os.path.abspath(args.resume))}
         cfg = config_from_args(args, defaults)
-        ignored = sorted(k for k, v in cfg.to_dict().items()
+        ignored = sorted(k for k, v in cfg.flat_dict().items()
                          if k not in ("epochs", "out_dir", "progress") and v != defaults.get(k))
         if ignored:
             print(f"note: --resume continues the checkpoint's run; these settings are ignored: {ignored}",
@@ -105,8 +109,6 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .evaluate import ume
-
     if args.checkpoint and args.checkpoint_pos and args.checkpoint != args.checkpoint_pos:
         raise ValueError("give the checkpoint once: --checkpoint or CHECKPOINT")
     args.checkpoint = args.checkpoint or args.checkpoint_pos
@@ -117,22 +119,17 @@ def cmd_evaluate(args) -> int:
               plots=not args.no_plots)
     written = [f"{k} {v}" for k, v in res["paths"].items() if v]
     if args.gaps:
-        from .evaluate import _atomic_text, data_gaps
-        from .train import load_for_eval, resolve_device
-
         net, _, splits, _ = load_for_eval(args.checkpoint, device=args.device, backend=args.backend)
         print()
         gaps = data_gaps(splits, net, split=args.split, device=resolve_device(args.device))
         path = os.path.join(args.out or os.path.dirname(os.path.abspath(args.checkpoint)), "gaps.json")
-        _atomic_text(path, json.dumps({"split": args.split, "rows": gaps["rows"]}, indent=2))
+        atomic_write(path, json.dumps({"split": args.split, "rows": gaps["rows"]}, indent=2))
         written.append(f"gaps {path}")
     print("written: " + ", ".join(written))
     return 0
 
 
 def cmd_ime(args) -> int:
-    from .evaluate import ime
-
     cfg = config_from_args(args)
     res = ime(cfg, rates=_flat(args.rates), out_dir=os.path.join(cfg.out_dir, "ime"))
     print(f"written under {os.path.join(cfg.out_dir, 'ime')} (ime.json, ime.csv)")
@@ -140,38 +137,7 @@ def cmd_ime(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from . import plots
-    from .evaluate import ume
-    from .train import train
-
-    cfg = config_from_args(args, DEMO_DEFAULTS)
-    root = cfg.out_dir
-    cfg = cfg.replace(out_dir=os.path.join(root, cfg.framework))
-    print(f"demo: ITEACH-Net ({cfg.framework}) on synthetic conversations, {cfg.epochs} epochs, "
-          f"then UME at missing rates 0.0..0.7 -> {cfg.out_dir}", flush=True)
-    t0 = time.time()
-    summary = train(cfg)
-    t_train = time.time() - t0
-    res = ume(summary["best"], out_dir=cfg.out_dir, device=cfg.device, dtype=cfg.dtype)
-    total = time.time() - t0
-    print(f"\ntrained in {t_train:.0f} s, evaluated in {total - t_train:.0f} s (total {total:.0f} s)")
-    # every framework's demo run found so far, on one plot
-    found = {}
-    for fw in ("its", "ts", "pre"):
-        path = os.path.join(root, fw, "ume.json")
-        if os.path.isfile(path):
-            with open(path) as f:
-                run = json.load(f)
-            found[run["label"]] = run["rows"]
-    compare = plots.waf_vs_rate(found, os.path.join(root, "waf_vs_rate.png"))
-    if len(found) > 1:
-        print("UME average WAF of the demo runs so far: " + "; ".join(
-            f"{label} {sum(r['waf'] for r in rows) / len(rows):.2f}" for label, rows in found.items()))
-    print(f"results: {res['paths']['json']}, {res['paths']['csv']}")
-    print(f"plots:   {os.path.dirname(res['paths']['waf_plot'])}/ (waf_vs_rate, confusion, ecce_heatmap); "
-          f"all demo runs: {compare}")
-    if cfg.framework == "its":
-        print("compare with the single-model framework: iteach-fast demo --framework pre")
+    demo(config_from_args(args, DEMO_DEFAULTS), log=lambda *a: print(*a, flush=True))
     return 0
 
 
@@ -180,27 +146,28 @@ def _repo_root() -> str:
 
 
 def load_bench_main():
-    """``main(argv)`` of the benchmark suite ``<repo>/bench/run.py``.
+    """``main(argv)`` of the benchmark package ``<repo>/bench`` (its ``run`` module).
 
     The suite ships with the source checkout, not with the installed package: a clear
-    ``ImportError`` when it is not there (or does not provide ``main``)."""
-    import importlib
-
-    root = _repo_root()
-    where = os.path.join(root, "bench", "run.py")
-    if not os.path.isfile(where):
+    ``ImportError`` when it is not there. The package is loaded from its folder, so no
+    ``sys.path`` entry is added (and no other top-level ``bench`` can shadow it)."""
+    folder = os.path.join(_repo_root(), "bench")
+    init = os.path.join(folder, "__init__.py")
+    if not (os.path.isfile(init) and os.path.isfile(os.path.join(folder, "run.py"))):
         raise ImportError(f"the benchmark suite is not present ({os.path.join('bench', 'run.py')} not found next to "
                           "the package); it ships with the source checkout: run `iteach-fast bench` from an "
                           "editable install of the repository (pip install -e .)")
-    if root not in sys.path:
-        sys.path.insert(0, root)
+    loaded = sys.modules.get("bench")
+    if loaded is None or os.path.abspath(getattr(loaded, "__file__", "") or "") != init:
+        spec = importlib.util.spec_from_file_location("bench", init, submodule_search_locations=[folder])
+        loaded = importlib.util.module_from_spec(spec)
+        sys.modules["bench"] = loaded
+        spec.loader.exec_module(loaded)
+    sys.modules.pop("bench.run", None)
     try:
         module = importlib.import_module("bench.run")
     except ImportError as err:
         raise ImportError(f"the benchmark suite bench/run.py could not be imported: {err}") from err
-    if os.path.abspath(getattr(module, "__file__", "") or "") != os.path.abspath(where):
-        raise ImportError(f"`bench.run` resolves to {module.__file__}, not the repository's bench/run.py "
-                          "(another package named `bench` shadows it)")
     if not callable(getattr(module, "main", None)):
         raise ImportError("bench/run.py has no main(argv)")
     return module.main
@@ -219,14 +186,6 @@ def cmd_bench(args) -> int:
 
 
 def cmd_info(args) -> int:
-    import platform
-
-    import numpy
-    import torch
-
-    from . import __version__
-    from .backends import available_backends
-
     try:
         import triton
 
@@ -263,8 +222,6 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", help="a last.pt to continue from (bit-identical continuation)")
     t.set_defaults(func=cmd_train)
 
-    from .masking import EVAL_RATES
-
     rates = dict(type=_list_of(float), nargs="+", default=EVAL_RATES, metavar="R,R,..",
                  help="missing rates, comma- or space-separated (default: 0.0,0.1,...,0.7)")
     e = sub.add_parser("evaluate", help="UME: test one checkpoint at missing rates 0.0..0.7",
@@ -278,8 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0, help="seed of the test masks (default 0)")
     e.add_argument("--batch-size", type=int, default=None)
     e.add_argument("--device", default="auto")
-    e.add_argument("--backend", default=None, choices=CHOICES["backend"])
-    e.add_argument("--dtype", default=None, choices=CHOICES["dtype"])
+    e.add_argument("--backend", default=None, choices=BACKENDS)
+    e.add_argument("--dtype", default=None, choices=PRECISIONS)
     e.add_argument("--no-plots", action="store_true")
     e.add_argument("--gaps", action="store_true",
                    help="also measure the data's context and modality gaps (classification): a per-utterance "

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-MODALITIES = ("text", "audio", "visual")
+from .choices import MODALITIES
 
 CLASS_NAMES = {
     4: ("happy", "sad", "neutral", "angry"),
@@ -441,3 +441,14 @@ def load_dataset(name: str = "synthetic", data_root: str | None = None, fold: in
             splits.notes.append("model selection on the test split (--select-on test)")
         return splits
     return load_gcnet(name, data_root, fold=fold, seed=seed, select_on=select_on, **gcnet_kwargs)
+
+
+def splits_for(cfg) -> DataSplits:
+    """The splits a :class:`~iteach_fast.config.TrainConfig` names (synthetic or GCNet)."""
+    spec = SyntheticSpec(num_conversations=cfg.syn_conversations, min_len=cfg.syn_min_len,
+                         max_len=cfg.syn_max_len, num_classes=cfg.syn_classes, dims=tuple(cfg.syn_dims),
+                         seed=cfg.seed)
+    roots = {m: getattr(cfg, f"{m}_root") for m in MODALITIES if getattr(cfg, f"{m}_root")}
+    kwargs = {} if cfg.dataset == "synthetic" else {"label_file": cfg.label_file, "feature_roots": roots}
+    return load_dataset(cfg.dataset, data_root=cfg.data_root, fold=cfg.fold, seed=cfg.seed,
+                        select_on=cfg.select_on, synthetic=spec, **kwargs)

@@ -1,55 +1,45 @@
-"""Evaluation (paper §4.2-4.3, DESIGN §2 "Evaluation").
+"""Evaluation primitives: a checkpoint's model and data, its predictions on a split at
+fixed-seed masks, the metrics per missing rate, and the data's gaps.
 
-* :func:`compute_metrics` — GCNet's metrics, from sklearn: weighted F1 (WAF) and accuracy
-  over valid utterances; for regression (CMU-MOSI / MOSEI) predictions and labels are made
-  binary (``> 0`` / ``< 0``) with label-0 utterances excluded, plus the MAE of the raw
-  scores over all utterances. Reported in percent (MAE in label units).
+* :func:`load_for_eval` — ``(net, cfg, splits, ckpt)`` from a checkpoint.
+* :func:`predict` — the student's predictions on a split with given masks (or complete data).
 * :func:`evaluate_rates` — the student on a split at several missing rates, each with a
   fixed-seed mask (:func:`iteach_fast.masking.fixed_masks`): every model sees the same masks.
-* :func:`ume` — Unified Model Evaluation: one checkpoint, rates 0.0..0.7, a table with
-  their average, written as JSON and CSV (+ plots).
-* :func:`ime` — Independent Model Evaluation: one model trained per rate (fixed strategy),
-  each tested at its own rate.
+* :func:`data_gaps` — how much context and each modality are worth on a dataset.
+
+The protocols built from these (UME, IME, the demo) live in :mod:`iteach_fast.protocols`.
 """
 from __future__ import annotations
 
-import csv
-import json
-import os
-
 import numpy as np
 import torch
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, mean_absolute_error
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 from torch.utils.data import DataLoader
 
-from .data import collate
+from .checkpoint import load_checkpoint
+from .config import TrainConfig
+from .data import collate, splits_for
 from .masking import EVAL_RATES, apply_mask, fixed_masks, missing_rate, present_for_batch
+from .metrics import compute_metrics
+from .model import ITEACHNet
+from .runtime import autocast, resolve_device
 
-__all__ = ["compute_metrics", "predict", "evaluate_rates", "format_table", "ume", "ime", "write_rows", "data_gaps"]
-
-
-def compute_metrics(y_true, y_pred, task: str = "classification") -> dict:
-    """``{"waf", "acc"}`` in percent (``+ "mae"`` for regression) over the given utterances.
-
-    Classification: ``y_pred`` are class ids. Regression: ``y_pred`` are raw scores.
-    """
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    if task == "regression":
-        out = {"mae": float(mean_absolute_error(y_true, y_pred)) if len(y_true) else float("nan")}
-        keep = y_true != 0  # GCNet: label-0 utterances have no polarity
-        t, p = y_true[keep] > 0, y_pred[keep] > 0
-    else:
-        out, t, p = {}, y_true, y_pred
-    if len(t) == 0:
-        return {"waf": float("nan"), "acc": float("nan"), **out}
-    return {"waf": 100.0 * float(f1_score(t, p, average="weighted")),
-            "acc": 100.0 * float(accuracy_score(t, p)), **out}
+__all__ = ["load_for_eval", "predict", "evaluate_rates", "data_gaps"]
 
 
-def _autocast(device: torch.device, dtype: str):
-    if dtype == "fp32" or device.type != "cuda":
-        return torch.autocast(device.type, enabled=False)
-    return torch.autocast("cuda", dtype=torch.bfloat16 if dtype == "bf16" else torch.float16)
+def load_for_eval(path: str, device: str = "auto", backend: str | None = None):
+    """``(net, cfg, splits, ckpt)``: the checkpoint's model in eval mode on ``device`` and its data."""
+    ckpt = load_checkpoint(path)
+    cfg = TrainConfig.from_dict(ckpt["config"], source=path)
+    if backend:
+        cfg = cfg.replace(backend=backend)
+    splits = splits_for(cfg)
+    net = ITEACHNet.from_config(cfg.model, splits.input_dims, splits.num_classes)
+    net.load_state_dict(ckpt["model"])
+    net.to(resolve_device(device)).eval()
+    return net, cfg, splits, ckpt
 
 
 @torch.no_grad()
@@ -69,7 +59,7 @@ def predict(net, dataset, masks: dict | None, batch_size: int = 32, device="cpu"
             torch.arange(L)[None, :, None] < batch["lengths"][:, None, None]).expand(B, L, 3).clone()
         inc = apply_mask(batch, present)
         valid = torch.arange(L)[None] < batch["lengths"][:, None]
-        with _autocast(device, dtype):
+        with autocast(device, dtype):
             out = net.predict(tuple(inc[m].to(device) for m in ("text", "audio", "visual")),
                               batch["lengths"].to(device), present.to(device))
         out = out.float().cpu()
@@ -98,118 +88,6 @@ def evaluate_rates(net, dataset, rates=EVAL_RATES, seed: int = 0, batch_size: in
             row["_y"], row["_p"] = y, p
         rows.append(row)
     return rows
-
-
-def average_row(rows: list[dict]) -> dict:
-    keys = [k for k in ("waf", "acc", "mae") if k in rows[0]]
-    return {"rate": "average", **{k: float(np.mean([r[k] for r in rows])) for k in keys}}
-
-
-def format_table(rows: list[dict], title: str = "") -> str:
-    """A fixed-width table, one row per rate plus the average."""
-    reg = "mae" in rows[0]
-    head = f"{'rate':>8} {'realised':>9} {'WAF':>7} {'Acc':>7}" + (f" {'MAE':>7}" if reg else "")
-    lines = [title] if title else []
-    lines += [head, "-" * len(head)]
-    for r in rows + [average_row(rows)]:
-        rate = f"{r['rate']:.1f}" if isinstance(r["rate"], float) else r["rate"]
-        realised = f"{r['realised_rate']:.3f}" if "realised_rate" in r else ""
-        line = f"{rate:>8} {realised:>9} {r['waf']:7.2f} {r['acc']:7.2f}"
-        lines.append(line + (f" {r['mae']:7.3f}" if reg else ""))
-    return "\n".join(lines)
-
-
-def _clean(rows):
-    return [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
-
-
-def write_rows(rows: list[dict], path_json: str, path_csv: str, meta: dict) -> None:
-    """``rows`` (+ their average) as JSON (with ``meta``) and CSV, written atomically."""
-    rows = _clean(rows)
-    avg = average_row(rows)
-    os.makedirs(os.path.dirname(path_json) or ".", exist_ok=True)
-    _atomic_text(path_json, json.dumps({**meta, "rows": rows, "average": avg}, indent=2))
-    cols = ["rate", "realised_rate", "waf", "acc"] + (["mae"] if "mae" in rows[0] else []) + ["n"]
-    tmp = path_csv + ".tmp"
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
-        w.writeheader()
-        for r in rows + [avg]:
-            w.writerow({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()})
-    os.replace(tmp, path_csv)
-
-
-def _atomic_text(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text + "\n")
-    os.replace(tmp, path)
-
-
-def ume(checkpoint: str, out_dir: str | None = None, rates=EVAL_RATES, split: str = "test", seed: int = 0,
-        batch_size: int | None = None, device: str = "auto", backend: str | None = None, dtype: str | None = None,
-        plots: bool = True, log=print) -> dict:
-    """Unified Model Evaluation of one checkpoint; writes ``ume.json`` / ``ume.csv`` (and
-    ``plots/``) under ``out_dir`` (default: the checkpoint's folder). Returns the result dict."""
-    from . import train as training
-
-    net, cfg, splits, _ = training.load_for_eval(checkpoint, device=device, backend=backend)
-    dev = training.resolve_device(device)
-    dtype = training.check_dtype(dtype or cfg.dtype, dev)
-    dataset = getattr(splits, split)
-    out_dir = out_dir or os.path.dirname(os.path.abspath(checkpoint))
-    rows = evaluate_rates(net, dataset, rates, seed, batch_size or cfg.batch_size, dev, dtype,
-                          keep_predictions=plots)
-    label = f"{cfg.framework.upper()} (student {net.student.mixer.upper()}, {cfg.strategy})"
-    title = f"UME on {dataset.name} [{split}], {label}, masks seed {seed}"
-    table = format_table(rows, title)
-    log(table)
-    for note in splits.notes:
-        log(f"note: {note}")
-    meta = {"checkpoint": os.path.basename(checkpoint), "dataset": dataset.name, "split": split, "mask_seed": seed,
-            "task": dataset.task, "framework": cfg.framework, "student_mixer": net.student.mixer,
-            "strategy": cfg.strategy, "label": label, "notes": list(splits.notes),
-            "metrics": "percent; WAF = f1_score(average='weighted'); regression: binary, label 0 excluded; MAE raw"}
-    paths = {"json": os.path.join(out_dir, "ume.json"), "csv": os.path.join(out_dir, "ume.csv")}
-    write_rows(rows, paths["json"], paths["csv"], meta)
-    if plots:
-        from . import plots as plotting
-
-        pdir = os.path.join(out_dir, "plots")
-        paths["waf_plot"] = plotting.waf_vs_rate({label: _clean(rows)}, os.path.join(pdir, "waf_vs_rate.png"))
-        if not net.regression:
-            paths["confusion"] = plotting.confusion_grid(
-                {r["rate"]: confusion_matrix(r["_y"], r["_p"], labels=range(net.student.num_classes)) for r in rows},
-                dataset.class_names or [str(i) for i in range(net.student.num_classes)],
-                os.path.join(pdir, "confusion.png"))
-        paths["ecce"] = plotting.ecce_heatmap(net, dataset, os.path.join(pdir, "ecce_heatmap.png"), device=dev)
-    return {"rows": _clean(rows), "average": average_row(_clean(rows)), "table": table, "paths": paths,
-            "meta": meta}
-
-
-def ime(cfg, rates=EVAL_RATES, out_dir: str | None = None, log=print) -> dict:
-    """Independent Model Evaluation: train one model per rate with the fixed strategy (model
-    selection at that rate), test each at its own rate; writes ``ime.json`` / ``ime.csv``."""
-    from . import train as training
-
-    out_dir = out_dir or os.path.join(cfg.out_dir, "ime")
-    rows = []
-    for rate in rates:
-        sub = cfg.replace(strategy="fixed", rate=float(rate), select_rates=(float(rate),),
-                          out_dir=os.path.join(out_dir, f"rate_{rate:.1f}"))
-        log(f"== IME: training at missing rate {rate:.1f} -> {sub.out_dir}")
-        summary = training.train(sub, log=log)
-        net, _, splits, _ = training.load_for_eval(summary["best"], device=cfg.device, backend=cfg.backend)
-        dev = training.resolve_device(cfg.device)
-        row = evaluate_rates(net, splits.test, (rate,), cfg.eval_seed, cfg.batch_size, dev,
-                             training.check_dtype(cfg.dtype, dev))[0]
-        rows.append(row)
-    table = format_table(rows, f"IME ({cfg.framework.upper()}, one model per rate, fixed strategy)")
-    log(table)
-    meta = {"dataset": cfg.dataset, "framework": cfg.framework, "strategy": "fixed", "mask_seed": cfg.eval_seed,
-            "metrics": "percent; each row is a separate model trained and tested at that rate"}
-    write_rows(rows, os.path.join(out_dir, "ime.json"), os.path.join(out_dir, "ime.csv"), meta)
-    return {"rows": rows, "average": average_row(rows), "table": table}
 
 
 # ------------------------------------------------------------------ the data's gaps
@@ -255,10 +133,6 @@ def data_gaps(splits, net=None, split: str = "test", context_windows=(1, 2, 3), 
 
     Rows ``{"model", "modalities", "waf", "acc"}`` (percent), printed as a table.
     """
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
     if splits.train.task != "classification":
         raise ValueError("data_gaps: classification datasets only")
     test = getattr(splits, split)

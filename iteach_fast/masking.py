@@ -23,18 +23,21 @@ import zlib
 
 import torch
 
-from .data import MODALITIES
+from .choices import MODALITIES
 
-__all__ = ["sample_present", "apply_mask", "fixed_masks", "present_for_batch", "missing_rate", "EVAL_RATES"]
+__all__ = ["sample_present", "apply_mask", "fixed_masks", "present_for_batch", "missing_rate", "EVAL_RATES",
+           "MAX_RATE"]
 
 #: UME's test rates (§4.3): 0.0, 0.1, ..., 0.7
 EVAL_RATES = tuple(round(0.1 * i, 1) for i in range(8))
+#: rates are fractions of (utterance, modality) cells; above 2/3 every utterance keeps one modality
+MAX_RATE = 1.0
 
 
 def _draw(n: int, rate: float, generator: torch.Generator | None) -> torch.Tensor:
     """``(n, 3)`` bool: which of the three modalities each of ``n`` utterances keeps."""
-    if not 0.0 <= rate <= 1.0:
-        raise ValueError(f"missing rate must lie in [0, 1], got {rate}")
+    if not 0.0 <= rate <= MAX_RATE:
+        raise ValueError(f"missing rate must lie in [0, {MAX_RATE}], got {rate}")
     keep = torch.zeros(n, 3, dtype=torch.bool)
     if n == 0:
         return keep

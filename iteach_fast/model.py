@@ -1,5 +1,5 @@
 """ITEACH-Net: the teacher / student models and the Inverted Teacher-Student framework
-(paper §3.2, §3.4, §3.5; DESIGN §2).
+(paper §3.2, §3.4, §3.5; docs/maths.md).
 
     net = ITEACHNet(input_dims=(1024, 512, 1024), num_classes=4)          # "its": 3xTF teacher, 4xNAS student
     teacher_out, student_out = net((t, a, v), (t_miss, a_miss, v_miss), lengths, present)
@@ -11,20 +11,38 @@ The fused operators are reached only through :mod:`iteach_fast.modules` (hence
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .modules import ECCE, MIXERS, EncoderLayer, lengths_or_full, set_backend, valid_mask
+from .choices import MIXERS, MODALITIES, check_choice
+from .config import ModelConfig
+from .modules import ECCE, EncoderLayer, lengths_or_full, set_backend
+from .padding import valid_mask
 
-__all__ = ["ModelOutput", "ITEACHModel", "ITEACHNet", "FRAMEWORKS", "REC_WEIGHTS"]
+__all__ = ["ModelOutput", "ITEACHModel", "ITEACHNet", "REC_WEIGHTS", "roles"]
 
-FRAMEWORKS = ("its", "ts", "pre")
 #: eq. 14: weights of ||H'_l - H_l||^2 for l = 1, 2, 3 (H_1 is the last layer's feature)
 REC_WEIGHTS = (0.5, 0.1, 0.05)
-MODALITIES = ("text", "audio", "visual")
+#: layers of a model by mixer where the framework does not fix them (the paper's 3 x TF, 4 x NAS)
+MIXER_LAYERS = {"tf": 3, "nas": 4}
+
+
+def roles(config: ModelConfig) -> tuple[tuple[int, str], tuple[int, str]]:
+    """``((teacher layers, mixer), (student layers, mixer))`` of ``config``, defaults filled in:
+    its: 3 x TF teacher, 4 x NAS student; ts: the two swapped; pre: one model, TF (the paper's
+    "PRE | TF") unless a mixer is given, 3 x TF or 4 x NAS. Explicit layers / mixers override."""
+    if config.framework == "pre":
+        mixer = config.student_mixer or "tf"
+        single = (config.student_layers or MIXER_LAYERS[mixer], mixer)
+        return single, single
+    (t_layers, t_mixer), (s_layers, s_mixer) = {"its": ((3, "tf"), (4, "nas")),
+                                                "ts": ((4, "nas"), (3, "tf"))}[config.framework]
+    return ((config.teacher_layers or t_layers, config.teacher_mixer or t_mixer),
+            (config.student_layers or s_layers, config.student_mixer or s_mixer))
 
 
 class ModelOutput(NamedTuple):
@@ -58,8 +76,7 @@ class ITEACHModel(nn.Module):
             raise ValueError(f"num_classes must be >= 1 (1 = regression), got {num_classes}")
         if num_layers < 1:
             raise ValueError(f"num_layers must be >= 1, got {num_layers}")
-        if mixer not in MIXERS:
-            raise ValueError(f"mixer must be one of {MIXERS}, got {mixer!r}")
+        check_choice("mixer", mixer, MIXERS)
         self.input_dims, self.num_classes, self.num_layers = input_dims, num_classes, num_layers
         self.mixer, self.dim, self.max_len = mixer, dim, max_len
         self.proj = nn.ModuleList(nn.Linear(d, dim) for d in input_dims)
@@ -114,7 +131,7 @@ class ITEACHModel(nn.Module):
         inputs = (text, audio, visual)
         lengths = self._validate(inputs, lengths, present)
         L = text.shape[1]
-        valid = valid_mask(lengths, L)
+        valid = valid_mask(lengths, L)[..., None]
         zero = torch.zeros((), dtype=text.dtype, device=text.device)
         # eq. 1-2: X_m, then ECCE once per modality; padding zeroed (the projection bias would not be)
         xs = [torch.where(valid, self.dropout(proj(torch.where(valid, x, zero))), zero)
@@ -140,27 +157,37 @@ class ITEACHNet(nn.Module):
         student ``student_layers`` (4) x NAS on incomplete data — the student is the bigger one.
       - ``"ts"`` (conventional distillation): the roles' architectures swapped — teacher 4 x NAS,
         student 3 x TF.
-      - ``"pre"``: a single model (4 x NAS) that is both teacher and student
-        (``self.teacher is self.student``).
+      - ``"pre"``: a single model that is both teacher and student (``self.teacher is
+        self.student``): 3 x TF, the paper's "PRE | TF", or 4 x NAS with ``student_mixer="nas"``.
     ``teacher_layers`` / ``student_layers`` / ``teacher_mixer`` / ``student_mixer`` left as
     None take the framework's defaults above; given, they override them (e.g. the ablation
-    ``student_mixer="tf"``). ``model_kwargs`` go to both :class:`ITEACHModel`s.
+    ``student_mixer="tf"``). Every keyword is a :class:`~iteach_fast.config.ModelConfig` field
+    (the net is built from one: :meth:`from_config`), and the rest go to both models.
     """
 
     def __init__(self, input_dims, num_classes: int, framework: str = "its", teacher_layers: int | None = None,
                  student_layers: int | None = None, teacher_mixer: str | None = None,
                  student_mixer: str | None = None, **model_kwargs):
         super().__init__()
-        if framework not in FRAMEWORKS:
-            raise ValueError(f"framework must be one of {FRAMEWORKS}, got {framework!r}")
-        defaults = {"its": ((3, "tf"), (4, "nas")), "ts": ((4, "nas"), (3, "tf")), "pre": ((4, "nas"), (4, "nas"))}
-        (t_layers, t_mixer), (s_layers, s_mixer) = defaults[framework]
+        unknown = set(model_kwargs) - {f.name for f in dataclasses.fields(ModelConfig)}
+        if unknown:
+            raise TypeError(f"ITEACHNet got unknown keyword arguments {sorted(unknown)}")
+        #: the hyper-parameters this net was built from (checkpoints store them)
+        self.config = ModelConfig(framework=framework, teacher_layers=teacher_layers, student_layers=student_layers,
+                                  teacher_mixer=teacher_mixer, student_mixer=student_mixer,
+                                  **model_kwargs).validate()
+        (t_layers, t_mixer), (s_layers, s_mixer) = roles(self.config)
+        shared = self.config.model_kwargs()
         self.framework = framework
-        self.student = ITEACHModel(input_dims, num_classes, student_layers or s_layers, student_mixer or s_mixer,
-                                   **model_kwargs)
+        self.student = ITEACHModel(input_dims, num_classes, s_layers, s_mixer, **shared)
         if framework != "pre":
-            self.teacher = ITEACHModel(input_dims, num_classes, teacher_layers or t_layers,
-                                       teacher_mixer or t_mixer, **model_kwargs)
+            self.teacher = ITEACHModel(input_dims, num_classes, t_layers, t_mixer, **shared)
+
+    @classmethod
+    def from_config(cls, config: ModelConfig, input_dims, num_classes: int) -> "ITEACHNet":
+        """The net ``config`` describes, for inputs of ``input_dims`` (text, audio, visual) and
+        ``num_classes`` classes (1: a regressor)."""
+        return cls(input_dims, num_classes, **dataclasses.asdict(config))
 
     @property
     def teacher(self) -> ITEACHModel:
@@ -215,7 +242,7 @@ class ITEACHNet(nn.Module):
         B, L = student_out.hidden[0].shape[:2]
         device = student_out.hidden[0].device
         lengths = lengths_or_full(lengths, B, L, device)
-        valid = valid_mask(lengths, L)[..., 0]
+        valid = valid_mask(lengths, L)
         if tuple(labels.shape) != (B, L):
             raise ValueError(f"labels must have shape ({B}, {L}), got {tuple(labels.shape)}")
         if not isinstance(present, torch.Tensor) or present.dtype != torch.bool or tuple(present.shape) != (B, L, 3):

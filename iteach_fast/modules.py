@@ -1,4 +1,4 @@
-"""Drop-in ``nn.Module``s of ITEACH-Net (DESIGN §2; paper §3.3-3.4, Appendix C).
+"""Drop-in ``nn.Module``s of ITEACH-Net (paper §3.3-3.4, Appendix C; docs/maths.md).
 
 Every module takes ``lengths`` (int ``(B,)``, or None for "all valid") and keeps the
 package-wide contract: outputs at invalid positions (``i >= lengths[b]``) are exactly 0,
@@ -28,16 +28,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import ops
-from .reference import masked_avg_pool, masked_max_pool
+from .choices import ECCE_MODES, MIXERS, check_choice
+from .padding import masked_avg_pool, masked_max_pool, valid_mask, zero_invalid
 
 __all__ = [
     "ECCE", "ECCEAttention", "MLPTokenMixer", "AvgPoolTokenMixer", "MaxPoolTokenMixer",
     "RoutedTokenMixer", "ITEACHEncoder", "CrossAttention", "EncoderLayer",
-    "set_backend", "lengths_or_full", "valid_mask",
+    "set_backend", "lengths_or_full",
 ]
-
-ECCE_MODES = ("local+global", "global", "off")
-MIXERS = ("tf", "nas")
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -46,14 +44,9 @@ MIXERS = ("tf", "nas")
 lengths_or_full = ops.check_lengths
 
 
-def valid_mask(lengths: torch.Tensor, L: int) -> torch.Tensor:
+def _rows(lengths: torch.Tensor, L: int) -> torch.Tensor:
     """``(B, L, 1)`` bool, broadcastable over features: position ``i`` is valid iff ``i < lengths[b]``."""
-    return (torch.arange(L, device=lengths.device) < lengths[:, None])[..., None]
-
-
-def _mask(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    # torch.where, not multiplication: garbage (even inf) in the padding cannot leak as 0 * inf
-    return torch.where(valid, x, torch.zeros((), dtype=x.dtype, device=x.device))
+    return valid_mask(lengths, L)[..., None]
 
 
 def set_backend(module: nn.Module, backend: str) -> nn.Module:
@@ -75,7 +68,7 @@ def _check_heads(dim: int, heads: int) -> None:
 # ----------------------------------------------------------------------------- ECCE
 
 class ECCE(nn.Module):
-    """Emotion Context Changing Encoder (paper §3.3, eq. 5-6, Algorithm 1; DESIGN §2).
+    """Emotion Context Changing Encoder (paper §3.3, eq. 5-6, Algorithm 1; docs/maths.md).
 
     Local (eq. 5): ``Z = Conv1d(D, D, kernel_size, padding=kernel_size//2)`` along the
     utterance axis, invalid positions zeroed before (so padding never leaks in) and after.
@@ -83,7 +76,7 @@ class ECCE(nn.Module):
     band ``|i-j| < dist``. Since the projection is linear, ``forward`` returns only
     ``zp = Z @ W_fc`` ``(B, L, H)``; the fused attention builds ``E`` from it without
     materialising ``L x L``. ``W_fc`` has no bias: Algorithm 1's bias lands on every entry of
-    a softmax row and cannot change the attention (DESIGN §2).
+    a softmax row and cannot change the attention (docs/maths.md).
 
     ``mode``: ``"local+global"`` (the paper), ``"global"`` (no conv, ``Z = X``), ``"off"``
     (``zp = 0``, hence ``E = 0``: plain attention).
@@ -92,8 +85,7 @@ class ECCE(nn.Module):
     def __init__(self, dim: int, heads: int, kernel_size: int = 7, dist: int = 30,
                  mode: str = "local+global", backend: str = "auto"):
         super().__init__()
-        if mode not in ECCE_MODES:
-            raise ValueError(f"mode must be one of {ECCE_MODES}, got {mode!r}")
+        check_choice("mode", mode, ECCE_MODES)
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd and positive (a window centred on each utterance), "
                              f"got {kernel_size}")
@@ -110,11 +102,11 @@ class ECCE(nn.Module):
         B, L, _ = x.shape
         if self.mode == "off":
             return x.new_zeros(B, L, self.heads)
-        valid = valid_mask(lengths_or_full(lengths, B, L, x.device), L)
-        z = _mask(x, valid)
+        valid = _rows(lengths_or_full(lengths, B, L, x.device), L)
+        z = zero_invalid(x, valid)
         if self.conv is not None:
-            z = _mask(self.conv(z.transpose(1, 2)).transpose(1, 2), valid)
-        return _mask(self.fc(z), valid)
+            z = zero_invalid(self.conv(z.transpose(1, 2)).transpose(1, 2), valid)
+        return zero_invalid(self.fc(z), valid)
 
     def bias(self, x: torch.Tensor, lengths=None) -> torch.Tensor:
         """The materialised global bias ``E (B, H, L, L)`` (for heatmaps, paper Fig. 5)."""
@@ -146,8 +138,8 @@ class ECCEAttention(nn.Module):
         """``x (B, L, D)``, ``zp (B, L, H)`` (None: no ECCE bias) -> ``(B, L, D)``."""
         B, L, D = x.shape
         lengths = lengths_or_full(lengths, B, L, x.device)
-        valid = valid_mask(lengths, L)
-        x = _mask(x, valid)
+        valid = _rows(lengths, L)
+        x = zero_invalid(x, valid)
         if zp is None:
             zp = x.new_zeros(B, L, self.heads)
 
@@ -158,7 +150,7 @@ class ECCEAttention(nn.Module):
         # zp in q's dtype: under autocast the projections may run in half precision while x does not
         o = ops.ecce_attention(q, k, v, zp.to(q.dtype), lengths, self.dist, backend=self.backend)
         o = self.out(o.transpose(1, 2).reshape(B, L, D))
-        return _mask(self.dropout(o), valid)  # W_o's bias would otherwise land on the padding
+        return zero_invalid(self.dropout(o), valid)  # W_o's bias would otherwise land on the padding
 
 
 class MLPTokenMixer(nn.Module):
@@ -185,10 +177,10 @@ class MLPTokenMixer(nn.Module):
         if L > self.max_len:
             raise ValueError(f"MLPTokenMixer was built for max_len={self.max_len} utterances, got a padded "
                              f"length L={L}; build the model with max_len >= {L}")
-        valid = valid_mask(lengths_or_full(lengths, B, L, x.device), L)
-        xt = F.pad(_mask(x, valid).transpose(1, 2), (0, self.max_len - L))  # (B, D, L_max)
+        valid = _rows(lengths_or_full(lengths, B, L, x.device), L)
+        xt = F.pad(zero_invalid(x, valid).transpose(1, 2), (0, self.max_len - L))  # (B, D, L_max)
         y = self.fc2(self.dropout(F.gelu(self.fc1(xt))))[..., :L].transpose(1, 2)
-        return _mask(self.dropout(y), valid)
+        return zero_invalid(self.dropout(y), valid)
 
 
 class AvgPoolTokenMixer(nn.Module):
@@ -203,8 +195,8 @@ class AvgPoolTokenMixer(nn.Module):
 
     def forward(self, x: torch.Tensor, zp: torch.Tensor | None = None, lengths=None) -> torch.Tensor:
         B, L, _ = x.shape
-        valid = valid_mask(lengths_or_full(lengths, B, L, x.device), L)
-        return _mask(masked_avg_pool(x, valid, self.pool_size), valid)
+        valid = _rows(lengths_or_full(lengths, B, L, x.device), L)
+        return zero_invalid(masked_avg_pool(x, valid, self.pool_size), valid)
 
 
 class MaxPoolTokenMixer(nn.Module):
@@ -219,8 +211,8 @@ class MaxPoolTokenMixer(nn.Module):
 
     def forward(self, x: torch.Tensor, zp: torch.Tensor | None = None, lengths=None) -> torch.Tensor:
         B, L, _ = x.shape
-        valid = valid_mask(lengths_or_full(lengths, B, L, x.device), L)
-        return _mask(masked_max_pool(x, valid, self.pool_size), valid)  # -inf at invalid rows -> 0
+        valid = _rows(lengths_or_full(lengths, B, L, x.device), L)
+        return zero_invalid(masked_max_pool(x, valid, self.pool_size), valid)  # -inf at invalid rows -> 0
 
 
 class RoutedTokenMixer(nn.Module):
@@ -245,7 +237,7 @@ class RoutedTokenMixer(nn.Module):
     def forward(self, x: torch.Tensor, zp: torch.Tensor | None = None, lengths=None) -> torch.Tensor:
         B, L, _ = x.shape
         lengths = lengths_or_full(lengths, B, L, x.device)
-        x = _mask(x, valid_mask(lengths, L))
+        x = zero_invalid(x, _rows(lengths, L))
         logits, y_attn, y_mlp = self.router(x), self.attention(x, zp, lengths), self.mlp(x, None, lengths)
         # one dtype for the fused op: under autocast the Linear outputs may be half while x is float32
         dt = y_attn.dtype
@@ -255,8 +247,8 @@ class RoutedTokenMixer(nn.Module):
     def routing_weights(self, x: torch.Tensor, lengths=None) -> torch.Tensor:
         """The per-token mixer weights ``softmax(router(X)) (B, L, 4)`` (0 at invalid rows), for analysis."""
         B, L, _ = x.shape
-        valid = valid_mask(lengths_or_full(lengths, B, L, x.device), L)
-        return _mask(torch.softmax(self.router(_mask(x, valid)), dim=-1), valid)
+        valid = _rows(lengths_or_full(lengths, B, L, x.device), L)
+        return zero_invalid(torch.softmax(self.router(zero_invalid(x, valid)), dim=-1), valid)
 
 
 # ----------------------------------------------------------------------------- blocks
@@ -273,8 +265,7 @@ class ITEACHEncoder(nn.Module):
                  dist: int = 30, pool_size: int = 3, mlp_ratio: float = 1.0, dropout: float = 0.0,
                  backend: str = "auto"):
         super().__init__()
-        if mixer not in MIXERS:
-            raise ValueError(f"mixer must be one of {MIXERS}, got {mixer!r}")
+        check_choice("mixer", mixer, MIXERS)
         self.mixer_kind = mixer
         self.norm1 = nn.LayerNorm(dim)
         if mixer == "tf":
@@ -290,10 +281,10 @@ class ITEACHEncoder(nn.Module):
         """``x (B, L, D)``, ``zp (B, L, H)`` -> ``(B, L, D)``."""
         B, L, _ = x.shape
         lengths = lengths_or_full(lengths, B, L, x.device)
-        valid = valid_mask(lengths, L)
-        x = _mask(x, valid)
+        valid = _rows(lengths, L)
+        x = zero_invalid(x, valid)
         x = x + self.mixer(self.norm1(x), zp, lengths)  # the mixer zeroes its own padding
-        return _mask(x + self.ffn(self.norm2(x)), valid)  # LN's beta and the FFN biases would not
+        return zero_invalid(x + self.ffn(self.norm2(x)), valid)  # LN's beta and the FFN biases would not
 
 
 class CrossAttention(nn.Module):
@@ -321,19 +312,19 @@ class CrossAttention(nn.Module):
         B, L, D = query.shape
         if kv.shape != query.shape:
             raise ValueError(f"kv must have the query's shape {tuple(query.shape)}, got {tuple(kv.shape)}")
-        valid = valid_mask(lengths_or_full(lengths, B, L, query.device), L)
-        q_in, kv_in = self.norm_q(_mask(query, valid)), self.norm_kv(_mask(kv, valid))
+        valid = _rows(lengths_or_full(lengths, B, L, query.device), L)
+        q_in, kv_in = self.norm_q(zero_invalid(query, valid)), self.norm_kv(zero_invalid(kv, valid))
         Dh = D // self.heads
 
         def heads(t):
             return t.view(B, L, self.heads, Dh).transpose(1, 2)
 
-        q, k, v = heads(self.q(q_in)), heads(self.k(kv_in)), heads(_mask(self.v(kv_in), valid))
+        q, k, v = heads(self.q(q_in)), heads(self.k(kv_in)), heads(zero_invalid(self.v(kv_in), valid))
         key_bias = torch.zeros(B, 1, 1, L, dtype=q.dtype, device=q.device)
         key_bias = key_bias.masked_fill(~valid[:, None, None, :, 0], torch.finfo(q.dtype).min)
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=key_bias,
                                            dropout_p=self.attn_dropout if self.training else 0.0)
-        return _mask(self.out(o.transpose(1, 2).reshape(B, L, D)), valid)
+        return zero_invalid(self.out(o.transpose(1, 2).reshape(B, L, D)), valid)
 
 
 class EncoderLayer(nn.Module):

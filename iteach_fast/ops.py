@@ -1,5 +1,6 @@
-"""The public operators (DESIGN §3): validation, then dispatch to a backend.
+"""The public operators: validation, then dispatch to a backend (docs/maths.md gives the maths).
 
+    ecce_prefix(z, w_fc, lengths=None, backend="auto")                        -> (zp, P) (B, L, H), (B, L+1, H)
     ecce_bias(zp, lengths=None, dist=30, backend="auto")                      -> E   (B, H, L, L)
     ecce_attention(q, k, v, zp, lengths=None, dist=30, scale=None, backend="auto") -> out (B, H, L, Dh)
     routed_mixture(logits, x, y_attn, y_mlp, lengths=None, pool_size=3, backend="auto") -> out (B, L, D)
@@ -18,7 +19,7 @@ import torch
 from . import backends
 from .backends import BackendUnavailable  # noqa: F401  (re-exported)
 
-__all__ = ["ecce_bias", "ecce_attention", "routed_mixture", "BackendUnavailable"]
+__all__ = ["ecce_prefix", "ecce_bias", "ecce_attention", "routed_mixture", "check_lengths", "BackendUnavailable"]
 
 
 def _check_tensor(name: str, t, ndim: int, layout: str) -> None:
@@ -72,6 +73,19 @@ def _check_int(name: str, value, minimum: int) -> int:
     return value
 
 
+def ecce_prefix(z: torch.Tensor, w_fc: torch.Tensor, lengths=None, backend: str = "auto"):
+    """ECCE's projection and its prefix sums in one pass: ``zp = z @ w_fc`` ``(B, L, H)`` (0 beyond
+    ``lengths``) and ``P[t] = sum_{k<t} zp[k]`` ``(B, L+1, H)``, both in float32 (float64 for
+    float64 inputs). ``z``: ``(B, L, D)``, ``w_fc``: ``(D, H)`` (``nn.Linear(D, H).weight.T``)."""
+    _check_tensor("z", z, 3, "(B, L, D)")
+    _check_tensor("w_fc", w_fc, 2, "(D, H)")
+    _check_same({"z": z, "w_fc": w_fc})
+    B, L, D = z.shape
+    _check_dims("w_fc", w_fc, {0: ("input dim", D)})
+    lengths = check_lengths(lengths, B, L, z.device)
+    return backends.select("ecce_prefix", backend, z.device, z.dtype).load()(z, w_fc, lengths)
+
+
 def ecce_bias(zp: torch.Tensor, lengths=None, dist: int = 30, backend: str = "auto") -> torch.Tensor:
     """ECCE's global context-changing bias ``E (B, H, L, L)`` from the projected local context
     ``zp (B, L, H)``: the mean of ``zp`` over ``min(i,j)..max(i,j)`` for valid pairs within
@@ -80,13 +94,12 @@ def ecce_bias(zp: torch.Tensor, lengths=None, dist: int = 30, backend: str = "au
     B, L, _ = zp.shape
     dist = _check_int("dist", dist, 1)
     lengths = check_lengths(lengths, B, L, zp.device)
-    impl = backends.select("ecce_bias", backend, zp.device, zp.dtype)
-    return impl.load()(zp, lengths, dist)
+    return backends.select("ecce_bias", backend, zp.device, zp.dtype).load()(zp, lengths, dist)
 
 
 def ecce_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, zp: torch.Tensor, lengths=None,
                    dist: int = 30, scale: float | None = None, backend: str = "auto") -> torch.Tensor:
-    """ECCE-guided attention ``softmax(q k^T * scale + E) v`` per head (DESIGN eq. 10-11).
+    """ECCE-guided attention ``softmax(q k^T * scale + E) v`` per head (paper eq. 10-11).
 
     ``q, k, v``: ``(B, H, L, Dh)``; ``zp``: ``(B, L, H)``; keys beyond ``lengths`` are
     excluded and rows beyond them are 0. ``scale`` defaults to ``1/sqrt(Dh)``.
@@ -106,13 +119,13 @@ def ecce_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, zp: torch.
     elif not isinstance(scale, (int, float)) or isinstance(scale, bool) or not math.isfinite(scale):
         raise TypeError(f"scale must be a finite float or None, got {scale!r}")
     lengths = check_lengths(lengths, B, L, q.device)
-    impl = backends.select("ecce_attention", backend, q.device, q.dtype)
-    return impl.load()(q, k, v, zp, lengths, dist, float(scale))
+    return backends.select("ecce_attention", backend, q.device, q.dtype).load()(q, k, v, zp, lengths, dist,
+                                                                               float(scale))
 
 
 def routed_mixture(logits: torch.Tensor, x: torch.Tensor, y_attn: torch.Tensor, y_mlp: torch.Tensor,
                    lengths=None, pool_size: int = 3, backend: str = "auto") -> torch.Tensor:
-    """Router-weighted mixture of the four token mixers (DESIGN eq. 8-9).
+    """Router-weighted mixture of the four token mixers (paper eq. 8-9).
 
     ``logits (B, L, 4)`` in the order (attention, mlp, avgpool, maxpool); ``x`` the mixer
     input, ``y_attn`` / ``y_mlp`` the attention and MLP mixers' outputs, all ``(B, L, D)``.
@@ -131,5 +144,5 @@ def routed_mixture(logits: torch.Tensor, x: torch.Tensor, y_attn: torch.Tensor, 
     if pool_size % 2 == 0:
         raise ValueError(f"pool_size must be odd (a window centred on each token), got {pool_size}")
     lengths = check_lengths(lengths, B, L, x.device)
-    impl = backends.select("routed_mixture", backend, x.device, x.dtype)
-    return impl.load()(logits, x, y_attn, y_mlp, lengths, pool_size)
+    return backends.select("routed_mixture", backend, x.device, x.dtype).load()(logits, x, y_attn, y_mlp, lengths,
+                                                                               pool_size)

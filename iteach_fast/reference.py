@@ -3,7 +3,7 @@
 Vectorised (prefix sums for the band means, pooling through torch's own ops; no Python
 loop over positions), any device, any floating dtype. Half-precision inputs are computed
 in float32 and cast back, float64 stays float64. Inputs are assumed validated
-(``iteach_fast.ops`` does that); ``lengths`` is an int64 tensor ``(B,)`` on the inputs'
+(:mod:`iteach_fast.ops` does that); ``lengths`` is an int64 tensor ``(B,)`` on the inputs'
 device. Every output at an invalid position is exactly 0 and invalid positions never
 influence valid ones (``torch.where``, not multiplication, so garbage such as inf in the
 padding cannot leak through a ``0 * inf``).
@@ -15,14 +15,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .padding import masked_avg_pool, masked_max_pool, valid_mask, zero_invalid
+
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def valid_mask(lengths: torch.Tensor, L: int) -> torch.Tensor:
-    """``(B, L)`` bool: position ``i`` of conversation ``b`` is valid iff ``i < lengths[b]``."""
-    return torch.arange(L, device=lengths.device) < lengths[:, None]
 
 
 def band_prefix(zp: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -31,6 +28,16 @@ def band_prefix(zp: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     acc = zp.to(accumulation_dtype(zp.dtype))
     acc = torch.where(valid_mask(lengths, L)[..., None], acc, torch.zeros((), dtype=acc.dtype, device=acc.device))
     return F.pad(torch.cumsum(acc, dim=1), (0, 0, 1, 0))
+
+
+def ecce_prefix(z: torch.Tensor, w: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(zp, P)``: ECCE's per-head projection ``zp = z @ w`` ``(B, L, H)``, 0 beyond ``lengths``,
+    and its exclusive prefix sums ``P (B, L+1, H)``, both in the accumulation dtype."""
+    acc = accumulation_dtype(z.dtype)
+    valid = valid_mask(lengths, z.shape[1])[..., None]
+    # padding zeroed before the product: whatever it holds (even NaN) then reaches no gradient of w
+    zp = zero_invalid(z.to(acc), valid) @ w.to(acc)
+    return zp, F.pad(torch.cumsum(zp, dim=1), (0, 0, 1, 0))
 
 
 def ecce_bias(zp: torch.Tensor, lengths: torch.Tensor, dist: int) -> torch.Tensor:
@@ -70,28 +77,6 @@ def ecce_attention(q, k, v, zp, lengths, dist: int, scale: float) -> torch.Tenso
     S = S.masked_fill(~valid[:, None, None, :], torch.finfo(acc).min)
     A = torch.softmax(S, dim=-1)
     return torch.where(rows, torch.matmul(A, v), zero).to(dtype)
-
-
-def masked_avg_pool(x: torch.Tensor, valid: torch.Tensor, pool_size: int) -> torch.Tensor:
-    """Mean of ``x (B, L, D)`` over ``[i - p//2, i + p//2]`` clipped to the valid positions
-    (``valid (B, L, 1)`` bool), in ``x``'s dtype. Values at invalid rows are unspecified
-    (finite); callers mask them."""
-    r = pool_size // 2
-    zero = torch.zeros((), dtype=x.dtype, device=x.device)
-    xs = torch.where(valid, x, zero).transpose(1, 2)  # (B, D, L), padding zeroed
-    window_sum = F.avg_pool1d(xs, pool_size, stride=1, padding=r, count_include_pad=True) * pool_size
-    ones = valid.to(x.dtype).transpose(1, 2)  # (B, 1, L)
-    window_count = F.avg_pool1d(ones, pool_size, stride=1, padding=r, count_include_pad=True) * pool_size
-    return (window_sum / window_count.clamp_min(1)).transpose(1, 2)
-
-
-def masked_max_pool(x: torch.Tensor, valid: torch.Tensor, pool_size: int) -> torch.Tensor:
-    """Max of ``x (B, L, D)`` over ``[i - p//2, i + p//2]`` clipped to the valid positions
-    (``valid (B, L, 1)`` bool). Invalid rows are ``-inf``; callers mask them. Ties route the
-    gradient to the first (lowest) index of the window, as ``torch.max_pool1d`` does."""
-    r = pool_size // 2
-    xm = torch.where(valid, x, torch.tensor(float("-inf"), dtype=x.dtype, device=x.device)).transpose(1, 2)
-    return F.max_pool1d(xm, pool_size, stride=1, padding=r).transpose(1, 2)
 
 
 def routed_mixture(logits, x, y_attn, y_mlp, lengths, pool_size: int) -> torch.Tensor:

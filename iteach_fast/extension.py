@@ -1,26 +1,48 @@
-"""The Python face of the compiled K2 ops (``torch.ops.iteach_fast.routed_mixture`` and its
-backward), as the ``"cpp"`` backend of :func:`iteach_fast.ops.routed_mixture`.
+"""The compiled extension ``iteach_fast._C`` (K2, csrc/): loading it, and the Python face of its ops.
 
-The C++ extension declares the schemas and the CPU / CUDA kernels; this module registers
-what torch.compile and autograd need on top: a fake (meta) implementation of both ops, so
-they trace without a graph break, and the autograd formula of the forward, which calls
-the single fused backward kernel.
+The C++ side declares the schemas and the CPU / CUDA kernels of
+``torch.ops.iteach_fast.routed_mixture`` and its backward; this module registers what
+``torch.compile`` and autograd need on top — a fake (meta) implementation of both ops, so
+they trace without a graph break, and the autograd formula of the forward, which calls the
+single fused backward kernel. The package imports without the extension: :data:`STATUS`
+then says why it is missing and the backend registry falls back to the reference.
 """
 from __future__ import annotations
 
+import importlib
+import os
+
 import torch
 
-from . import _extension
-
-__all__ = ["routed_mixture", "available"]
+__all__ = ["STATUS", "load", "has_ops", "has_cuda", "routed_mixture"]
 
 _FWD = "iteach_fast::routed_mixture"
 _BWD = "iteach_fast::routed_mixture_backward"
 
 
-def available() -> bool:
-    """Whether the loaded extension has the routed_mixture ops."""
-    return _extension.has_ops("routed_mixture", "routed_mixture_backward")
+def load():
+    """``(module, None)`` if ``iteach_fast._C`` loads, else ``(None, reason)``."""
+    if os.environ.get("ITEACH_FAST_NO_EXT", "0") == "1":
+        return None, "ITEACH_FAST_NO_EXT=1"
+    try:
+        module = importlib.import_module("iteach_fast._C")
+    except ImportError as err:  # not built, or built against another torch
+        return None, f"iteach_fast._C is not built or does not load ({err}); run `make build`"
+    return module, None
+
+
+#: ``(module or None, reason or None)``, resolved once at import (torch.compile then reads a constant)
+STATUS = load()
+
+
+def has_ops(*names: str) -> bool:
+    """Whether the extension loaded and registers every op in ``names`` (``torch.ops.iteach_fast.<name>``)."""
+    return STATUS[0] is not None and all(hasattr(torch.ops.iteach_fast, n) for n in names)
+
+
+def has_cuda() -> bool:
+    """Whether the loaded extension holds its CUDA kernels."""
+    return has_ops("has_cuda") and bool(torch.ops.iteach_fast.has_cuda())
 
 
 def _fake_forward(logits, x, y_attn, y_mlp, lengths, pool_size):
@@ -46,9 +68,8 @@ def _backward(ctx, grad):
     return grads + (None, None)
 
 
-_AVAILABLE = available()  # once, at import: torch.compile then reads a constant
-
-if _AVAILABLE:
+_HAS_MIXTURE = has_ops("routed_mixture", "routed_mixture_backward")
+if _HAS_MIXTURE:
     torch.library.register_fake(_FWD)(_fake_forward)
     torch.library.register_fake(_BWD)(_fake_backward)
     torch.library.register_autograd(_FWD, _backward, setup_context=_setup_context)
@@ -63,7 +84,7 @@ def routed_mixture(logits: torch.Tensor, x: torch.Tensor, y_attn: torch.Tensor, 
     int64 ``(B,)`` on the inputs' device). Non-contiguous inputs are made contiguous once
     here, so the kernels and the saved tensors of the backward see contiguous memory.
     """
-    if not _AVAILABLE:
+    if not _HAS_MIXTURE:
         raise NotImplementedError("iteach_fast._C has no routed_mixture op in this build")
     return torch.ops.iteach_fast.routed_mixture.default(
         logits.contiguous(), x.contiguous(), y_attn.contiguous(), y_mlp.contiguous(),

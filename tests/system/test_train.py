@@ -6,8 +6,10 @@ import os
 import pytest
 import torch
 
+from iteach_fast import checkpoint, runtime
 from iteach_fast import train as training
 from iteach_fast.config import TrainConfig
+from iteach_fast.evaluate import load_for_eval
 
 # a tiny run: 8 conversations of 3-8 utterances, a 1-layer model of width 8
 TINY = dict(syn_conversations=8, syn_min_len=3, syn_max_len=8, syn_dims=(6, 4, 5), dim=8, heads=2, max_len=8,
@@ -16,7 +18,7 @@ TINY = dict(syn_conversations=8, syn_min_len=3, syn_max_len=8, syn_dims=(6, 4, 5
 
 
 def tiny(tmp_path, **kw) -> TrainConfig:
-    return TrainConfig(**{**TINY, "out_dir": str(tmp_path / "run"), **kw}).validate()
+    return TrainConfig.from_dict({**TINY, "out_dir": str(tmp_path / "run"), **kw}).validate()
 
 
 def quiet(*_args, **_kw):
@@ -33,10 +35,10 @@ def test_one_epoch_each_strategy_and_framework(tmp_path, strategy, framework):
     (h,) = out["history"]
     assert h["epoch"] == 1 and all(torch.isfinite(torch.tensor(h[k])) for k in ("total", "emo", "rec"))
     assert 0.0 <= h["valid_waf"] <= 100.0 and out["best_epoch"] == 1
-    net, cfg2, splits, ckpt = training.load_for_eval(out["best"], device="cpu")
-    assert cfg2.framework == framework and cfg2.strategy == strategy and not net.training
+    net, cfg2, splits, ckpt = load_for_eval(out["best"], device="cpu")
+    assert cfg2.model.framework == framework and cfg2.strategy == strategy and not net.training
     assert (net.teacher is net.student) == (framework == "pre")  # pre: one model, teacher and student
-    assert ckpt["data"]["input_dims"] == [6, 4, 5] and ckpt["version"] == training.CHECKPOINT_VERSION
+    assert ckpt["data"]["input_dims"] == [6, 4, 5] and ckpt["version"] == checkpoint.CHECKPOINT_VERSION
 
 
 def test_rate_schedule_of_each_strategy(tmp_path):
@@ -75,41 +77,40 @@ def test_max_steps_and_zero_epochs(tmp_path):
     out = training.train(tiny(tmp_path, epochs=3), log=quiet, max_steps=1)
     assert len(out["history"]) == 1
     out0 = training.train(tiny(tmp_path / "zero", epochs=0), log=quiet)
-    assert out0["history"] == [] and training.load_checkpoint(out0["best"])["config"]["epochs"] == 0
-    training.load_for_eval(out0["last"])
+    assert out0["history"] == [] and checkpoint.load_checkpoint(out0["best"])["config"]["epochs"] == 0
+    load_for_eval(out0["last"])
 
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     path = str(tmp_path / "ck.pt")
-    training.save_checkpoint(path, model={"w": torch.ones(2)}, config={})
-    real_save = torch.save
+    checkpoint.save_checkpoint(path, model={"w": torch.ones(2)}, config={})
+    real_replace = os.replace
 
-    def broken(obj, f, *a, **k):
-        with open(f, "wb") as fh:
-            fh.write(b"partial")
-        raise OSError("disk full")
+    def crash(src, dst):  # the new file is fully written, then the machine dies before the rename
+        raise OSError("killed")
 
-    monkeypatch.setattr(torch, "save", broken)
+    monkeypatch.setattr(os, "replace", crash)
     with pytest.raises(OSError):
-        training.save_checkpoint(path, model={"w": torch.zeros(2)}, config={})
-    monkeypatch.setattr(torch, "save", real_save)
-    assert torch.equal(training.load_checkpoint(path)["model"]["w"], torch.ones(2))  # the old one is intact
+        checkpoint.save_checkpoint(path, model={"w": torch.zeros(2)}, config={})
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert torch.equal(checkpoint.load_checkpoint(path)["model"]["w"], torch.ones(2))  # the old one is intact
+    assert os.listdir(tmp_path) == ["ck.pt"]  # and no temporary file is left behind
 
 
 def test_checkpoint_and_setup_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.pt"):
-        training.load_checkpoint(str(tmp_path / "nope.pt"))
+        checkpoint.load_checkpoint(str(tmp_path / "nope.pt"))
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="not an iteach-fast checkpoint"):
-        training.load_checkpoint(str(bad))
+        checkpoint.load_checkpoint(str(bad))
     with pytest.raises(ValueError, match="--device"):
-        training.resolve_device("gpu0")
+        runtime.resolve_device("gpu0")
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA device"):
-            training.resolve_device("cuda")
+            runtime.resolve_device("cuda")
     with pytest.raises(ValueError, match="--dtype bf16"):
-        training.check_dtype("bf16", torch.device("cpu"))
+        runtime.check_precision("bf16", torch.device("cpu"))
     with pytest.raises(ValueError, match="strategy"):
         tiny(tmp_path, strategy="sometimes")
     with pytest.raises(ValueError, match="unknown config keys"):

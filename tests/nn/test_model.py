@@ -163,7 +163,9 @@ def test_frameworks():
     ts = ITEACHNet(DIMS, C, framework="ts", **SMALL)
     assert _layers(ts.teacher) == (4, "nas") and _layers(ts.student) == (3, "tf")
     pre = ITEACHNet(DIMS, C, framework="pre", **SMALL)
-    assert pre.teacher is pre.student and _layers(pre.student) == (4, "nas")
+    assert pre.teacher is pre.student and _layers(pre.student) == (3, "tf")  # the paper's "PRE | TF"
+    pre_nas = ITEACHNet(DIMS, C, framework="pre", student_mixer="nas", **SMALL)
+    assert pre_nas.teacher is pre_nas.student and _layers(pre_nas.student) == (4, "nas")
     assert not any(k.startswith("teacher.") for k in pre.state_dict())  # stored once
     ablation = ITEACHNet(DIMS, C, student_mixer="tf", **SMALL)
     assert _layers(ablation.student) == (4, "tf") and _layers(ablation.teacher) == (3, "tf")

@@ -12,7 +12,7 @@ import os
 import pytest
 import torch
 
-from iteach_fast import _extension, backends, ops, reference
+from iteach_fast import backends, extension, ops, reference
 
 pytestmark = pytest.mark.skipif(
     backends.REGISTRY["routed_mixture"]["cpp"].unavailable_reason() is not None,
@@ -194,7 +194,7 @@ def test_extension_has_cuda_where_expected():
     """CI sets ITEACH_FAST_EXPECT_CUDA=1 where nvcc exists: the build must then contain the CUDA kernels."""
     if os.environ.get("ITEACH_FAST_EXPECT_CUDA", "0") != "1":
         pytest.skip("ITEACH_FAST_EXPECT_CUDA is not set")
-    assert _extension.extension_has_cuda(), "iteach_fast._C was built without CUDA"
+    assert extension.has_cuda(), "iteach_fast._C was built without CUDA"
     if torch.cuda.is_available():  # and on a GPU machine every backend must be able to run
         for op, reasons in backends.available_backends("cuda").items():
             assert all(why is None for why in reasons.values()), f"{op}: {reasons}"
@@ -208,7 +208,7 @@ def test_extension_has_cuda_where_expected():
 @pytest.mark.parametrize("pool_size", [1, 3, 5])
 @pytest.mark.parametrize("D", [13, 128, 200])  # scalar path; 16-byte vectors (one and several per lane)
 def test_cuda_matches_reference(dtype, pool_size, D):
-    if not _extension.extension_has_cuda():
+    if not extension.has_cuda():
         pytest.skip("iteach_fast._C was built without CUDA")
     args, lens = _inputs(5, 37, D, [37, 0, 1, 20, 36], dtype, device="cuda", garbage=True)
     out, grads = _compare(args, lens, pool_size, dtype)
@@ -222,7 +222,7 @@ def test_cuda_matches_reference(dtype, pool_size, D):
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16], ids=str)
 def test_cuda_ties_and_determinism(dtype):
-    if not _extension.extension_has_cuda():
+    if not extension.has_cuda():
         pytest.skip("iteach_fast._C was built without CUDA")
     (logits, _, y_attn, y_mlp), lens = _inputs(3, 50, 64, [50, 17, 1], dtype, device="cuda")
     x = (torch.randint(-1, 2, (3, 50, 64)) + 0.5).to(device="cuda", dtype=dtype)
@@ -235,7 +235,7 @@ def test_cuda_ties_and_determinism(dtype):
 
 @pytest.mark.gpu
 def test_cuda_opcheck_and_compile():
-    if not _extension.extension_has_cuda():
+    if not extension.has_cuda():
         pytest.skip("iteach_fast._C was built without CUDA")
     args, lens = _inputs(2, 9, 16, [9, 4], torch.float32, device="cuda")
     args = [a.requires_grad_() for a in args]

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from iteach_fast import evaluate as ev
-from iteach_fast import plots
+from iteach_fast import metrics, plots, protocols
 from iteach_fast import train as training
+from iteach_fast.checkpoint import load_checkpoint
 from iteach_fast.config import TrainConfig
 from iteach_fast.masking import EVAL_RATES
 
@@ -28,7 +29,7 @@ def quiet(*_args, **_kw):
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     out = tmp_path_factory.mktemp("ck") / "run"
-    return training.train(TrainConfig(**TINY, out_dir=str(out)), log=quiet)["best"]
+    return training.train(TrainConfig.from_dict({**TINY, "out_dir": str(out)}), log=quiet)["best"]
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -48,11 +49,11 @@ def _hand_waf(t, p):
 def test_classification_metrics_match_hand_computation():
     t = [0, 0, 1, 1, 1, 2, 3, 3, 2, 0]
     p = [0, 1, 1, 1, 0, 2, 3, 2, 2, 3]
-    m = ev.compute_metrics(np.array(t), np.array(p))
+    m = metrics.compute_metrics(np.array(t), np.array(p))
     assert m["acc"] == pytest.approx(100 * 6 / 10)
     assert m["waf"] == pytest.approx(_hand_waf(t, p))
     assert set(m) == {"waf", "acc"}
-    empty = ev.compute_metrics(np.zeros(0), np.zeros(0))
+    empty = metrics.compute_metrics(np.zeros(0), np.zeros(0))
     assert np.isnan(empty["waf"]) and np.isnan(empty["acc"])
 
 
@@ -60,7 +61,7 @@ def test_regression_metrics_binary_rule_and_mae():
     # GCNet's MOSI rule: > 0 positive, < 0 negative, label exactly 0 excluded; MAE over all
     y = np.array([2.0, -1.0, 0.0, 0.5, -2.5, 1.0])
     s = np.array([1.5, 0.4, 2.0, 0.2, -1.0, -0.3])
-    m = ev.compute_metrics(y, s, task="regression")
+    m = metrics.compute_metrics(y, s, task="regression")
     kept_t = [True, False, True, False, True]  # labels without the 0
     kept_p = [True, True, True, False, False]
     assert m["acc"] == pytest.approx(100 * 3 / 5)
@@ -71,7 +72,7 @@ def test_regression_metrics_binary_rule_and_mae():
 # ----------------------------------------------------------------------------- UME / IME
 
 def test_ume_outputs(checkpoint, tmp_path):
-    res = ev.ume(checkpoint, out_dir=str(tmp_path), device="cpu", log=quiet)
+    res = protocols.ume(checkpoint, out_dir=str(tmp_path), device="cpu", log=quiet)
     rows = res["rows"]
     assert [r["rate"] for r in rows] == list(EVAL_RATES)
     for r in rows:
@@ -101,13 +102,13 @@ def test_ume_outputs(checkpoint, tmp_path):
         with open(res["paths"][key], "rb") as f:
             assert f.read(8) == PNG, key
     # fixed-seed masks: the same numbers again
-    again = ev.ume(checkpoint, out_dir=str(tmp_path / "again"), rates=(0.3,), device="cpu", plots=False, log=quiet)
+    again = protocols.ume(checkpoint, out_dir=str(tmp_path / "again"), rates=(0.3,), device="cpu", plots=False, log=quiet)
     assert again["rows"][0] == rows[3]
 
 
 def test_ume_regression_has_mae(tmp_path):
-    ck = training.train(TrainConfig(**{**TINY, "syn_classes": 1}, out_dir=str(tmp_path / "r")), log=quiet)["best"]
-    res = ev.ume(ck, out_dir=str(tmp_path), rates=(0.0, 0.5), device="cpu", log=quiet)
+    ck = training.train(TrainConfig.from_dict({**TINY, "syn_classes": 1, "out_dir": str(tmp_path / "r")}), log=quiet)["best"]
+    res = protocols.ume(ck, out_dir=str(tmp_path), rates=(0.0, 0.5), device="cpu", log=quiet)
     assert all("mae" in r for r in res["rows"]) and "mae" in res["average"]
     with open(tmp_path / "ume.csv") as f:
         assert next(csv.reader(f)) == ["rate", "realised_rate", "waf", "acc", "mae", "n"]
@@ -116,11 +117,11 @@ def test_ume_regression_has_mae(tmp_path):
 
 
 def test_ime_one_model_per_rate(tmp_path):
-    cfg = TrainConfig(**TINY, out_dir=str(tmp_path))
-    res = ev.ime(cfg, rates=(0.0, 0.4), log=quiet)
+    cfg = TrainConfig.from_dict({**TINY, "out_dir": str(tmp_path)})
+    res = protocols.ime(cfg, rates=(0.0, 0.4), log=quiet)
     assert [r["rate"] for r in res["rows"]] == [0.0, 0.4]
     for rate in ("0.0", "0.4"):
-        ck = training.load_checkpoint(str(tmp_path / "ime" / f"rate_{rate}" / "best.pt"))
+        ck = load_checkpoint(str(tmp_path / "ime" / f"rate_{rate}" / "best.pt"))
         assert ck["config"]["strategy"] == "fixed" and ck["config"]["rate"] == float(rate)
     with open(tmp_path / "ime" / "ime.json") as f:
         assert json.load(f)["average"]["rate"] == "average"
@@ -128,7 +129,7 @@ def test_ime_one_model_per_rate(tmp_path):
 
 
 def test_data_gaps_report(checkpoint):
-    net, _, splits, _ = training.load_for_eval(checkpoint, device="cpu")
+    net, _, splits, _ = ev.load_for_eval(checkpoint, device="cpu")
     res = ev.data_gaps(splits, net, log=quiet)
     models = {r["model"] for r in res["rows"]}
     assert {"per-utterance logreg (no context)", "ITEACH student (context)", "majority class (chance)"} <= models
@@ -142,7 +143,7 @@ def test_plots_are_pngs(tmp_path, checkpoint):
     rows = [{"rate": r, "waf": 50 - 10 * r} for r in (0.0, 0.3, 0.7)] + [{"rate": "average", "waf": 46.7}]
     p1 = plots.waf_vs_rate({"a": rows, "b": rows[:2]}, str(tmp_path / "x" / "waf.png"))
     p2 = plots.confusion_grid({0.0: np.eye(3) * 4, 0.5: np.ones((3, 3))}, ["a", "b", "c"], str(tmp_path / "cm.png"))
-    net, _, splits, _ = training.load_for_eval(checkpoint, device="cpu")
+    net, _, splits, _ = ev.load_for_eval(checkpoint, device="cpu")
     p3 = plots.ecce_heatmap(net, splits.test, str(tmp_path / "ecce.png"))
     for p in (p1, p2, p3):
         with open(p, "rb") as f:

@@ -1,0 +1,35 @@
+"""Every closed set of choices in the package, once, as ``Literal`` types.
+
+The configuration validator, the command line (``choices=``) and the model's constructors
+all read these, so a new framework, mixer or backend name is added here and nowhere else.
+"""
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+Modality = Literal["text", "audio", "visual"]
+Framework = Literal["its", "ts", "pre"]  # Inverted Teacher-Student, conventional TS, one model
+Mixer = Literal["tf", "nas"]  # attention only, or the router-weighted mixture of four mixers
+EcceMode = Literal["local+global", "global", "off"]
+Strategy = Literal["fixed", "random", "progressive"]  # the training missing-rate schedules
+DatasetName = Literal["synthetic", "iemocap4", "iemocap6", "cmumosi", "cmumosei"]
+SelectOn = Literal["valid", "test"]  # the split that model selection reads
+Precision = Literal["fp32", "bf16", "fp16"]  # fp16 / bf16: autocast on a GPU
+Backend = Literal["auto", "reference", "triton", "cpp"]
+
+MODALITIES: tuple[str, ...] = get_args(Modality)
+FRAMEWORKS: tuple[str, ...] = get_args(Framework)
+MIXERS: tuple[str, ...] = get_args(Mixer)
+ECCE_MODES: tuple[str, ...] = get_args(EcceMode)
+STRATEGIES: tuple[str, ...] = get_args(Strategy)
+DATASETS: tuple[str, ...] = get_args(DatasetName)
+SELECT_ON: tuple[str, ...] = get_args(SelectOn)
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+BACKENDS: tuple[str, ...] = get_args(Backend)
+
+
+def check_choice(name: str, value, allowed: tuple) -> str:
+    """``value`` if it is one of ``allowed``, else a ``ValueError`` naming ``name``."""
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(map(str, allowed))}; got {value!r}")
+    return value

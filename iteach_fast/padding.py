@@ -1,0 +1,44 @@
+"""Primitives for padded, ragged batches: which positions are valid, zeroing the rest, and
+the masked pools of the NAS token mixers.
+
+Position ``i`` of conversation ``b`` is valid iff ``i < lengths[b]``. Masking uses
+``torch.where``, never multiplication: garbage (even inf or NaN) in the padding then cannot
+leak through a ``0 * inf``. Shared by the reference operators and the modules.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["valid_mask", "zero_invalid", "masked_avg_pool", "masked_max_pool"]
+
+
+def valid_mask(lengths: torch.Tensor, L: int) -> torch.Tensor:
+    """``(B, L)`` bool: position ``i`` of conversation ``b`` is valid iff ``i < lengths[b]``."""
+    return torch.arange(L, device=lengths.device) < lengths[:, None]
+
+
+def zero_invalid(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """``x`` where ``valid`` (broadcast), exactly 0 elsewhere."""
+    return torch.where(valid, x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+def masked_avg_pool(x: torch.Tensor, valid: torch.Tensor, pool_size: int) -> torch.Tensor:
+    """Mean of ``x (B, L, D)`` over ``[i - p//2, i + p//2]`` clipped to the valid positions
+    (``valid (B, L, 1)`` bool), in ``x``'s dtype. Values at invalid rows are unspecified
+    (finite); callers mask them."""
+    r = pool_size // 2
+    xs = zero_invalid(x, valid).transpose(1, 2)  # (B, D, L), padding zeroed
+    window_sum = F.avg_pool1d(xs, pool_size, stride=1, padding=r, count_include_pad=True) * pool_size
+    ones = valid.to(x.dtype).transpose(1, 2)  # (B, 1, L)
+    window_count = F.avg_pool1d(ones, pool_size, stride=1, padding=r, count_include_pad=True) * pool_size
+    return (window_sum / window_count.clamp_min(1)).transpose(1, 2)
+
+
+def masked_max_pool(x: torch.Tensor, valid: torch.Tensor, pool_size: int) -> torch.Tensor:
+    """Max of ``x (B, L, D)`` over ``[i - p//2, i + p//2]`` clipped to the valid positions
+    (``valid (B, L, 1)`` bool). Invalid rows are ``-inf``; callers mask them. Ties route the
+    gradient to the first (lowest) index of the window, as ``torch.max_pool1d`` does."""
+    r = pool_size // 2
+    xm = torch.where(valid, x, torch.tensor(float("-inf"), dtype=x.dtype, device=x.device)).transpose(1, 2)
+    return F.max_pool1d(xm, pool_size, stride=1, padding=r).transpose(1, 2)

@@ -1,0 +1,126 @@
+"""The paper's evaluation protocols (§4.3), each a driver that trains and / or evaluates and
+writes its results:
+
+* :func:`ume` — Unified Model Evaluation: one checkpoint, rates 0.0..0.7, a table with their
+  average, written as JSON and CSV (+ plots).
+* :func:`ime` — Independent Model Evaluation: one model trained per rate (fixed strategy),
+  each tested at its own rate.
+* :func:`demo` — the short synthetic run behind ``make demo``: train, then UME, and one plot
+  of every demo run found so far.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from sklearn.metrics import confusion_matrix
+
+from . import plots as plotting
+from .config import TrainConfig
+from .evaluate import evaluate_rates, load_for_eval
+from .masking import EVAL_RATES
+from .metrics import average_row, format_table, public_rows, write_rows
+from .runtime import check_precision, resolve_device
+from .train import train
+
+__all__ = ["ume", "ime", "demo", "DEMO_DEFAULTS"]
+
+#: the demo's short schedule: small synthetic conversations and a small model, so that it ends
+#: in a few minutes on 2 CPU cores; the framework's own mixers (its: TF teacher, NAS student)
+DEMO_DEFAULTS = dict(syn_conversations=120, syn_max_len=60, dim=32, heads=4, max_len=60, epochs=10, batch_size=8,
+                     lr=1e-3, router_lr=1e-2, dropout=0.1, strategy="random", framework="its",
+                     select_rates=(0.0, 0.3, 0.5, 0.7), out_dir=os.path.join("runs", "demo"))
+
+
+def ume(checkpoint: str, out_dir: str | None = None, rates=EVAL_RATES, split: str = "test", seed: int = 0,
+        batch_size: int | None = None, device: str = "auto", backend: str | None = None, dtype: str | None = None,
+        plots: bool = True, log=print) -> dict:
+    """Unified Model Evaluation of one checkpoint; writes ``ume.json`` / ``ume.csv`` (and
+    ``plots/``) under ``out_dir`` (default: the checkpoint's folder). Returns the result dict."""
+    net, cfg, splits, _ = load_for_eval(checkpoint, device=device, backend=backend)
+    dev = resolve_device(device)
+    dtype = check_precision(dtype or cfg.dtype, dev)
+    dataset = getattr(splits, split)
+    out_dir = out_dir or os.path.dirname(os.path.abspath(checkpoint))
+    rows = evaluate_rates(net, dataset, rates, seed, batch_size or cfg.batch_size, dev, dtype,
+                          keep_predictions=plots)
+    label = f"{cfg.model.framework.upper()} (student {net.student.mixer.upper()}, {cfg.strategy})"
+    title = f"UME on {dataset.name} [{split}], {label}, masks seed {seed}"
+    table = format_table(rows, title)
+    log(table)
+    for note in splits.notes:
+        log(f"note: {note}")
+    meta = {"checkpoint": os.path.basename(checkpoint), "dataset": dataset.name, "split": split, "mask_seed": seed,
+            "task": dataset.task, "framework": cfg.model.framework, "student_mixer": net.student.mixer,
+            "strategy": cfg.strategy, "label": label, "notes": list(splits.notes),
+            "metrics": "percent; WAF = f1_score(average='weighted'); regression: binary, label 0 excluded; MAE raw"}
+    paths = {"json": os.path.join(out_dir, "ume.json"), "csv": os.path.join(out_dir, "ume.csv")}
+    write_rows(rows, paths["json"], paths["csv"], meta)
+    if plots:
+        pdir = os.path.join(out_dir, "plots")
+        paths["waf_plot"] = plotting.waf_vs_rate({label: public_rows(rows)}, os.path.join(pdir, "waf_vs_rate.png"))
+        if not net.regression:
+            classes = range(net.student.num_classes)
+            paths["confusion"] = plotting.confusion_grid(
+                {r["rate"]: confusion_matrix(r["_y"], r["_p"], labels=classes) for r in rows},
+                dataset.class_names or [str(i) for i in classes], os.path.join(pdir, "confusion.png"))
+        paths["ecce"] = plotting.ecce_heatmap(net, dataset, os.path.join(pdir, "ecce_heatmap.png"), device=dev)
+    rows = public_rows(rows)
+    return {"rows": rows, "average": average_row(rows), "table": table, "paths": paths, "meta": meta}
+
+
+def ime(cfg: TrainConfig, rates=EVAL_RATES, out_dir: str | None = None, log=print) -> dict:
+    """Independent Model Evaluation: train one model per rate with the fixed strategy (model
+    selection at that rate), test each at its own rate; writes ``ime.json`` / ``ime.csv``."""
+    out_dir = out_dir or os.path.join(cfg.out_dir, "ime")
+    dev = resolve_device(cfg.device)
+    precision = check_precision(cfg.dtype, dev)
+    rows = []
+    for rate in rates:
+        sub = cfg.replace(strategy="fixed", rate=float(rate), select_rates=(float(rate),),
+                          out_dir=os.path.join(out_dir, f"rate_{rate:.1f}"))
+        log(f"== IME: training at missing rate {rate:.1f} -> {sub.out_dir}")
+        summary = train(sub, log=log)
+        net, _, splits, _ = load_for_eval(summary["best"], device=cfg.device, backend=cfg.model.backend)
+        rows.append(evaluate_rates(net, splits.test, (rate,), cfg.eval_seed, cfg.batch_size, dev, precision)[0])
+    table = format_table(rows, f"IME ({cfg.model.framework.upper()}, one model per rate, fixed strategy)")
+    log(table)
+    meta = {"dataset": cfg.dataset, "framework": cfg.model.framework, "strategy": "fixed",
+            "mask_seed": cfg.eval_seed,
+            "metrics": "percent; each row is a separate model trained and tested at that rate"}
+    write_rows(rows, os.path.join(out_dir, "ime.json"), os.path.join(out_dir, "ime.csv"), meta)
+    return {"rows": rows, "average": average_row(rows), "table": table}
+
+
+def demo(cfg: TrainConfig, log=print) -> dict:
+    """Train ``cfg`` (the demo's defaults, see :data:`DEMO_DEFAULTS`) under
+    ``<out_dir>/<framework>``, evaluate it (UME), and plot every demo run found so far."""
+    root = cfg.out_dir
+    framework = cfg.model.framework
+    cfg = cfg.replace(out_dir=os.path.join(root, framework))
+    log(f"demo: ITEACH-Net ({framework}) on synthetic conversations, {cfg.epochs} epochs, "
+        f"then UME at missing rates 0.0..0.7 -> {cfg.out_dir}")
+    t0 = time.time()
+    summary = train(cfg, log=log)
+    t_train = time.time() - t0
+    res = ume(summary["best"], out_dir=cfg.out_dir, device=cfg.device, dtype=cfg.dtype, log=log)
+    total = time.time() - t0
+    log(f"\ntrained in {t_train:.0f} s, evaluated in {total - t_train:.0f} s (total {total:.0f} s)")
+    found = {}
+    for fw in ("its", "ts", "pre"):
+        path = os.path.join(root, fw, "ume.json")
+        if os.path.isfile(path):
+            with open(path) as f:
+                run = json.load(f)
+            found[run["label"]] = run["rows"]
+    compare = plotting.waf_vs_rate(found, os.path.join(root, "waf_vs_rate.png"))
+    if len(found) > 1:
+        log("UME average WAF of the demo runs so far: " + "; ".join(
+            f"{label} {sum(r['waf'] for r in rows) / len(rows):.2f}" for label, rows in found.items()))
+    log(f"results: {res['paths']['json']}, {res['paths']['csv']}")
+    log(f"plots:   {os.path.dirname(res['paths']['waf_plot'])}/ (waf_vs_rate, confusion, ecce_heatmap); "
+        f"all demo runs: {compare}")
+    if framework == "its":
+        log("compare with the single-model framework: iteach-fast demo --framework pre")
+    return {**res, "summary": summary, "comparison_plot": compare}

