@@ -30,6 +30,7 @@ $(EXT): $(DEPS) setup.py iteach_fast/__init__.py $(wildcard csrc/*.cpp csrc/*.h 
 build: $(EXT)
 
 test: build
+	$(VENV)/bin/ruff check .
 	$(PYTHON) -m pytest -q tests
 
 demo: build

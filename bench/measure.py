@@ -19,8 +19,8 @@ import re
 import statistics
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -125,9 +125,8 @@ def ceilings(device: torch.device, dtypes) -> dict:
     quick_copy = 64 * 2**20 if device.type == "cpu" else 1024 * 2**20  # bytes per buffer
     src = torch.empty(quick_copy // 4, dtype=torch.float32, device=device).uniform_()
     dst = torch.empty_like(src)
-    t = time_call(lambda: dst.copy_(src), device, quick=True)
+    t = time_call(lambda src=src, dst=dst: dst.copy_(src), device, quick=True)
     copy_bw = 2 * src.numel() * 4 / (t.median_ms * 1e-3)
-    del src, dst
     max_n = 2048 if device.type == "cpu" else 8192
     matmul, sizes = {}, {}
     for name in dtypes:
@@ -135,7 +134,7 @@ def ceilings(device: torch.device, dtypes) -> dict:
         n = sizes[name] = _matmul_size(device, dtype, max_n)
         a = torch.randn(n, n, device=device).to(dtype)
         b = torch.randn(n, n, device=device).to(dtype)
-        t = time_call(lambda: a @ b, device, quick=True)
+        t = time_call(lambda a=a, b=b: a @ b, device, quick=True)
         matmul[name] = 2 * n**3 / (t.median_ms * 1e-3)
     return {"copy_bytes_per_s": copy_bw, "copy_method": "dst.copy_(src), float32, read+write bytes",
             "matmul_flops_per_s": matmul,

@@ -224,7 +224,8 @@ def _panel(ax, metric, op, mode, rows, ups, ceil, color, style) -> None:
             ticks[r["L"]] = f"{r['L']}\nB={r['B']}"
         kw = dict(color=color[provider], linestyle=style[dtype], marker="o", markersize=3, linewidth=1.2)
         if metric == "time":
-            pts = [(r["L"], r["median_ms"], r["median_ms"] - r["p20_ms"], r["p80_ms"] - r["median_ms"]) for _, r in good]
+            pts = [(r["L"], r["median_ms"], r["median_ms"] - r["p20_ms"], r["p80_ms"] - r["median_ms"])
+                   for _, r in good]
             if pts:
                 xs, ys, lo, hi = zip(*pts)
                 ax.errorbar(xs, ys, yerr=[lo, hi], label=label, capsize=2, **kw)
@@ -239,7 +240,8 @@ def _panel(ax, metric, op, mode, rows, ups, ceil, color, style) -> None:
         for n, pts in enumerate(lines):
             pts = [(x, y) for x, y in pts if y > 0]  # log axes: a zero (e.g. an RSS delta below a page) is not drawn
             if pts:
-                ax.plot(*zip(*pts), **{**kw, "label": label if n == 0 else None, "linestyle": ":" if n else kw["linestyle"]})
+                ax.plot(*zip(*pts), **{**kw, "label": label if n == 0 else None,
+                                       "linestyle": ":" if n else kw["linestyle"]})
     if metric == "speedup":
         ax.axhline(1.0, color="black", linewidth=0.8)
     ax.set_xscale("log", base=2)

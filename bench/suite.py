@@ -16,8 +16,8 @@ import functools
 import inspect
 import itertools
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -233,7 +233,7 @@ def torch_prefix(z, w, lengths) -> tuple[torch.Tensor, torch.Tensor]:
     return zp, F.pad(torch.cumsum(zp, dim=1), (0, 0, 1, 0))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _compiled(fn: Callable) -> Callable:
     """One compiled callable per function, reused across sizes (automatic dynamic shapes
     then compile a size-generic kernel after the first recompile instead of one per size)."""

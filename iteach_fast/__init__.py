@@ -8,7 +8,7 @@ See README.md, docs/maths.md (the maths) and docs/architecture.md (the layout).
 """
 __version__ = "0.1.0"  # the one place: setup.py reads it, and passes it to the C++ extension
 
-from . import backends, ops  # noqa: E402  (after __version__, which the extension's build reads)
+from . import backends, ops  # noqa: E402, F401  (ops: the public API; after __version__, which setup.py reads)
 
 backends.warn_missing_once()
 

@@ -10,10 +10,9 @@ import importlib
 import importlib.util
 import json
 import os
+import platform
 import sys
 import typing
-
-import platform
 
 import numpy
 import torch
@@ -28,6 +27,7 @@ from .masking import EVAL_RATES
 from .protocols import DEMO_DEFAULTS, demo, ime, ume
 from .runtime import resolve_device
 from .train import train
+
 
 def _list_of(kind):
     def parse(text: str):

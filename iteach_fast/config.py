@@ -50,11 +50,12 @@ class ModelConfig:
     dropout: float = 0.0
     backend: Backend = "auto"  # the fused operators' backend
 
-    def validate(self) -> "ModelConfig":
+    def validate(self) -> ModelConfig:
         problems = _type_problems(self)
         checks = [
             (self.dim >= 1 and self.heads >= 1, "dim and heads must be >= 1"),
-            (self.heads >= 1 and self.dim % self.heads == 0, f"dim ({self.dim}) must be divisible by heads ({self.heads})"),
+            (self.heads >= 1 and self.dim % self.heads == 0,
+             f"dim ({self.dim}) must be divisible by heads ({self.heads})"),
             (all(n is None or n >= 1 for n in (self.teacher_layers, self.student_layers)),
              "teacher_layers / student_layers must be >= 1 (or left unset for the framework's default)"),
             (_finite(self.ffn_ratio) and self.ffn_ratio > 0, "ffn_ratio must be a finite number > 0"),
@@ -117,7 +118,7 @@ class TrainConfig:
     out_dir: str = "runs/train"
     progress: bool = True  # tqdm bars
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         problems = _type_problems(self)
         if not problems:
             checks = [
@@ -134,7 +135,8 @@ class TrainConfig:
                 (self.progressive_every >= 1, "progressive_every must be >= 1"),
                 (len(self.select_rates) >= 1 and all(map(_rate_ok, self.select_rates)),
                  f"select_rates must be one or more rates in [0, {MAX_RATE}], got {list(self.select_rates)}"),
-                (len(self.syn_dims) == 3 and min(self.syn_dims) >= 1, "syn_dims must be three ints >= 1 (text, audio, visual)"),
+                (len(self.syn_dims) == 3 and min(self.syn_dims) >= 1,
+                 "syn_dims must be three ints >= 1 (text, audio, visual)"),
                 (self.syn_conversations >= 3, "syn_conversations must be >= 3 (train, valid and test need one each)"),
                 (1 <= self.syn_min_len <= self.syn_max_len, "need 1 <= syn_min_len <= syn_max_len"),
                 (self.syn_classes in (1, 4, 6), "syn_classes must be 4, 6 or 1 (regression)"),
@@ -154,7 +156,7 @@ class TrainConfig:
 
     # -------------------------------------------------------------- building and merging
 
-    def replace(self, **changes) -> "TrainConfig":
+    def replace(self, **changes) -> TrainConfig:
         """A copy with ``changes`` (flat keys; model keys route to :attr:`model`), each coerced
         to its field's type. Unknown keys and wrong types are reported together."""
         return _merge(self, changes, source="")
@@ -174,12 +176,12 @@ class TrainConfig:
         return {**{k: v for k, v in d.items() if k != "model"}, **d["model"]}
 
     @classmethod
-    def from_dict(cls, d: dict, source: str = "") -> "TrainConfig":
+    def from_dict(cls, d: dict, source: str = "") -> TrainConfig:
         """From flat or nested keys (checkpoints of either layout load)."""
         return _merge(cls(), d, source)
 
     @classmethod
-    def from_file(cls, path: str) -> "TrainConfig":
+    def from_file(cls, path: str) -> TrainConfig:
         return _merge(cls(), load_mapping(path), source=path)
 
 

@@ -386,7 +386,8 @@ def load_gcnet(name: str, data_root: str, fold: int = 1, seed: int = 0, select_o
         ids, labels, spk, _sent, train_v, val_v, test_v = _load_pickle(label_path, 7, layout)
         vids = sorted(set(train_v) | set(val_v) | set(test_v))
     for vid in vids:
-        if vid not in ids or vid not in labels or vid not in spk or not len(ids[vid]) == len(labels[vid]) == len(spk[vid]):
+        complete = vid in ids and vid in labels and vid in spk
+        if not complete or not len(ids[vid]) == len(labels[vid]) == len(spk[vid]):
             raise DataError(f"{label_path}: dialogue {vid!r} needs videoIDs, videoLabels and videoSpeakers "
                             "entries of equal length")
     roots = {m: _find_feature_root(data_root, m, (feature_roots or {}).get(m)) for m in MODALITIES}
@@ -410,7 +411,8 @@ def load_gcnet(name: str, data_root: str, fold: int = 1, seed: int = 0, select_o
         test = [v for v in vids if str(v).startswith(f"Ses0{fold}")]
         rest = [v for v in vids if not str(v).startswith(f"Ses0{fold}")]
         if not test:
-            raise DataError(f"{label_path}: no dialogue id starts with 'Ses0{fold}' (fold {fold} holds out Session {fold})")
+            raise DataError(f"{label_path}: no dialogue id starts with 'Ses0{fold}' "
+                            f"(fold {fold} holds out Session {fold})")
         if select_on == "test":
             train, valid = rest, test
             notes.append(f"model selection on the test session (Session {fold}), as GCNet and the paper do; "

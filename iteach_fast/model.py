@@ -91,7 +91,7 @@ class ITEACHModel(nn.Module):
     def regression(self) -> bool:
         return self.num_classes == 1
 
-    def set_backend(self, backend: str) -> "ITEACHModel":
+    def set_backend(self, backend: str) -> ITEACHModel:
         """Switch every fused operator to ``backend`` ("auto", "reference", "triton", "cpp")."""
         return set_backend(self, backend)
 
@@ -184,7 +184,7 @@ class ITEACHNet(nn.Module):
             self.teacher = ITEACHModel(input_dims, num_classes, t_layers, t_mixer, **shared)
 
     @classmethod
-    def from_config(cls, config: ModelConfig, input_dims, num_classes: int) -> "ITEACHNet":
+    def from_config(cls, config: ModelConfig, input_dims, num_classes: int) -> ITEACHNet:
         """The net ``config`` describes, for inputs of ``input_dims`` (text, audio, visual) and
         ``num_classes`` classes (1: a regressor)."""
         return cls(input_dims, num_classes, **dataclasses.asdict(config))
@@ -198,7 +198,7 @@ class ITEACHNet(nn.Module):
     def regression(self) -> bool:
         return self.student.regression
 
-    def set_backend(self, backend: str) -> "ITEACHNet":
+    def set_backend(self, backend: str) -> ITEACHNet:
         return set_backend(self, backend)
 
     def forward(self, complete, incomplete, lengths=None, present: torch.Tensor | None = None):

@@ -21,8 +21,6 @@ Modules, bottom up:
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn

@@ -55,7 +55,7 @@ class OpCase:
         return getattr(ops, self.op)(*self.tensors.values(), lengths=self.lengths, backend=backend,
                                      **{**self.params, **params})
 
-    def cast(self, dtype: torch.dtype, device=None, requires_grad: bool | None = None) -> "OpCase":
+    def cast(self, dtype: torch.dtype, device=None, requires_grad: bool | None = None) -> OpCase:
         """The same values as new leaves of ``dtype`` (gradients kept if the originals had them)."""
         def leaf(t):
             grad = t.requires_grad if requires_grad is None else requires_grad
@@ -109,7 +109,7 @@ def make_inputs(op: str, *, B: int = 3, L: int = 13, H: int = 2, Dh: int = 8, D:
 def output_masks(case: OpCase, outputs) -> tuple:
     """For each output of ``case.op``, a bool mask of the entries it defines from valid inputs
     (the rest must be exactly 0), or None where every entry is defined."""
-    B, L = case.lengths.shape[0], _length(case)
+    _B, L = case.lengths.shape[0], _length(case)
     valid = valid_mask(case.lengths, L)
     if case.op == "ecce_prefix":  # zp: rows; P: every entry (constant past the last valid row)
         return valid[..., None].expand_as(outputs[0]), None

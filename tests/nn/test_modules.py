@@ -7,8 +7,18 @@ import torch
 import torch.nn.functional as F
 
 from iteach_fast import backends, ops
-from iteach_fast.modules import (ECCE, AvgPoolTokenMixer, CrossAttention, ECCEAttention, EncoderLayer,
-                                 ITEACHEncoder, MaxPoolTokenMixer, MLPTokenMixer, RoutedTokenMixer, set_backend)
+from iteach_fast.modules import (
+    ECCE,
+    AvgPoolTokenMixer,
+    CrossAttention,
+    ECCEAttention,
+    EncoderLayer,
+    ITEACHEncoder,
+    MaxPoolTokenMixer,
+    MLPTokenMixer,
+    RoutedTokenMixer,
+    set_backend,
+)
 
 B, L, D, H = 3, 11, 16, 4
 MAX_LEN, DIST = 16, 5

@@ -100,7 +100,7 @@ def test_nan_in_the_padding_changes_nothing(impl):
     outs = [_as_tuple(c.call(impl.backend)) for c in (clean, dirty)]
     for a, b in zip(*outs):
         assert torch.equal(a, b)
-    for c, out in zip((clean, dirty), outs):
+    for _c, out in zip((clean, dirty), outs):
         torch.autograd.backward(out, [torch.ones_like(o) for o in out])
     for name in clean.tensors:
         assert torch.equal(clean.tensors[name].grad, dirty.tensors[name].grad), name

@@ -3,12 +3,11 @@
 These tests pin the oracle itself; the kernels' tests compare against it.
 """
 import math
-import sys
 
 import pytest
 import torch
 
-from iteach_fast import ops, reference
+from iteach_fast import ops
 
 
 def algorithm1(Z, fc_weight, fc_bias=None, dist=30):

@@ -28,9 +28,9 @@ def test_imports_without_extension_and_warns_once():
 def test_available_backends_lists_every_op_and_reason():
     table = backends.available_backends("cpu")
     assert set(table) == set(backends.OPS)
-    for op, per_backend in table.items():
+    for _op, per_backend in table.items():
         assert per_backend["reference"] is None
-        for name, reason in per_backend.items():
+        for _name, reason in per_backend.items():
             assert reason is None or isinstance(reason, str) and reason
 
 

@@ -12,7 +12,7 @@ import os
 import pytest
 import torch
 
-from iteach_fast import backends, extension, ops, reference
+from iteach_fast import backends, extension, ops
 
 pytestmark = pytest.mark.skipif(
     backends.REGISTRY["routed_mixture"]["cpp"].unavailable_reason() is not None,

@@ -24,8 +24,11 @@ from iteach_fast import backends, ops, reference
 pytest.importorskip("triton", reason="triton is not installed")
 # not skipped: without it the package is not installed (kernels/ becomes iteach_fast.kernels
 # only through setup.py's package_dir), and every Triton test would vanish silently
+from iteach_fast.kernels import attention as k_attention  # noqa: E402
+from iteach_fast.kernels import bias as k_bias
 from iteach_fast.kernels import ecce  # noqa: E402
-from iteach_fast.kernels import attention as k_attention, bias as k_bias, scan as k_scan  # noqa: E402
+from iteach_fast.kernels import scan as k_scan
+
 _why = backends.REGISTRY["ecce_attention"]["triton"].unavailable_reason()
 if _why is not None:
     pytest.skip(f"the Triton backend cannot run here: {_why}", allow_module_level=True)
@@ -67,7 +70,8 @@ def check_attention(B, H, L, Dh, dist, lengths, dtype, with_grad=True):
         expected_grads = torch.autograd.grad(expected, inputs, g)
         for name, got, exp in zip(("q", "k", "v", "zp"), grads, expected_grads):
             assert got.dtype == dtype
-            torch.testing.assert_close(got, exp, **tol("ecce_attention", dtype), msg=lambda m: f"d{name}: {m}")
+            torch.testing.assert_close(got, exp, **tol("ecce_attention", dtype),
+                                       msg=lambda m, name=name: f"d{name}: {m}")
 
 
 # ----------------------------------------------------------------------------- attention
@@ -235,7 +239,7 @@ def test_gradients_through_prefix_to_z_and_w(dtype):
     expected_grads = torch.autograd.grad(expected, ref_leaves, g.double())
     for name, got, exp in zip(("q", "k", "v", "z", "w"), grads, expected_grads):
         assert got.dtype == dtype
-        torch.testing.assert_close(got, exp.to(dtype), **t, msg=lambda m: f"d{name}: {m}")
+        torch.testing.assert_close(got, exp.to(dtype), **t, msg=lambda m, name=name: f"d{name}: {m}")
 
 
 def prefix_error_at_4096(seed=0):

@@ -77,7 +77,7 @@ def _fake_iemocap(root, faces="both"):
     with open(os.path.join(root, "IEMOCAP_features_raw_4way.pkl"), "wb") as f:
         pickle.dump((ids, labels, spk, sents, set(vids[:8]), set(vids[8:])), f)
     feat = os.path.join(root, "features")
-    for name, d in (("deberta-large-4-UTT", 5), ("wav2vec-large-c-UTT", 3), ("manet_UTT", 4)):
+    for name, _d in (("deberta-large-4-UTT", 5), ("wav2vec-large-c-UTT", 3), ("manet_UTT", 4)):
         os.makedirs(os.path.join(feat, name))
     for vid in vids:
         for uid in ids[vid]:
@@ -150,7 +150,7 @@ def test_gcnet_mosi_splits_and_prefix_ids(tmp_path):
         pickle.dump((ids, labels, spk, {}, ["v"], ["w"], ["x"]), f)
     for m, d in (("text", 2), ("audio", 3), ("visual", 4)):
         os.makedirs(os.path.join(root, m))
-        for k, uids in ids.items():
+        for _k, uids in ids.items():
             for j, u in enumerate(uids):
                 np.save(os.path.join(root, m, u + ".npy"), np.full(d, float(len(u) + j), "f4"))
     s = load_dataset("cmumosi", data_root=root)

@@ -102,12 +102,14 @@ def test_ume_outputs(checkpoint, tmp_path):
         with open(res["paths"][key], "rb") as f:
             assert f.read(8) == PNG, key
     # fixed-seed masks: the same numbers again
-    again = protocols.ume(checkpoint, out_dir=str(tmp_path / "again"), rates=(0.3,), device="cpu", plots=False, log=quiet)
+    again = protocols.ume(checkpoint, out_dir=str(tmp_path / "again"), rates=(0.3,), device="cpu", plots=False,
+                          log=quiet)
     assert again["rows"][0] == rows[3]
 
 
 def test_ume_regression_has_mae(tmp_path):
-    ck = training.train(TrainConfig.from_dict({**TINY, "syn_classes": 1, "out_dir": str(tmp_path / "r")}), log=quiet)["best"]
+    cfg = TrainConfig.from_dict({**TINY, "syn_classes": 1, "out_dir": str(tmp_path / "r")})
+    ck = training.train(cfg, log=quiet)["best"]
     res = protocols.ume(ck, out_dir=str(tmp_path), rates=(0.0, 0.5), device="cpu", log=quiet)
     assert all("mae" in r for r in res["rows"]) and "mae" in res["average"]
     with open(tmp_path / "ume.csv") as f:

@@ -3,8 +3,7 @@ import pytest
 import torch
 
 from iteach_fast.data import SyntheticSpec, collate, make_synthetic
-from iteach_fast.masking import (EVAL_RATES, apply_mask, fixed_masks, missing_rate, present_for_batch,
-                                 sample_present)
+from iteach_fast.masking import EVAL_RATES, apply_mask, fixed_masks, missing_rate, present_for_batch, sample_present
 
 
 @pytest.mark.parametrize("rate", EVAL_RATES + (0.05, 0.66, 0.9))
