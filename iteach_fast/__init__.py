@@ -6,6 +6,8 @@
 
 See README.md, docs/maths.md (the maths) and docs/architecture.md (the layout).
 """
+import importlib
+
 __version__ = "0.1.0"  # the one place: setup.py reads it, and passes it to the C++ extension
 
 from . import backends, ops  # noqa: E402, F401  (ops: the public API; after __version__, which setup.py reads)
@@ -19,11 +21,7 @@ _LAZY_MODULES = ("modules", "model", "data", "masking", "train", "evaluate", "pr
 def __getattr__(name):
     # the model, training and plotting import torch.nn, sklearn and matplotlib: load them on first use
     if name in _LAZY_MODULES:
-        import importlib
-
         return importlib.import_module(f"{__name__}.{name}")
     if name in ("ITEACHNet", "ITEACHModel"):
-        from . import model
-
-        return getattr(model, name)
+        return getattr(importlib.import_module(f"{__name__}.model"), name)
     raise AttributeError(f"module 'iteach_fast' has no attribute {name!r}")
