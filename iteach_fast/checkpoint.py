@@ -1,21 +1,41 @@
-"""Files a run writes: atomic writes, checkpoints, and the RNG state they carry.
+"""Files a run writes: atomic writes, checkpoints, the RNG state they carry, and the lock
+that gives a run its folder.
 
 Every file the package writes goes through :func:`atomic_write` (a temporary file in the
 same folder, then ``os.replace``), so a reader never sees half a file and an interrupted
-write leaves the previous version intact.
+write leaves the previous version intact. A run holds :func:`run_lock` on its folder, so
+two runs cannot interleave their ``best.pt`` / ``last.pt``. :func:`load_weights` compares
+a checkpoint's weights with the model its stored config builds before loading them, so a
+mismatch is reported as the hyper-parameters that differ, not as a tensor shape error.
 """
 from __future__ import annotations
 
+import contextlib
+import datetime
+import fcntl
 import io
+import json
 import os
 import random
+import re
+import socket
 
 import numpy as np
 import torch
 
-__all__ = ["CHECKPOINT_VERSION", "atomic_write", "save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state"]
+__all__ = ["CHECKPOINT_VERSION", "CheckpointError", "RunDirBusy", "atomic_write", "save_checkpoint",
+           "load_checkpoint", "require_keys", "load_weights", "weights_hparams", "rng_state", "set_rng_state",
+           "check_writable", "run_lock"]
 
 CHECKPOINT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be used as asked; the message names the file and what is wrong."""
+
+
+class RunDirBusy(RuntimeError):
+    """Another live run holds the output folder; the message names it (pid, host, start time)."""
 
 
 def atomic_write(path: str, data: str | bytes) -> str:
@@ -55,6 +75,70 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
     return ckpt
 
 
+def require_keys(ckpt: dict, path: str, keys, purpose: str) -> None:
+    """One error naming every key of ``keys`` that ``ckpt`` lacks for ``purpose``."""
+    missing = [k for k in keys if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path}: cannot {purpose}: the checkpoint has no {', '.join(missing)} "
+                              f"(it holds {', '.join(sorted(ckpt))}); resume from a last.pt written by `train`")
+
+
+# ----------------------------------------------------------------------------- weights vs config
+
+# what a weight's shape reveals about the hyper-parameters that built it: (key pattern,
+# hyper-parameter, the value from the matched tensor). ``{role}`` is teacher or student.
+_REVEALS = (
+    (r"(?P<role>teacher|student)\.proj\.0\.weight", "dim", lambda t: t.shape[0]),
+    (r"(?P<role>teacher|student)\.proj\.(?P<m>\d)\.weight", "input dim {m} (text, audio, visual)",
+     lambda t: t.shape[1]),
+    (r"(?P<role>teacher|student)\.classifier\.weight", "num_classes (data)", lambda t: t.shape[0]),
+    (r"(?P<role>teacher|student)\.ecce\.0\.fc\.weight", "heads", lambda t: t.shape[0]),
+    (r"(?P<role>teacher|student)\.ecce\.0\.conv\.weight", "conv_kernel", lambda t: t.shape[-1]),
+    (r"(?P<role>teacher|student)\.layers\.0\.enc_t\.ffn\.0\.weight", "ffn width (dim x ffn_ratio)",
+     lambda t: t.shape[0]),
+    (r"(?P<role>teacher|student)\.layers\.0\.enc_t\.mixer\.mlp\.fc1\.weight", "{role} max_len",
+     lambda t: t.shape[1]),
+    (r"(?P<role>teacher|student)\.layers\.0\.enc_t\.mixer\.mlp\.fc1\.weight",
+     "{role} NAS MLP width (max_len x mlp_ratio)", lambda t: t.shape[0]),
+)
+
+
+def weights_hparams(state: dict) -> dict:
+    """The hyper-parameters a state dict's keys and shapes reveal (layers, mixers, widths)."""
+    found = {}
+    roles = sorted({k.split(".", 1)[0] for k in state if k.startswith(("teacher.", "student."))})
+    found["framework"] = "two models (its / ts)" if "teacher" in roles else "one model (pre)"
+    for role in roles:
+        layers = {int(m.group(1)) for k in state if (m := re.match(rf"{role}\.layers\.(\d+)\.", k))}
+        found[f"{role}_layers"] = max(layers) + 1 if layers else 0
+        found[f"{role}_mixer"] = "nas" if f"{role}.layers.0.enc_t.mixer.router.weight" in state else "tf"
+    for key, t in state.items():
+        for pattern, name, value in _REVEALS:
+            m = re.fullmatch(pattern, key)
+            if m:
+                found.setdefault(name.format(**m.groupdict()), int(value(t)))
+    return found
+
+
+def load_weights(net: torch.nn.Module, state: dict, path: str) -> None:
+    """``net.load_state_dict(state)`` after checking that every key and shape matches; a
+    mismatch is one :class:`CheckpointError` listing the hyper-parameters that differ
+    between the config stored in ``path`` (which built ``net``) and its weights."""
+    expected = net.state_dict()
+    if set(expected) == set(state) and all(expected[k].shape == state[k].shape for k in expected):
+        net.load_state_dict(state)
+        return
+    built, stored = weights_hparams(expected), weights_hparams(state)
+    differ = [f"{k}: config {built.get(k, '-')}, weights {stored.get(k, '-')}"
+              for k in sorted(set(built) | set(stored)) if built.get(k) != stored.get(k)]
+    if not differ:  # nothing the table knows: name the tensors
+        bad = sorted(set(expected) ^ set(state)) + [k for k in expected if k in state
+                                                    and expected[k].shape != state[k].shape]
+        differ = [f"tensors {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}"]
+    raise CheckpointError(f"{path}: the weights do not match the config stored with them ({'; '.join(differ)}); "
+                          "the file was edited or written by another version: retrain, or fix its config")
+
+
 def rng_state(generators: dict[str, torch.Generator]) -> dict:
     """The global RNG states (torch, CUDA, numpy, python) and ``generators``', loadable with ``weights_only``."""
     np_state = np.random.get_state()
@@ -77,3 +161,51 @@ def set_rng_state(state: dict, generators: dict[str, torch.Generator]) -> None:
         g.set_state(state[f"gen_{k}"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ----------------------------------------------------------------------------- the run folder
+
+def check_writable(folder: str) -> str:
+    """Create ``folder`` if needed and prove it writable (a probe file created and removed),
+    before any work starts; a ``ValueError`` naming the folder otherwise."""
+    probe = os.path.join(folder, f".write-probe-{os.getpid()}")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with open(probe, "wb") as f:
+            f.write(b"probe")
+        os.remove(probe)
+    except OSError as err:
+        raise ValueError(f"--out-dir {folder}: not a writable folder ({err.strerror or err})") from None
+    return folder
+
+
+@contextlib.contextmanager
+def run_lock(folder: str):
+    """Hold ``<folder>/.lock`` (``fcntl.flock``) for a run's duration.
+
+    A second run into the folder fails at once with :class:`RunDirBusy` naming the holder
+    (pid, host, start time). The OS releases the lock when its process dies, so the lock of
+    a killed run is taken over by the next one."""
+    path = os.path.join(check_writable(folder), ".lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    with os.fdopen(fd, "r+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            try:
+                holder = json.loads(f.read() or "{}")
+            except json.JSONDecodeError:
+                holder = {}
+            raise RunDirBusy(f"--out-dir {folder}: another run is writing there (pid {holder.get('pid', '?')} on "
+                             f"{holder.get('host', '?')}, started {holder.get('started', '?')}); wait for it, "
+                             "stop it, or choose another --out-dir") from None
+        f.seek(0)
+        f.truncate()
+        f.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                            "started": datetime.datetime.now().isoformat(timespec="seconds")}))
+        f.flush()
+        try:
+            yield path
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
