@@ -2,8 +2,18 @@
 
 Each backend declares, once (:data:`BACKEND_SPECS`): how to probe whether it can run in this
 process, on which device types it runs, on which of them ``backend="auto"`` may pick it,
-and its rank (``auto`` prefers the highest). Each implementation adds where its code lives,
-its dtypes and the tolerances its tests hold it to against the reference.
+which (device, dtype) pairs it refuses, and its rank (``auto`` prefers the highest). Each
+implementation adds where its code lives, its dtypes, its features (``"causal"``: it takes
+``causal=True``) and the tolerances its tests hold it to against the reference.
+
+Every implementation has its op's signature (all positional; ``iteach_fast.dispatch`` calls it):
+
+    ecce_prefix(z, w_fc, lengths, dist)                            -> (zp, prefix)
+    ecce_bias(zp, lengths, dist, causal)                           -> E
+    ecce_attention(q, k, v, prefix, lengths, dist, scale, causal)  -> out    (prefix may be None)
+    routed_mixture(logits, x, y_attn, y_mlp, lengths, pool_size, causal) -> out
+
+An implementation written to an older signature names an ``adapt`` that wraps it into this one.
 
 Three things iterate over this one table: dispatch (:func:`select`), the conformance tests
 (``tests/ops/test_conformance.py``) and the benchmarks (``bench/``). Adding a backend is a
@@ -25,13 +35,15 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import extension
+from . import extension, reference
 from .choices import BACKENDS
 
-__all__ = ["OPS", "BackendUnavailable", "BackendSpec", "Implementation", "REGISTRY", "register", "implementations",
-           "select", "available_backends", "refresh", "warn_missing_once"]
+__all__ = ["OPS", "FEATURES", "BackendUnavailable", "BackendSpec", "Implementation", "REGISTRY", "register",
+           "implementations", "select", "available_backends", "refresh", "warn_missing_once"]
 
 OPS = ("ecce_prefix", "ecce_bias", "ecce_attention", "routed_mixture")
+#: what a call may need beyond the plain op, and which ops take it
+FEATURES = {"causal": ("ecce_bias", "ecce_attention", "routed_mixture")}
 
 ALL_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 HALF_AND_FLOAT = (torch.float32, torch.float16, torch.bfloat16)
@@ -85,6 +97,14 @@ def probe_cpp(op: str) -> str | None:
     return None
 
 
+def triton_refuses(device_type: str, dtype: torch.dtype) -> str | None:
+    """Why Triton cannot compute ``dtype`` on ``device_type`` (None: it can)."""
+    if device_type == "cpu" and dtype == torch.bfloat16:
+        return ("the Triton interpreter (TRITON_INTERPRET=1) computes bfloat16 tl.dot wrongly: run bfloat16 "
+                "on a CUDA GPU, or use float32 / float16 on the CPU")
+    return None
+
+
 # ----------------------------------------------------------------------------- the table
 
 @dataclass(frozen=True)
@@ -96,6 +116,7 @@ class BackendSpec:
     devices: Callable[[], tuple[str, ...] | None]  # device types it runs on (None: any)
     auto_devices: Callable[[], tuple[str, ...] | None]  # where "auto" may pick it (None: wherever it runs)
     wrong_device: str = ""  # the hint when a tensor is on a device it does not run on
+    refuses: Callable[[str, torch.dtype], str | None] = lambda device_type, dtype: None  # why not, or None
 
 
 BACKEND_SPECS = {
@@ -104,7 +125,7 @@ BACKEND_SPECS = {
     # the interpreter makes Triton run on the CPU, as a correctness tool: never an automatic choice
     "triton": BackendSpec("triton", rank=2, probe=lambda op: probe_triton(),
                           devices=lambda: ("cuda", "cpu") if triton_interpret() else ("cuda",),
-                          auto_devices=lambda: ("cuda",),
+                          auto_devices=lambda: ("cuda",), refuses=triton_refuses,
                           wrong_device="Triton kernels need CUDA tensors (or set TRITON_INTERPRET=1 for the CPU)"),
     "cpp": BackendSpec("cpp", rank=1, probe=probe_cpp,
                        devices=lambda: ("cpu", "cuda") if extension.has_cuda() else ("cpu",),
@@ -120,6 +141,11 @@ class Implementation:
     target: str  # "module:function"
     dtypes: tuple = ALL_DTYPES
     tolerances: dict = field(default_factory=lambda: dict(TOLERANCES))  # per dtype, vs the float64 reference
+    features: frozenset = frozenset()  # of FEATURES: what it supports beyond the plain op
+    adapt: Callable[[Callable], Callable] | None = None  # wraps a function of an older signature
+
+    def supports(self, needs: frozenset) -> bool:
+        return needs <= self.features
 
     @property
     def spec(self) -> BackendSpec:
@@ -161,16 +187,50 @@ REGISTRY: dict[str, dict[str, Implementation]] = {op: {} for op in OPS}
 def register(impl: Implementation) -> None:
     if impl.backend not in BACKEND_SPECS:
         raise ValueError(f"unknown backend {impl.backend!r}; declare its BackendSpec first")
+    unknown = [f for f in impl.features if impl.op not in FEATURES.get(f, ())]
+    if unknown:
+        raise ValueError(f"{impl.op} has no feature {unknown}; features: {FEATURES}")
     REGISTRY[impl.op][impl.backend] = impl
 
 
+# adapters from the signatures before prefix tables and causal mode (removed as each backend moves)
+def _prefix_from_p(fn):
+    """``fn(z, w, lengths) -> (zp, P)`` -> ``(z, w, lengths, dist) -> (zp, prefix table)``."""
+    def ecce_prefix(z, w_fc, lengths, dist):
+        zp, _ = fn(z, w_fc, lengths)
+        return zp, reference.prefix_table(zp, dist)
+    return ecce_prefix
+
+
+def _bias_without_causal(fn):
+    return lambda zp, lengths, dist, causal: fn(zp, lengths, dist)
+
+
+def _attention_from_zp(fn):
+    """``fn(q, k, v, zp, lengths, dist, scale)``: zp is the table's third row; no table, zp = 0 (no bias)."""
+    def ecce_attention(q, k, v, prefix, lengths, dist, scale, causal):
+        B, H, L, _ = q.shape
+        zp = q.new_zeros(B, L, H) if prefix is None else prefix[:, :, 2].transpose(1, 2)
+        return fn(q, k, v, zp, lengths, dist, scale)
+    return ecce_attention
+
+
+def _mixture_without_causal(fn):
+    return lambda logits, x, y_attn, y_mlp, lengths, pool_size, causal: fn(logits, x, y_attn, y_mlp, lengths,
+                                                                           pool_size)
+
+
 for _op in OPS:
-    register(Implementation(_op, "reference", f"iteach_fast.reference:{_op}"))
+    register(Implementation(_op, "reference", f"iteach_fast.reference:{_op}", features=frozenset(
+        f for f, ops_ in FEATURES.items() if _op in ops_)))
+_TRITON_ADAPT = {"ecce_prefix": _prefix_from_p, "ecce_bias": _bias_without_causal,
+                 "ecce_attention": _attention_from_zp}
 for _op in ("ecce_prefix", "ecce_bias", "ecce_attention"):
     register(Implementation(_op, "triton", f"iteach_fast.kernels.ecce:{_op}", dtypes=HALF_AND_FLOAT,
                             tolerances={torch.float32: (1e-4, 1e-3), torch.float16: (3e-3, 3e-3),
-                                        torch.bfloat16: (2e-2, 2e-2)}))
-register(Implementation("routed_mixture", "cpp", "iteach_fast.extension:routed_mixture"))
+                                        torch.bfloat16: (2e-2, 2e-2)}, adapt=_TRITON_ADAPT[_op]))
+register(Implementation("routed_mixture", "cpp", "iteach_fast.extension:routed_mixture",
+                        adapt=_mixture_without_causal))
 assert set(BACKEND_SPECS) <= set(BACKENDS), "every backend must be a choice in iteach_fast.choices.Backend"
 
 
@@ -180,7 +240,7 @@ assert set(BACKEND_SPECS) <= set(BACKENDS), "every backend must be a choice in i
 class _Resolved:
     functions: dict = field(default_factory=dict)  # (op, backend) -> callable
     reasons: dict = field(default_factory=dict)  # (op, backend) -> why it cannot run in this process
-    selected: dict = field(default_factory=dict)  # (op, backend, device type, dtype) -> Implementation | error
+    selected: dict = field(default_factory=dict)  # (op, backend, device type, dtype, causal) -> Implementation | error
 
 
 _STATE = _Resolved()
@@ -201,7 +261,8 @@ def refresh() -> None:
             why = impl.spec.probe(op)
             if why is None:
                 try:
-                    state.functions[key] = _import_target(impl.target)
+                    fn = _import_target(impl.target)
+                    state.functions[key] = impl.adapt(fn) if impl.adapt is not None else fn
                 except ModuleNotFoundError as err:
                     if (err.name or "").startswith("iteach_fast.kernels"):
                         why = ("iteach_fast.kernels is missing: install the package (pip install -e .), which maps "
@@ -220,12 +281,14 @@ def implementations(op: str) -> list[Implementation]:
     return sorted(REGISTRY[op].values(), key=lambda i: -i.rank)
 
 
-def _choose(op: str, backend: str, device_type: str, dtype: torch.dtype):
+def _choose(op: str, backend: str, device_type: str, dtype: torch.dtype, needs: frozenset):
     if backend == "auto":
         for impl in implementations(op):
-            if dtype in impl.dtypes and impl.runs_on(device_type, auto=True) and impl.unavailable_reason() is None:
+            if (dtype in impl.dtypes and impl.supports(needs) and impl.runs_on(device_type, auto=True)
+                    and impl.unavailable_reason() is None and impl.spec.refuses(device_type, dtype) is None):
                 return impl
-        return ValueError(f"{op}: no implementation supports dtype {dtype} on {device_type}")
+        return ValueError(f"{op}: no implementation supports dtype {dtype} on {device_type}"
+                          + (f" with {', '.join(sorted(needs))}" if needs else ""))
     if backend not in REGISTRY[op]:
         return ValueError(f"backend must be one of {('auto',) + tuple(REGISTRY[op])} for {op}, got {backend!r}")
     impl = REGISTRY[op][backend]
@@ -234,18 +297,27 @@ def _choose(op: str, backend: str, device_type: str, dtype: torch.dtype):
         return BackendUnavailable(f"{op}: backend {backend!r} is unavailable: {why}")
     if dtype not in impl.dtypes:
         return TypeError(f"{op}: backend {backend!r} supports dtypes {impl.dtypes}, got {dtype}")
+    why = impl.spec.refuses(device_type, dtype)
+    if why is not None:
+        return TypeError(f"{op}: backend {backend!r} cannot run {dtype} on {device_type}: {why}")
+    if not impl.supports(needs):
+        others = [i.backend for i in implementations(op) if i.supports(needs)]
+        return ValueError(f"{op}: backend {backend!r} does not support {', '.join(sorted(needs - impl.features))}"
+                          f"=True; backends that do: {others}")
     return impl
 
 
-def select(op: str, backend: str, device: torch.device, dtype: torch.dtype) -> Implementation:
+def select(op: str, backend: str, device: torch.device, dtype: torch.dtype, causal: bool = False) -> Implementation:
     """The implementation ``backend`` names, or for ``"auto"`` the highest-ranked one that runs
-    on ``device`` with ``dtype``; decided once per (op, backend, device type, dtype)."""
-    key = (op, backend, device.type, dtype)
+    on ``device`` with ``dtype`` and supports what the call needs (``causal``); decided once per
+    (op, backend, device type, dtype, causal), dict reads only afterwards."""
+    key = (op, backend, device.type, dtype, causal)
     choice = _STATE.selected.get(key)
     if choice is None:
         if not isinstance(backend, str):
             raise TypeError(f"backend must be a str, got {type(backend).__name__}")
-        choice = _STATE.selected[key] = _choose(op, backend, device.type, dtype)
+        needs = frozenset({"causal"}) if causal else frozenset()
+        choice = _STATE.selected[key] = _choose(op, backend, device.type, dtype, needs)
     if isinstance(choice, Exception):
         raise type(choice)(*choice.args)
     return choice

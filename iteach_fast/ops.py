@@ -1,14 +1,17 @@
 """The public operators: validation, then dispatch to a backend (docs/maths.md gives the maths).
 
-    ecce_prefix(z, w_fc, lengths=None, backend="auto")                        -> (zp, P) (B, L, H), (B, L+1, H)
-    ecce_bias(zp, lengths=None, dist=30, backend="auto")                      -> E   (B, H, L, L)
-    ecce_attention(q, k, v, zp, lengths=None, dist=30, scale=None, backend="auto") -> out (B, H, L, Dh)
-    routed_mixture(logits, x, y_attn, y_mlp, lengths=None, pool_size=3, backend="auto") -> out (B, L, D)
+    ecce_prefix(z, w_fc, lengths=None, dist=30, backend="auto")          -> (zp, prefix)  (B, L, H), (B, H, 3, L)
+    ecce_bias(zp, lengths=None, dist=30, causal=False, backend="auto")   -> E   (B, H, L, L)
+    ecce_attention(q, k, v, zp=None, lengths=None, dist=30, scale=None, causal=False, backend="auto",
+                   *, prefix=None)                                       -> out (B, H, L, Dh)
+    routed_mixture(logits, x, y_attn, y_mlp, lengths=None, pool_size=3, causal=False,
+                   backend="auto")                                       -> out (B, L, D)
 
 Backends: ``"reference"`` (pure PyTorch, the oracle), ``"triton"`` (K1), ``"cpp"`` (K2, the
 compiled extension), ``"auto"`` (the most preferred one that runs on the inputs' device
-and dtype; see ``iteach_fast.backends``). Bad input raises ``ValueError`` / ``TypeError``
-naming the argument.
+and dtype and supports the call, e.g. ``causal=True``; see ``iteach_fast.backends``). Bad
+input raises ``ValueError`` / ``TypeError`` naming the argument. Code that validated once
+(the modules, at the model's boundary) calls the unchecked twins in ``iteach_fast.dispatch``.
 """
 from __future__ import annotations
 
@@ -16,10 +19,15 @@ import math
 
 import torch
 
-from . import backends
+from . import dispatch
 from .backends import BackendUnavailable  # noqa: F401  (re-exported)
+from .padding import valid_mask, zero_invalid
+from .reference import accumulation_dtype, prefix_table
 
 __all__ = ["ecce_prefix", "ecce_bias", "ecce_attention", "routed_mixture", "check_lengths", "BackendUnavailable"]
+
+#: the largest dist / pool_size: the kernels take them as 32-bit ints
+MAX_INT = 2**31 - 1
 
 
 def _check_tensor(name: str, t, ndim: int, layout: str) -> None:
@@ -50,15 +58,23 @@ def check_lengths(lengths, B: int, L: int, device: torch.device) -> torch.Tensor
     """``lengths`` as int64 ``(B,)`` on ``device``; None means every conversation has length L."""
     if lengths is None:
         return torch.full((B,), L, dtype=torch.int64, device=device)
+    if isinstance(lengths, (str, bytes)):
+        raise TypeError(f"lengths must be an integer tensor of shape ({B},) or None, got {type(lengths).__name__}")
     if not isinstance(lengths, torch.Tensor):
-        lengths = torch.as_tensor(lengths)
+        try:
+            lengths = torch.as_tensor(lengths)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise TypeError(f"lengths must be an integer tensor of shape ({B},) or None, "
+                            f"got {type(lengths).__name__} ({err})") from None
     if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
         raise TypeError(f"lengths must be an integer tensor of shape ({B},), got dtype {lengths.dtype}")
     if lengths.shape != (B,):
         raise ValueError(f"lengths must have shape ({B},) (one length per conversation), got {tuple(lengths.shape)}")
     lengths = lengths.to(device=device, dtype=torch.int64)
-    # a data-dependent check: skipped while torch.compile traces (it would break the graph)
-    if B and not torch.compiler.is_compiling():
+    if torch.compiler.is_compiling():
+        # traced: an assert on the device (reading the values on the host would break the graph)
+        torch._assert_async(((lengths >= 0) & (lengths <= L)).all(), f"lengths must lie in [0, L={L}]")
+    elif B:  # eager: the values in the message (this reads them, a host synchronisation)
         lo, hi = int(lengths.min()), int(lengths.max())
         if lo < 0 or hi > L:
             raise ValueError(f"lengths must lie in [0, L={L}], got values in [{lo}, {hi}]")
@@ -70,67 +86,107 @@ def _check_int(name: str, value, minimum: int) -> int:
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if value > MAX_INT:
+        raise ValueError(f"{name} must be <= 2**31 - 1 (the kernels take a 32-bit int), got {value}")
     return value
 
 
-def ecce_prefix(z: torch.Tensor, w_fc: torch.Tensor, lengths=None, backend: str = "auto"):
-    """ECCE's projection and its prefix sums in one pass: ``zp = z @ w_fc`` ``(B, L, H)`` (0 beyond
-    ``lengths``) and ``P[t] = sum_{k<t} zp[k]`` ``(B, L+1, H)``, both in float32 (float64 for
-    float64 inputs). ``z``: ``(B, L, D)``, ``w_fc``: ``(D, H)`` (``nn.Linear(D, H).weight.T``)."""
+def _check_bool(name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return value
+
+
+def ecce_prefix(z: torch.Tensor, w_fc: torch.Tensor, lengths=None, dist: int = 30, backend: str = "auto"):
+    """ECCE's projection and its band-mean table in one pass: ``zp = z @ w_fc`` ``(B, L, H)``
+    (0 beyond ``lengths``) and ``prefix`` ``(B, H, 3, L)``, both float32 (float64 for float64
+    inputs). ``z``: ``(B, L, D)``, ``w_fc``: ``(D, H)`` (``nn.Linear(D, H).weight.T``).
+
+    ``prefix`` is for :func:`ecce_attention` (``prefix=``) with the same ``lengths`` and
+    ``dist``; its layout is in docs/maths.md ("Local numerics"). Differentiable in z and w_fc.
+    """
     _check_tensor("z", z, 3, "(B, L, D)")
     _check_tensor("w_fc", w_fc, 2, "(D, H)")
     _check_same({"z": z, "w_fc": w_fc})
     B, L, D = z.shape
     _check_dims("w_fc", w_fc, {0: ("input dim", D)})
+    dist = _check_int("dist", dist, 1)
     lengths = check_lengths(lengths, B, L, z.device)
-    return backends.select("ecce_prefix", backend, z.device, z.dtype).load()(z, w_fc, lengths)
+    return dispatch.ecce_prefix(z, w_fc, lengths, dist, backend)
 
 
-def ecce_bias(zp: torch.Tensor, lengths=None, dist: int = 30, backend: str = "auto") -> torch.Tensor:
+def ecce_bias(zp: torch.Tensor, lengths=None, dist: int = 30, causal: bool = False,
+              backend: str = "auto") -> torch.Tensor:
     """ECCE's global context-changing bias ``E (B, H, L, L)`` from the projected local context
     ``zp (B, L, H)``: the mean of ``zp`` over ``min(i,j)..max(i,j)`` for valid pairs within
-    ``|i-j| < dist``, else 0. Materialises ``L x L``: for inspection and heatmaps."""
+    ``|i-j| < dist`` (and ``j <= i`` if ``causal``), else 0. Materialises ``L x L``: for
+    inspection and heatmaps."""
     _check_tensor("zp", zp, 3, "(B, L, H)")
     B, L, _ = zp.shape
     dist = _check_int("dist", dist, 1)
+    causal = _check_bool("causal", causal)
     lengths = check_lengths(lengths, B, L, zp.device)
-    return backends.select("ecce_bias", backend, zp.device, zp.dtype).load()(zp, lengths, dist)
+    return dispatch.ecce_bias(zp, lengths, dist, causal, backend)
 
 
-def ecce_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, zp: torch.Tensor, lengths=None,
-                   dist: int = 30, scale: float | None = None, backend: str = "auto") -> torch.Tensor:
+def ecce_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, zp: torch.Tensor | None = None, lengths=None,
+                   dist: int = 30, scale: float | None = None, causal: bool = False, backend: str = "auto", *,
+                   prefix: torch.Tensor | None = None) -> torch.Tensor:
     """ECCE-guided attention ``softmax(q k^T * scale + E) v`` per head (paper eq. 10-11).
 
-    ``q, k, v``: ``(B, H, L, Dh)``; ``zp``: ``(B, L, H)``; keys beyond ``lengths`` are
-    excluded and rows beyond them are 0. ``scale`` defaults to ``1/sqrt(Dh)``.
+    ``q, k, v``: ``(B, H, L, Dh)``, any strides (e.g. ``t.view(B, L, H, Dh).transpose(1, 2)``);
+    the bias ``E`` from ``zp (B, L, H)`` (q's dtype or float32 / float64 as ``ecce_prefix``
+    returns it), or from ``prefix``, the table :func:`ecce_prefix` returned for the same
+    ``lengths`` and ``dist``; neither: no bias. Keys beyond ``lengths`` (and, if ``causal``,
+    after the query) are excluded and rows beyond them are 0. ``scale`` defaults to ``1/sqrt(Dh)``.
     """
     for name, t in (("q", q), ("k", k), ("v", v)):
         _check_tensor(name, t, 4, "(B, H, L, Dh)")
-    _check_tensor("zp", zp, 3, "(B, L, H)")
-    _check_same({"q": q, "k": k, "v": v, "zp": zp})
+    _check_same({"q": q, "k": k, "v": v})
     B, H, L, Dh = q.shape
     for name, t in (("k", k), ("v", v)):
         _check_dims(name, t, {0: ("batch size", B), 1: ("number of heads", H), 2: ("length", L),
                               3: ("head dim", Dh)})
-    _check_dims("zp", zp, {0: ("batch size", B), 1: ("length", L), 2: ("number of heads", H)})
+    acc = accumulation_dtype(q.dtype)
+    if zp is not None and prefix is not None:
+        raise ValueError("pass zp or prefix (the table ecce_prefix returns), not both")
+    if zp is not None:
+        _check_tensor("zp", zp, 3, "(B, L, H)")
+        _check_dims("zp", zp, {0: ("batch size", B), 1: ("length", L), 2: ("number of heads", H)})
+        _check_companion("zp", zp, q, (q.dtype, acc))
+    if prefix is not None:
+        _check_tensor("prefix", prefix, 4, "(B, H, 3, L)")
+        _check_dims("prefix", prefix, {0: ("batch size", B), 1: ("number of heads", H), 2: ("table rows", 3),
+                                       3: ("length", L)})
+        _check_companion("prefix", prefix, q, (acc,))
     dist = _check_int("dist", dist, 1)
     if scale is None:
         scale = 1.0 / math.sqrt(Dh) if Dh else 1.0
     elif not isinstance(scale, (int, float)) or isinstance(scale, bool) or not math.isfinite(scale):
         raise TypeError(f"scale must be a finite float or None, got {scale!r}")
+    causal = _check_bool("causal", causal)
     lengths = check_lengths(lengths, B, L, q.device)
-    return backends.select("ecce_attention", backend, q.device, q.dtype).load()(q, k, v, zp, lengths, dist,
-                                                                               float(scale))
+    if zp is not None:
+        prefix = prefix_table(zero_invalid(zp.to(acc), valid_mask(lengths, L)[..., None]), dist)
+    return dispatch.ecce_attention(q, k, v, prefix, lengths, dist, float(scale), causal, backend)
+
+
+def _check_companion(name: str, t: torch.Tensor, q: torch.Tensor, dtypes: tuple) -> None:
+    if t.device != q.device:
+        raise ValueError(f"{name} is on {t.device} but q is on {q.device}; all inputs must share a device")
+    if t.dtype not in dtypes:
+        raise TypeError(f"{name} has dtype {t.dtype}; with q of dtype {q.dtype} it must be one of "
+                        f"{tuple(str(d) for d in dict.fromkeys(dtypes))}")
 
 
 def routed_mixture(logits: torch.Tensor, x: torch.Tensor, y_attn: torch.Tensor, y_mlp: torch.Tensor,
-                   lengths=None, pool_size: int = 3, backend: str = "auto") -> torch.Tensor:
+                   lengths=None, pool_size: int = 3, causal: bool = False, backend: str = "auto") -> torch.Tensor:
     """Router-weighted mixture of the four token mixers (paper eq. 8-9).
 
     ``logits (B, L, 4)`` in the order (attention, mlp, avgpool, maxpool); ``x`` the mixer
     input, ``y_attn`` / ``y_mlp`` the attention and MLP mixers' outputs, all ``(B, L, D)``.
-    The pools over ``[i - p//2, i + p//2]`` (clipped to the valid positions) are computed
-    from ``x``; ``pool_size`` must be odd and positive.
+    The pools over ``[i - p//2, i + p//2]`` (``[i - p + 1, i]`` if ``causal``), clipped to the
+    valid positions, are computed from ``x``; ``pool_size`` must be odd and positive.
     """
     _check_tensor("logits", logits, 3, "(B, L, 4)")
     for name, t in (("x", x), ("y_attn", y_attn), ("y_mlp", y_mlp)):
@@ -143,6 +199,6 @@ def routed_mixture(logits: torch.Tensor, x: torch.Tensor, y_attn: torch.Tensor, 
     pool_size = _check_int("pool_size", pool_size, 1)
     if pool_size % 2 == 0:
         raise ValueError(f"pool_size must be odd (a window centred on each token), got {pool_size}")
+    causal = _check_bool("causal", causal)
     lengths = check_lengths(lengths, B, L, x.device)
-    return backends.select("routed_mixture", backend, x.device, x.dtype).load()(logits, x, y_attn, y_mlp, lengths,
-                                                                               pool_size)
+    return dispatch.routed_mixture(logits, x, y_attn, y_mlp, lengths, pool_size, causal, backend)

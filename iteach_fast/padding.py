@@ -23,22 +23,37 @@ def zero_invalid(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return torch.where(valid, x, torch.zeros((), dtype=x.dtype, device=x.device))
 
 
-def masked_avg_pool(x: torch.Tensor, valid: torch.Tensor, pool_size: int) -> torch.Tensor:
-    """Mean of ``x (B, L, D)`` over ``[i - p//2, i + p//2]`` clipped to the valid positions
-    (``valid (B, L, 1)`` bool), in ``x``'s dtype. Values at invalid rows are unspecified
-    (finite); callers mask them."""
-    r = pool_size // 2
-    xs = zero_invalid(x, valid).transpose(1, 2)  # (B, D, L), padding zeroed
-    window_sum = F.avg_pool1d(xs, pool_size, stride=1, padding=r, count_include_pad=True) * pool_size
-    ones = valid.to(x.dtype).transpose(1, 2)  # (B, 1, L)
-    window_count = F.avg_pool1d(ones, pool_size, stride=1, padding=r, count_include_pad=True) * pool_size
+def _clip(pool_size: int, L: int) -> int:
+    """A window wider than ``2L - 1`` sees the same positions as one of ``2L - 1`` (odd, as the
+    centred window needs): clipping keeps a huge ``pool_size`` from padding by as much."""
+    return min(pool_size, max(1, 2 * L - 1))
+
+
+def _window(t: torch.Tensor, pool_size: int, causal: bool, value: float) -> torch.Tensor:
+    """``t (B, C, L)`` padded with ``value`` so that a stride-1 pool of ``pool_size`` (already
+    clipped) without padding covers ``[i - p//2, i + p//2]`` (``[i - p + 1, i]`` if ``causal``)
+    at output ``i``."""
+    left = pool_size - 1 if causal else pool_size // 2
+    return F.pad(t, (left, pool_size - 1 - left), value=value)
+
+
+def masked_avg_pool(x: torch.Tensor, valid: torch.Tensor, pool_size: int, causal: bool = False) -> torch.Tensor:
+    """Mean of ``x (B, L, D)`` over ``[i - p//2, i + p//2]`` (``[i - p + 1, i]`` if ``causal``)
+    clipped to the valid positions (``valid (B, L, 1)`` bool), in ``x``'s dtype. Values at
+    invalid rows are unspecified (finite); callers mask them."""
+    pool_size = _clip(pool_size, x.shape[1])
+    xs = _window(zero_invalid(x, valid).transpose(1, 2), pool_size, causal, 0.0)  # (B, D, L + p - 1)
+    window_sum = F.avg_pool1d(xs, pool_size, stride=1) * pool_size
+    ones = _window(valid.to(x.dtype).transpose(1, 2), pool_size, causal, 0.0)  # (B, 1, L + p - 1)
+    window_count = F.avg_pool1d(ones, pool_size, stride=1) * pool_size
     return (window_sum / window_count.clamp_min(1)).transpose(1, 2)
 
 
-def masked_max_pool(x: torch.Tensor, valid: torch.Tensor, pool_size: int) -> torch.Tensor:
-    """Max of ``x (B, L, D)`` over ``[i - p//2, i + p//2]`` clipped to the valid positions
-    (``valid (B, L, 1)`` bool). Invalid rows are ``-inf``; callers mask them. Ties route the
-    gradient to the first (lowest) index of the window, as ``torch.max_pool1d`` does."""
-    r = pool_size // 2
+def masked_max_pool(x: torch.Tensor, valid: torch.Tensor, pool_size: int, causal: bool = False) -> torch.Tensor:
+    """Max of ``x (B, L, D)`` over ``[i - p//2, i + p//2]`` (``[i - p + 1, i]`` if ``causal``)
+    clipped to the valid positions (``valid (B, L, 1)`` bool). Invalid rows are ``-inf``;
+    callers mask them. Ties route the gradient to the first (lowest) index of the window, as
+    ``torch.max_pool1d`` does."""
+    pool_size = _clip(pool_size, x.shape[1])
     xm = torch.where(valid, x, torch.tensor(float("-inf"), dtype=x.dtype, device=x.device)).transpose(1, 2)
-    return F.max_pool1d(xm, pool_size, stride=1, padding=r).transpose(1, 2)
+    return F.max_pool1d(_window(xm, pool_size, causal, float("-inf")), pool_size, stride=1).transpose(1, 2)

@@ -1,100 +1,171 @@
 """Pure-PyTorch reference of every ITEACH-Net operator: the oracle the kernels are tested against.
 
-Vectorised (prefix sums for the band means, pooling through torch's own ops; no Python
-loop over positions), any device, any floating dtype. Half-precision inputs are computed
-in float32 and cast back, float64 stays float64. Inputs are assumed validated
+Vectorised (chunk-local prefix sums for the band means, pooling through torch's own ops; no
+Python loop over positions), any device, any floating dtype. Half-precision inputs are
+computed in float32 and cast back, float64 stays float64. Inputs are assumed validated
 (:mod:`iteach_fast.ops` does that); ``lengths`` is an int64 tensor ``(B,)`` on the inputs'
 device. Every output at an invalid position is exactly 0 and invalid positions never
 influence valid ones (``torch.where``, not multiplication, so garbage such as inf in the
 padding cannot leak through a ``0 * inf``).
 
-See docs/maths.md for the maths.
+The signatures are the registry's (``iteach_fast.backends``), one per op:
+
+    ecce_prefix(z, w, lengths, dist)                              -> (zp, prefix)
+    ecce_bias(zp, lengths, dist, causal)                          -> E (B, H, L, L)
+    ecce_attention(q, k, v, prefix, lengths, dist, scale, causal) -> out (B, H, L, Dh)
+    routed_mixture(logits, x, y_attn, y_mlp, lengths, pool_size, causal) -> out (B, L, D)
+
+See docs/maths.md for the maths, and its "Local numerics" section for the prefix table.
 """
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from .padding import masked_avg_pool, masked_max_pool, valid_mask, zero_invalid
+
+__all__ = ["accumulation_dtype", "prefix_table", "band_means", "ecce_prefix", "ecce_bias", "ecce_attention",
+           "routed_mixture"]
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def band_prefix(zp: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """Exclusive prefix sums ``P (B, L+1, H)`` of ``zp`` over valid positions, in the accumulation dtype."""
+def prefix_table(zp: torch.Tensor, dist: int) -> torch.Tensor:
+    """The band-mean table ``(B, H, 3, L)`` of ``zp (B, L, H)`` (already 0 beyond the lengths),
+    in ``zp``'s dtype: sums that restart every ``dist`` positions (docs/maths.md, "Local numerics")
+
+        [:, :, 0, t] = S[t] = sum zp[chunk start .. t]      [:, :, 1, t] = R[t] = sum zp[t .. chunk end]
+        [:, :, 2, t] = zp[t]
+    """
     B, L, H = zp.shape
-    acc = zp.to(accumulation_dtype(zp.dtype))
-    acc = torch.where(valid_mask(lengths, L)[..., None], acc, torch.zeros((), dtype=acc.dtype, device=acc.device))
-    return F.pad(torch.cumsum(acc, dim=1), (0, 0, 1, 0))
+    width = max(1, min(dist, L))  # a band wider than L: one chunk
+    chunks = -(-L // width)
+    x = torch.nn.functional.pad(zp.transpose(1, 2), (0, chunks * width - L)).reshape(B, H, chunks, width)
+    S = x.cumsum(-1)
+    R = x.flip(-1).cumsum(-1).flip(-1)  # summed from the chunk's end: each entry sees only its own chunk
+    return torch.stack((S, R, x), dim=2).reshape(B, H, 3, chunks * width)[..., :L]
 
 
-def ecce_prefix(z: torch.Tensor, w: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(zp, P)``: ECCE's per-head projection ``zp = z @ w`` ``(B, L, H)``, 0 beyond ``lengths``,
-    and its exclusive prefix sums ``P (B, L+1, H)``, both in the accumulation dtype."""
+def band_means(prefix: torch.Tensor, lengths: torch.Tensor, dist: int, causal: bool) -> torch.Tensor:
+    """``E (B, H, L, L)`` in ``prefix``'s dtype: ``mean(zp[min(i,j)..max(i,j)])`` for valid pairs
+    with ``|i-j| < dist`` (and ``j <= i`` if ``causal``), else 0.
+
+    Built from broadcast differences of the table (no gather, whose backward is a slow
+    ``index_put``): for ``j <= i``, ``sum zp[j..i] = S[i] + (zp[j] - S[j])`` when ``i`` and ``j``
+    share a chunk, ``S[i] + R[j]`` when ``j`` lies in the chunk before. Pairs further apart are
+    masked with ``torch.where``, so whatever their formula gives (even NaN) reaches nothing.
+    """
+    S, R, zp = prefix.unbind(2)  # (B, H, L) each
+    L = S.shape[-1]
+    idx = torch.arange(L, device=prefix.device)
+    offset = idx[:, None] - idx[None, :]  # i - j
+    chunk = idx // dist
+    same_chunk = chunk[:, None] == chunk[None, :]
+    lower = torch.where(same_chunk, (zp - S)[..., None, :], R[..., None, :]) + S[..., :, None]  # j <= i
+    valid = valid_mask(lengths, L)
+    pairs = valid[:, None, :, None] & valid[:, None, None, :]
+    zero = torch.zeros((), dtype=prefix.dtype, device=prefix.device)
+    below = pairs & ((offset >= 0) & (offset < dist))
+    if causal:
+        sums = torch.where(below, lower, zero)
+    else:
+        above = pairs & ((offset < 0) & (offset > -dist))
+        sums = torch.where(below, lower, torch.where(above, lower.transpose(-1, -2), zero))
+    return sums / (offset.abs() + 1).to(prefix.dtype)
+
+
+def _oom_hint(err: Exception, what: str, shape: tuple) -> Exception:
+    """The out-of-memory error of a materialised ``L x L`` tensor, saying so and what avoids it."""
+    B, H, L = shape
+    gib = B * H * L * L * 4 / 2**30
+    return torch.OutOfMemoryError(
+        f"reference {what}: out of memory materialising a B x H x L x L = {B} x {H} x {L} x {L} bias "
+        f"(~{gib:.1f} GiB per float32 copy). At this length use backend='triton' on a CUDA device, which "
+        f"never materialises it, or shorter conversations. ({err})")
+
+
+def _is_oom(err: RuntimeError) -> bool:
+    # CUDA raises torch.OutOfMemoryError; the CPU allocator a plain RuntimeError
+    return isinstance(err, torch.OutOfMemoryError) or "can't allocate memory" in str(err)
+
+
+def ecce_prefix(z: torch.Tensor, w: torch.Tensor, lengths: torch.Tensor, dist: int):
+    """``(zp, prefix)``: ECCE's per-head projection ``zp = z @ w`` ``(B, L, H)``, 0 beyond
+    ``lengths``, and its band-mean table ``(B, H, 3, L)`` (:func:`prefix_table`), both in the
+    accumulation dtype."""
     acc = accumulation_dtype(z.dtype)
     valid = valid_mask(lengths, z.shape[1])[..., None]
     # padding zeroed before the product: whatever it holds (even NaN) then reaches no gradient of w
     zp = zero_invalid(z.to(acc), valid) @ w.to(acc)
-    return zp, F.pad(torch.cumsum(zp, dim=1), (0, 0, 1, 0))
+    return zp, prefix_table(zp, dist)
 
 
-def ecce_bias(zp: torch.Tensor, lengths: torch.Tensor, dist: int) -> torch.Tensor:
-    """ECCE's global bias ``E (B, H, L, L)`` (DESIGN eq. 6, Algorithm 1 with inclusive windows).
-
-    ``E[b,h,i,j] = mean(zp[b, min(i,j)..max(i,j), h])`` for valid pairs with ``|i-j| < dist``,
-    else 0, computed from prefix sums: ``(P[max+1] - P[min]) / (|i-j| + 1)``.
-    """
+def ecce_bias(zp: torch.Tensor, lengths: torch.Tensor, dist: int, causal: bool = False) -> torch.Tensor:
+    """ECCE's global bias ``E (B, H, L, L)`` (docs/maths.md, eq. 6 / Algorithm 1 with inclusive windows):
+    ``E[b,h,i,j] = mean(zp[b, min(i,j)..max(i,j), h])`` for valid pairs with ``|i-j| < dist``
+    (and ``j <= i`` if ``causal``), else 0."""
     B, L, H = zp.shape
-    P = band_prefix(zp, lengths)  # (B, L+1, H)
-    idx = torch.arange(L, device=zp.device)
-    lo = torch.minimum(idx[:, None], idx[None, :])
-    hi = torch.maximum(idx[:, None], idx[None, :])
-    width = (hi - lo + 1).to(P.dtype)  # (L, L)
-    sums = P[:, (hi + 1).reshape(-1)] - P[:, lo.reshape(-1)]  # (B, L*L, H)
-    E = (sums.reshape(B, L, L, H) / width[None, :, :, None]).permute(0, 3, 1, 2)
-    valid = valid_mask(lengths, L)
-    keep = (valid[:, :, None] & valid[:, None, :]) & ((hi - lo) < dist)[None]
-    E = torch.where(keep[:, None], E, torch.zeros((), dtype=E.dtype, device=E.device))
-    return E.to(zp.dtype)
+    acc = zero_invalid(zp.to(accumulation_dtype(zp.dtype)), valid_mask(lengths, L)[..., None])
+    try:
+        return band_means(prefix_table(acc, dist), lengths, dist, causal).to(zp.dtype)
+    except RuntimeError as err:
+        if _is_oom(err):
+            raise _oom_hint(err, "ecce_bias", (B, H, L)) from err
+        raise
 
 
-def ecce_attention(q, k, v, zp, lengths, dist: int, scale: float) -> torch.Tensor:
-    """ECCE-guided attention: ``softmax(q k^T * scale + E) v`` per head, keys beyond
-    ``lengths`` excluded, rows beyond ``lengths`` (and whole length-0 conversations) 0."""
-    B, H, L, Dh = q.shape
+def ecce_attention(q, k, v, prefix, lengths, dist: int, scale: float, causal: bool) -> torch.Tensor:
+    """ECCE-guided attention: ``softmax(q k^T * scale + E) v`` per head, ``E`` the band means of
+    ``prefix`` (no bias when ``prefix`` is None); keys beyond ``lengths`` (and, if ``causal``,
+    after the query) excluded, rows beyond ``lengths`` (and whole length-0 conversations) 0."""
+    B, H, L, _ = q.shape
+    try:
+        return _attention(q, k, v, prefix, lengths, dist, scale, causal)
+    except RuntimeError as err:
+        if _is_oom(err):
+            raise _oom_hint(err, "ecce_attention", (B, H, L)) from err
+        raise
+
+
+def _attention(q, k, v, prefix, lengths, dist, scale, causal):
+    L = q.shape[2]
     dtype, acc = q.dtype, accumulation_dtype(q.dtype)
     valid = valid_mask(lengths, L)
     rows = valid[:, None, :, None]
     zero = torch.zeros((), dtype=acc, device=q.device)
     # zero the padding first: whatever it holds (even inf) then cannot reach a value or a gradient
     q, k, v = (torch.where(rows, t.to(acc), zero) for t in (q, k, v))
-    E = ecce_bias(zp.to(acc), lengths, dist)
-    S = torch.matmul(q, k.transpose(-1, -2)) * scale + E
+    S = torch.matmul(q, k.transpose(-1, -2)) * scale
+    if prefix is not None:
+        S = S + band_means(prefix.to(acc), lengths, dist, causal)
+    keys = valid[:, None, None, :]
+    if causal:
+        idx = torch.arange(L, device=q.device)
+        keys = keys & (idx[None, :] <= idx[:, None])
     # A finite fill (not -inf): a length-0 row then softmaxes to a harmless uniform row,
     # which the output mask below zeroes, instead of to NaN.
-    S = S.masked_fill(~valid[:, None, None, :], torch.finfo(acc).min)
+    S = S.masked_fill(~keys, torch.finfo(acc).min)
     A = torch.softmax(S, dim=-1)
     return torch.where(rows, torch.matmul(A, v), zero).to(dtype)
 
 
-def routed_mixture(logits, x, y_attn, y_mlp, lengths, pool_size: int) -> torch.Tensor:
-    """Router-weighted mixture of the four token mixers (DESIGN eq. 8-9, Appendix C).
+def routed_mixture(logits, x, y_attn, y_mlp, lengths, pool_size: int, causal: bool = False) -> torch.Tensor:
+    """Router-weighted mixture of the four token mixers (docs/maths.md, eq. 8-9, Appendix C).
 
     ``w = softmax(logits)``; ``out = w0*y_attn + w1*y_mlp + w2*avgpool(x) + w3*maxpool(x)``,
-    pools over ``[i - p//2, i + p//2]`` clipped to the valid positions. Max-pool ties route
-    the gradient to the first (lowest) index of the window, as ``torch.max_pool1d`` does.
+    pools over ``[i - p//2, i + p//2]`` (``[i - p + 1, i]`` if ``causal``) clipped to the
+    valid positions. Max-pool ties route the gradient to the first (lowest) index of the
+    window, as ``torch.max_pool1d`` does.
     """
-    B, L, D = x.shape
     acc = accumulation_dtype(x.dtype)
     if x.numel() == 0:  # torch's pools reject empty inputs; the answer is empty (and differentiable)
         return (x + logits.sum(-1, keepdim=True) * 0 + y_attn * 0 + y_mlp * 0).to(x.dtype)
-    valid = valid_mask(lengths, L)[..., None]  # (B, L, 1)
+    valid = valid_mask(lengths, x.shape[1])[..., None]  # (B, L, 1)
     zero = torch.zeros((), dtype=acc, device=x.device)
     xa = x.to(acc)
-    avg = masked_avg_pool(xa, valid, pool_size)
-    mx = masked_max_pool(xa, valid, pool_size)
+    avg = masked_avg_pool(xa, valid, pool_size, causal)
+    mx = masked_max_pool(xa, valid, pool_size, causal)
 
     w = torch.softmax(torch.where(valid, logits.to(acc), zero), dim=-1)
     # mask every term before mixing: at invalid rows max-pool is -inf, and 0 * -inf is NaN

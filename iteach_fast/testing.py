@@ -32,12 +32,13 @@ class OpSpec:
 
 
 OP_SPECS = {
-    "ecce_prefix": OpSpec({"z": (("B", "L", "D"), 1), "w_fc": (("D", "H"), None)}),
-    "ecce_bias": OpSpec({"zp": (("B", "L", "H"), 1)}, ("dist",)),
+    "ecce_prefix": OpSpec({"z": (("B", "L", "D"), 1), "w_fc": (("D", "H"), None)}, ("dist",)),
+    "ecce_bias": OpSpec({"zp": (("B", "L", "H"), 1)}, ("dist", "causal")),
     "ecce_attention": OpSpec({"q": (("B", "H", "L", "Dh"), 2), "k": (("B", "H", "L", "Dh"), 2),
-                              "v": (("B", "H", "L", "Dh"), 2), "zp": (("B", "L", "H"), 1)}, ("dist",)),
+                              "v": (("B", "H", "L", "Dh"), 2), "zp": (("B", "L", "H"), 1)}, ("dist", "causal")),
     "routed_mixture": OpSpec({"logits": (("B", "L", 4), 1), "x": (("B", "L", "D"), 1),
-                              "y_attn": (("B", "L", "D"), 1), "y_mlp": (("B", "L", "D"), 1)}, ("pool_size",)),
+                              "y_attn": (("B", "L", "D"), 1), "y_mlp": (("B", "L", "D"), 1)},
+                             ("pool_size", "causal")),
 }
 assert set(OP_SPECS) == set(backends.OPS), "every registered op needs its input spec here"
 
@@ -70,10 +71,11 @@ class OpCase:
 def make_inputs(op: str, *, B: int = 3, L: int = 13, H: int = 2, Dh: int = 8, D: int = 16, lengths=None,
                 dtype: torch.dtype = torch.float32, device="cpu", garbage: str | None = "large",
                 requires_grad: bool = False, generator: torch.Generator | None = None, dist: int = 5,
-                pool_size: int = 3) -> OpCase:
+                pool_size: int = 3, causal: bool = False) -> OpCase:
     """Random inputs for ``op``. ``lengths``: a list or tensor, or None for ragged lengths in
     ``[1, L]`` with the first conversation full. ``garbage``: what fills the padding —
-    ``"large"`` (±1e4-scale values), ``"nan"``, or None (zeros: what a collated batch holds)."""
+    ``"large"`` (±1e4-scale values), ``"nan"``, or None (zeros: what a collated batch holds).
+    ``dist``, ``pool_size`` and ``causal`` go to the ops that take them."""
     spec = OP_SPECS[op]
     sizes = {"B": B, "L": L, "H": H, "Dh": Dh, "D": D}
     if lengths is None:
@@ -102,7 +104,7 @@ def make_inputs(op: str, *, B: int = 3, L: int = 13, H: int = 2, Dh: int = 8, D:
             else:
                 raise ValueError(f"garbage must be 'large', 'nan' or None, got {garbage!r}")
         tensors[name] = t.to(dtype).requires_grad_(requires_grad)
-    params = {p: {"dist": dist, "pool_size": pool_size}[p] for p in spec.params}
+    params = {p: {"dist": dist, "pool_size": pool_size, "causal": causal}[p] for p in spec.params}
     return OpCase(op, tensors, lengths, params)
 
 
@@ -111,10 +113,14 @@ def output_masks(case: OpCase, outputs) -> tuple:
     (the rest must be exactly 0), or None where every entry is defined."""
     _B, L = case.lengths.shape[0], _length(case)
     valid = valid_mask(case.lengths, L)
-    if case.op == "ecce_prefix":  # zp: rows; P: every entry (constant past the last valid row)
+    if case.op == "ecce_prefix":  # zp: rows; the table: every entry (S runs on past the last valid row)
         return valid[..., None].expand_as(outputs[0]), None
     if case.op == "ecce_bias":
-        return ((valid[:, None, :, None] & valid[:, None, None, :]).expand_as(outputs[0]),)
+        pairs = valid[:, None, :, None] & valid[:, None, None, :]
+        if case.params.get("causal"):
+            idx = torch.arange(L, device=valid.device)
+            pairs = pairs & (idx[None, :] <= idx[:, None])
+        return (pairs.expand_as(outputs[0]),)
     if case.op == "ecce_attention":
         return (valid[:, None, :, None].expand_as(outputs[0]),)
     return (valid[..., None].expand_as(outputs[0]),)

@@ -1,7 +1,8 @@
 """Every registered implementation (iteach_fast.backends.REGISTRY) against the float64
 reference: every dtype it declares x ragged lengths (0 and 1 included) x garbage in the
-padding, the forward and the gradient of every tensor input. A new backend registered
-there is tested here with no edit.
+padding x causal (where it declares the feature), the forward and the gradient of every
+tensor input; and every backend's prefix table read by every backend's attention. A new
+backend registered there is tested here with no edit.
 
 The tolerances are the registry's (iteach_fast.testing.assert_close); the padding holds
 large values (or NaN), so equal valid outputs also prove that padding is never read.
@@ -9,7 +10,8 @@ large values (or NaN), so equal valid outputs also prove that padding is never r
 import pytest
 import torch
 
-from iteach_fast import backends, testing
+from iteach_fast import backends, ops, testing
+from iteach_fast.padding import valid_mask
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -27,19 +29,20 @@ SHAPES = [
 def _cases():
     for op in backends.OPS:
         for impl in backends.implementations(op):
-            for dtype in impl.dtypes:
-                for name, shape in SHAPES:
-                    if name == "tiles-dist1" and dtype not in (torch.float32, torch.float64):
-                        continue  # the tile logic is dtype-independent; keep the interpreter's time down
-                    yield pytest.param(impl, dtype, shape, id=f"{op}-{impl.backend}-{str(dtype)[6:]}-{name}")
+            for causal in (False, True) if "causal" in impl.features else (False,):
+                for dtype in impl.dtypes:
+                    for name, shape in SHAPES:
+                        if name == "tiles-dist1" and dtype not in (torch.float32, torch.float64):
+                            continue  # the tile logic is dtype-independent; keep the interpreter's time down
+                        shape = dict(shape, causal=True) if causal else shape
+                        yield pytest.param(impl, dtype, shape, id=f"{op}-{impl.backend}-{str(dtype)[6:]}-{name}"
+                                           + ("-causal" if causal else ""))
 
 
 def _runnable(impl, dtype):
-    why = impl.unavailable_reason(DEVICE)
+    why = impl.unavailable_reason(DEVICE) or impl.spec.refuses(torch.device(DEVICE).type, dtype)
     if why is not None:
         pytest.skip(why)
-    if impl.backend == "triton" and DEVICE == "cpu" and dtype == torch.bfloat16:
-        pytest.skip("bfloat16 tl.dot is wrong in the Triton interpreter: tested on a GPU")
 
 
 def _as_tuple(out):
@@ -104,6 +107,45 @@ def test_nan_in_the_padding_changes_nothing(impl):
         torch.autograd.backward(out, [torch.ones_like(o) for o in out])
     for name in clean.tensors:
         assert torch.equal(clean.tensors[name].grad, dirty.tensors[name].grad), name
+
+
+def _pairs():
+    for prefix_impl in backends.implementations("ecce_prefix"):
+        for attn_impl in backends.implementations("ecce_attention"):
+            for causal in (False, True) if "causal" in attn_impl.features else (False,):
+                yield pytest.param(prefix_impl, attn_impl, causal,
+                                   id=f"{prefix_impl.backend}-{attn_impl.backend}" + ("-causal" if causal else ""))
+
+
+@pytest.mark.parametrize("shape", [dict(B=3, L=13, lengths=[13, 6, 0], dist=4), dict(B=2, L=0, lengths=[0, 0])],
+                         ids=["ragged", "L0"])
+@pytest.mark.parametrize("prefix_impl, attn_impl, causal", list(_pairs()))
+def test_prefix_table_of_any_backend_feeds_any_attention(prefix_impl, attn_impl, causal, shape):
+    """ecce_attention(prefix=ecce_prefix(z, w)[1]) == ecce_attention(zp=z @ w), across backends:
+    the table's layout is defined, so every backend reads every other's; gradients reach z and w."""
+    _runnable(prefix_impl, torch.float32)
+    _runnable(attn_impl, torch.float32)
+    dist = shape.get("dist", 5)
+    z_case = testing.make_inputs("ecce_prefix", device=DEVICE, requires_grad=True, **shape)
+    a_case = testing.make_inputs("ecce_attention", device=DEVICE, requires_grad=True, **shape)
+    q, k, v, _ = a_case.tensors.values()
+    z, w = z_case.tensors.values()
+    lengths = z_case.lengths
+    _, prefix = ops.ecce_prefix(z, w, lengths, dist, backend=prefix_impl.backend)
+    out = ops.ecce_attention(q, k, v, None, lengths, dist, causal=causal, backend=attn_impl.backend, prefix=prefix)
+
+    ref = {n: t.detach().cpu().double().requires_grad_() for n, t in dict(q=q, k=k, v=v, z=z, w=w).items()}
+    zp_ref = torch.where(valid_mask(lengths.cpu(), z.shape[1])[..., None], ref["z"], 0.0) @ ref["w"]
+    expected = ops.ecce_attention(ref["q"], ref["k"], ref["v"], zp_ref, lengths.cpu(), dist, causal=causal,
+                                  backend="reference")
+    testing.assert_close(out, expected, op="ecce_attention", backend=attn_impl.backend, dtype=torch.float32)
+    grad = torch.randn(out.shape, dtype=torch.float64)
+    out.backward(grad.to(out))
+    expected.backward(grad)
+    for name, t in dict(q=q, k=k, v=v, z=z, w=w).items():
+        assert t.grad is not None and torch.isfinite(t.grad).all(), f"d{name} is missing or not finite"
+        testing.assert_close(t.grad, ref[name].grad, op="ecce_attention", backend=attn_impl.backend,
+                             dtype=torch.float32, what=f"d{name}")
 
 
 def test_every_op_has_a_reference_and_auto_always_resolves():

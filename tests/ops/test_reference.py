@@ -248,4 +248,4 @@ def test_reference_is_vectorised(op):
         with torch.autograd.profiler.profile() as prof:
             _call(op, _random_inputs(op, 2, L), torch.tensor([L, L // 2]))
         return len(prof.function_events)
-    assert count(200) == count(20)
+    assert count(470) == count(47)  # both span several dist-chunks, the last one partial

@@ -93,7 +93,7 @@ def test_auto_on_cpu_never_picks_the_triton_interpreter():
 
 def test_select_is_decided_once_per_op_backend_device_and_dtype():
     first = backends.select("routed_mixture", "auto", torch.device("cpu"), torch.float32)
-    assert backends._STATE.selected[("routed_mixture", "auto", "cpu", torch.float32)] is first
+    assert backends._STATE.selected[("routed_mixture", "auto", "cpu", torch.float32, False)] is first
     assert backends.select("routed_mixture", "auto", torch.device("cpu"), torch.float32) is first
 
 
