@@ -106,6 +106,7 @@ setup(
                 "(incomplete multimodal emotion recognition in conversation)",
     packages=["iteach_fast", "iteach_fast.kernels"],
     package_dir={"iteach_fast": "iteach_fast", "iteach_fast.kernels": "kernels"},
+    package_data={"iteach_fast": ["paper_results.json"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
     python_requires=">=3.10",

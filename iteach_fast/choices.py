@@ -16,6 +16,8 @@ DatasetName = Literal["synthetic", "iemocap4", "iemocap6", "cmumosi", "cmumosei"
 SelectOn = Literal["valid", "test"]  # the split that model selection reads
 Precision = Literal["fp32", "bf16", "fp16"]  # fp16 / bf16: autocast on a GPU
 Backend = Literal["auto", "reference", "triton", "cpp"]
+EvalModel = Literal["student", "teacher"]  # which model an evaluation reads (teacher: complete data)
+Experiment = Literal["table1", "table2", "table3", "table4", "table5", "fig6", "fig78", "fig9"]  # reproduce
 
 MODALITIES: tuple[str, ...] = get_args(Modality)
 FRAMEWORKS: tuple[str, ...] = get_args(Framework)
@@ -26,6 +28,8 @@ DATASETS: tuple[str, ...] = get_args(DatasetName)
 SELECT_ON: tuple[str, ...] = get_args(SelectOn)
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 BACKENDS: tuple[str, ...] = get_args(Backend)
+EVAL_MODELS: tuple[str, ...] = get_args(EvalModel)
+EXPERIMENTS: tuple[str, ...] = get_args(Experiment)
 
 
 def check_choice(name: str, value, allowed: tuple) -> str:

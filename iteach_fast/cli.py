@@ -1,4 +1,5 @@
-"""``iteach-fast`` (also ``python -m iteach_fast``): train, evaluate, ime, demo, bench, info.
+"""``iteach-fast`` (also ``python -m iteach_fast``): train, evaluate, ime, demo, reproduce,
+export-synthetic, check-data, bench, info.
 
 Every field of :class:`iteach_fast.config.TrainConfig` is a flag (``--batch-size 16``,
 ``--syn-dims 64,32,48``); ``--config FILE`` (YAML/JSON) sets defaults that flags override.
@@ -20,13 +21,19 @@ import torch
 from . import __version__
 from .backends import available_backends
 from .checkpoint import atomic_write, load_checkpoint
-from .choices import BACKENDS, PRECISIONS
+from .choices import BACKENDS, EVAL_MODELS, EXPERIMENTS, PRECISIONS
 from .config import MODEL_KEYS, TRAIN_KEYS, ModelConfig, TrainConfig, coerce, load_mapping
+from .data import GCNET_DATASETS
+from .datacheck import LAYOUTS, check_data, export_synthetic
 from .evaluate import data_gaps, load_for_eval
 from .masking import EVAL_RATES
 from .protocols import DEMO_DEFAULTS, demo, ime, ume
+from .reproduce import DEFAULT_SEEDS, QUICK, VARIED, reproduce
 from .runtime import resolve_device
 from .train import train
+
+#: the synthetic set's fields that export-synthetic takes, named as for train
+EXPORT_KEYS = ("syn_conversations", "syn_min_len", "syn_max_len", "syn_dims", "seed")
 
 
 def _list_of(kind):
@@ -114,9 +121,9 @@ def cmd_evaluate(args) -> int:
     args.checkpoint = args.checkpoint or args.checkpoint_pos
     if not args.checkpoint:
         raise ValueError("the argument --checkpoint (or CHECKPOINT) is required: a best.pt or last.pt from `train`")
-    res = ume(args.checkpoint, out_dir=args.out, rates=_flat(args.rates), split=args.split, seed=args.seed,
-              batch_size=args.batch_size, device=args.device, backend=args.backend, dtype=args.dtype,
-              plots=not args.no_plots)
+    res = ume(args.checkpoint, out_dir=args.out, rates=_flat(args.rates) if args.rates else None, split=args.split,
+              seed=args.seed, batch_size=args.batch_size, device=args.device, backend=args.backend, dtype=args.dtype,
+              plots=not args.no_plots, model=args.model)
     written = [f"{k} {v}" for k, v in res["paths"].items() if v]
     if args.gaps:
         net, _, splits, _ = load_for_eval(args.checkpoint, device=args.device, backend=args.backend)
@@ -139,6 +146,40 @@ def cmd_ime(args) -> int:
 def cmd_demo(args) -> int:
     demo(config_from_args(args, DEMO_DEFAULTS), log=lambda *a: print(*a, flush=True))
     return 0
+
+
+def cmd_reproduce(args) -> int:
+    if getattr(args, "seed", None) is not None or getattr(args, "fold", None) is not None:
+        raise ValueError("reproduce runs several seeds and folds: use --seeds and --folds (not --seed / --fold)")
+    varied = sorted(k for k in VARIED if hasattr(args, k))
+    if varied:
+        print(f"note: reproduce sets {', '.join('--' + k.replace('_', '-') for k in varied)} per run (each "
+              "table's rows); the values given are ignored", file=sys.stderr)
+    defaults = {**(QUICK if args.quick else {}), "out_dir": os.path.join("runs", "reproduce")}
+    cfg = config_from_args(args, defaults)
+    command = "iteach-fast " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["reproduce"] else None
+    res = reproduce(args.what, cfg, seeds=args.seeds, folds=args.folds, jobs=args.jobs, devices=args.devices,
+                    command=command, log=lambda *a: print(*a, flush=True))
+    return 1 if res["failures"] else 0
+
+
+def cmd_export_synthetic(args) -> int:
+    given = {k: getattr(args, k) for k in EXPORT_KEYS if getattr(args, k) is not None}
+    res = export_synthetic(args.out, args.dataset, TrainConfig().replace(**given), layout=args.layout,
+                           overwrite=args.overwrite)
+    print(f"wrote {res['dialogues']} dialogues / {res['utterances']} utterances for {args.dataset} in GCNet's layout "
+          f"under {args.out}: {res['label_file']}; features in {', '.join(res['feature_roots'].values())}; "
+          f"dialogues per {'session' if args.dataset.startswith('iemocap') else 'split'}: "
+          + ", ".join(f"{k} {v}" for k, v in res["splits"].items()))
+    print(f"train on it: iteach-fast train --dataset {args.dataset} --data-root {args.out}")
+    return 0
+
+
+def cmd_check_data(args) -> int:
+    roots = {m: getattr(args, f"{m}_root") for m in ("text", "audio", "visual") if getattr(args, f"{m}_root")}
+    report = check_data(args.dataset, args.data_root, label_file=args.label_file, feature_roots=roots)
+    print(report.text(max_listed=args.max_listed))
+    return 0 if report.ok else 1
 
 
 def _repo_root() -> str:
@@ -230,7 +271,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("checkpoint_pos", nargs="?", metavar="CHECKPOINT", help="the same as --checkpoint")
     e.add_argument("--checkpoint", help="best.pt or last.pt from `train` (required, or as CHECKPOINT)")
     e.add_argument("--out", help="output folder (default: the checkpoint's folder)")
-    e.add_argument("--rates", **rates)
+    e.add_argument("--rates", **{**rates, "default": None,
+                                 "help": "missing rates, comma- or space-separated (default: 0.0,0.1,...,0.7; "
+                                         "the teacher: 0.0 only)"})
+    e.add_argument("--model", choices=EVAL_MODELS, default="student",
+                   help="student (default): at each missing rate; teacher: on complete data, as the paper's "
+                        "Table 1 (writes teacher.json / teacher.csv)")
     e.add_argument("--split", choices=("test", "valid"), default="test")
     e.add_argument("--seed", type=int, default=0, help="seed of the test masks (default 0)")
     e.add_argument("--batch-size", type=int, default=None)
@@ -258,6 +304,59 @@ def build_parser() -> argparse.ArgumentParser:
                                    "baseline for comparison.")
     _add_config_flags(d, DEMO_DEFAULTS)
     d.set_defaults(func=cmd_demo)
+
+    r = sub.add_parser("reproduce", help="the paper's tables and figures: every run, aggregated over folds x seeds",
+                       description="Train every run that the paper's Tables 1-5 and Figures 6, 7/8, 9 need (IEMOCAP: "
+                                   "each fold; each seed), evaluate them, and write results.csv, one Markdown table "
+                                   "per table (mean ± std over folds x seeds, the paper's number and the difference "
+                                   "beside ours on the paper's datasets), PNGs and report.md under --out-dir "
+                                   "(default runs/reproduce). Finished runs are cached under a hash of their config: "
+                                   "re-running resumes. Training flags set the base config; each table sets "
+                                   "framework, mixers, ecce, strategy and rate per row.")
+    r.add_argument("what", nargs="+", choices=EXPERIMENTS + ("all",), metavar="WHAT",
+                   help=f"one or more of {', '.join(EXPERIMENTS)}, or all")
+    r.add_argument("--quick", action="store_true",
+                   help="the small synthetic set and model, 10 epochs (" + ", ".join(
+                       f"{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in QUICK.items())
+                   + "); flags still override")
+    r.add_argument("--seeds", type=_list_of(int), default=None, metavar="S,S,..",
+                   help=f"seeds of the runs (default {','.join(map(str, DEFAULT_SEEDS))}: the paper's three runs)")
+    r.add_argument("--folds", type=_list_of(int), default=None, metavar="K,K,..",
+                   help="IEMOCAP's held-out sessions (default 1,2,3,4,5); other datasets have one split")
+    r.add_argument("--jobs", type=int, default=1, help="runs trained at once, as processes (default 1)")
+    r.add_argument("--devices", type=_list_of(int), default=None, metavar="I,I,..",
+                   help="CUDA devices to spread the runs over (e.g. 0,1)")
+    _add_config_flags(r, {"out_dir": os.path.join("runs", "reproduce")})
+    r.set_defaults(func=cmd_reproduce)
+
+    x = sub.add_parser("export-synthetic", help="write the synthetic conversations in GCNet's file layout",
+                       description="Write the synthetic conversations as GCNet's label pickle and per-modality "
+                                   "<utterance-id>.npy folders (IEMOCAP: five sessions Ses01..Ses05; CMU-MOSI / "
+                                   "MOSEI: train / valid / test ids), so that `train --dataset D --data-root DIR` "
+                                   "runs on them.")
+    x.add_argument("out", metavar="DIR", help="the folder to write (must be empty, or pass --overwrite)")
+    x.add_argument("--layout", choices=LAYOUTS, default="gcnet", help="the file layout (default gcnet)")
+    x.add_argument("--dataset", choices=tuple(GCNET_DATASETS), default="iemocap4",
+                   help="the dataset whose layout and classes to write (default iemocap4)")
+    x.add_argument("--overwrite", action="store_true", help="replace a non-empty DIR")
+    hints = typing.get_type_hints(TrainConfig)
+    for key in EXPORT_KEYS:
+        flag = "--" + key.replace("_", "-")
+        x.add_argument(flag, dest=key, default=None, type=_flag_type(flag, hints[key]),
+                       help=f"as for train (default {TrainConfig().flat_dict()[key]})")
+    x.set_defaults(func=cmd_export_synthetic)
+
+    c = sub.add_parser("check-data", help="check a GCNet-layout data folder before a long run",
+                       description="Check a data folder file by file: missing or extra files (named), feature dims "
+                                   "per modality, NaN / inf, empty conversations, labels, IEMOCAP's sessions, class "
+                                   "balance per split; prints a summary and exits 1 on a problem.")
+    c.add_argument("--dataset", choices=tuple(GCNET_DATASETS), required=True)
+    c.add_argument("--data-root", required=True, help="the folder holding the label pickle and the features")
+    c.add_argument("--label-file", help="the label pickle (default: found under --data-root)")
+    for m in ("text", "audio", "visual"):
+        c.add_argument(f"--{m}-root", help=f"the {m} feature folder (default: found under --data-root)")
+    c.add_argument("--max-listed", type=int, default=20, help="problems / warnings listed in full (default 20)")
+    c.set_defaults(func=cmd_check_data)
 
     b = sub.add_parser("bench", help="kernel benchmarks (runs bench/run.py with the remaining arguments)",
                        description="Run the benchmark suite <repo>/bench/run.py (it ships with the source checkout); "

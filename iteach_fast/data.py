@@ -359,6 +359,13 @@ def _load_pickle(path: str, expected: int, layout: str):
     return obj
 
 
+# the loader's steps, public so that a folder can be checked file by file (iteach_fast.datacheck)
+find_label_file = _find_label_file
+find_feature_root = _find_feature_root
+load_label_pickle = _load_pickle
+utterance_feature = _utterance_feature
+
+
 def load_gcnet(name: str, data_root: str, fold: int = 1, seed: int = 0, select_on: str = "valid",
                valid_fraction: float = 0.1, label_file: str | None = None,
                feature_roots: dict | None = None) -> DataSplits:

@@ -2,9 +2,13 @@
 fixed-seed masks, the metrics per missing rate, and the data's gaps.
 
 * :func:`load_for_eval` — ``(net, cfg, splits, ckpt)`` from a checkpoint.
-* :func:`predict` — the student's predictions on a split with given masks (or complete data).
+* :func:`predict` — the student's predictions on a split with given masks (or complete
+  data), or the teacher's on complete data (``model="teacher"``, as the paper's Table 1).
 * :func:`evaluate_rates` — the student on a split at several missing rates, each with a
-  fixed-seed mask (:func:`iteach_fast.masking.fixed_masks`): every model sees the same masks.
+  fixed-seed mask (:func:`iteach_fast.masking.fixed_masks`): every model sees the same masks;
+  or the teacher on complete data (rate 0.0 only).
+* :func:`hidden_features` — the teacher's ``H_1`` on complete data and the student's
+  ``H'_1`` on masked data per valid utterance (the distance of Fig. 6, the t-SNE of Fig. 9).
 * :func:`data_gaps` — how much context and each modality are worth on a dataset.
 
 The protocols built from these (UME, IME, the demo) live in :mod:`iteach_fast.protocols`.
@@ -19,14 +23,16 @@ from sklearn.preprocessing import StandardScaler
 from torch.utils.data import DataLoader
 
 from .checkpoint import load_checkpoint
+from .choices import EVAL_MODELS, MODALITIES, check_choice
 from .config import TrainConfig
 from .data import collate, splits_for
 from .masking import EVAL_RATES, apply_mask, fixed_masks, missing_rate, present_for_batch
 from .metrics import compute_metrics
 from .model import ITEACHNet
+from .padding import valid_mask
 from .runtime import autocast, resolve_device
 
-__all__ = ["load_for_eval", "predict", "evaluate_rates", "data_gaps"]
+__all__ = ["load_for_eval", "predict", "evaluate_rates", "hidden_features", "data_gaps", "EVAL_MODELS"]
 
 
 def load_for_eval(path: str, device: str = "auto", backend: str | None = None):
@@ -42,26 +48,44 @@ def load_for_eval(path: str, device: str = "auto", backend: str | None = None):
     return net, cfg, splits, ckpt
 
 
+def _batches(dataset, masks: dict | None, batch_size: int):
+    """``(batch, present, incomplete, valid)`` per batch of ``dataset`` in order, ``present``
+    from the fixed ``masks`` (None: complete data, every valid cell present)."""
+    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate):
+        B, L = batch["labels"].shape
+        valid = valid_mask(batch["lengths"], L)
+        present = present_for_batch(batch, masks) if masks is not None else valid[..., None].expand(B, L, 3).clone()
+        yield batch, present, apply_mask(batch, present), valid
+
+
+def _check_model(model: str, masks: dict | None) -> None:
+    check_choice("model", model, EVAL_MODELS)
+    if model == "teacher" and masks is not None:
+        raise ValueError("model='teacher' is evaluated on complete data only (masks=None): the teacher is "
+                         "trained on complete conversations, as the paper's Table 1 evaluates it")
+
+
 @torch.no_grad()
-def predict(net, dataset, masks: dict | None, batch_size: int = 32, device="cpu", dtype: str = "fp32"):
-    """The student's predictions on ``dataset`` with ``masks`` (None = complete data).
+def predict(net, dataset, masks: dict | None, batch_size: int = 32, device="cpu", dtype: str = "fp32",
+            model: str = "student"):
+    """The student's predictions on ``dataset`` with ``masks`` (None = complete data), or, with
+    ``model="teacher"``, the teacher's on complete data (``masks`` must be None).
 
     Returns ``(y_true, y_pred, realised_rate)`` over valid utterances: ``y_pred`` class ids,
     or raw scores for a regressor.
     """
+    _check_model(model, masks)
     device = torch.device(device)
     was_training = net.training
     net.eval()
     ys, ps, cells, lost = [], [], 0, 0
-    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate):
-        B, L = batch["labels"].shape
-        present = present_for_batch(batch, masks) if masks is not None else (
-            torch.arange(L)[None, :, None] < batch["lengths"][:, None, None]).expand(B, L, 3).clone()
-        inc = apply_mask(batch, present)
-        valid = torch.arange(L)[None] < batch["lengths"][:, None]
+    for batch, present, inc, valid in _batches(dataset, masks, batch_size):
+        lengths = batch["lengths"].to(device)
         with autocast(device, dtype):
-            out = net.predict(tuple(inc[m].to(device) for m in ("text", "audio", "visual")),
-                              batch["lengths"].to(device), present.to(device))
+            if model == "teacher":
+                out = net.teacher(*(batch[m].to(device) for m in MODALITIES), lengths, None).logits
+            else:
+                out = net.predict(tuple(inc[m].to(device) for m in MODALITIES), lengths, present.to(device))
         out = out.float().cpu()
         pred = out if net.regression else out.argmax(-1)
         ys.append(batch["labels"][valid].numpy())
@@ -75,14 +99,46 @@ def predict(net, dataset, masks: dict | None, batch_size: int = 32, device="cpu"
     return np.concatenate(ys), np.concatenate(ps), lost / max(cells, 1)
 
 
+@torch.no_grad()
+def hidden_features(net, dataset, masks: dict | None, batch_size: int = 32, device="cpu",
+                    dtype: str = "fp32") -> dict:
+    """``{"teacher": (N, D), "student": (N, D), "labels": (N,)}`` over the valid utterances of
+    ``dataset`` in order: the teacher's last hidden feature ``H_1`` on complete data and the
+    student's ``H'_1`` with ``masks`` (None = complete data), float32 numpy arrays."""
+    device = torch.device(device)
+    was_training = net.training
+    net.eval()
+    out = {"teacher": [], "student": [], "labels": []}
+    for batch, present, inc, valid in _batches(dataset, masks, batch_size):
+        lengths = batch["lengths"].to(device)
+        with autocast(device, dtype):
+            h_t = net.teacher(*(batch[m].to(device) for m in MODALITIES), lengths, None).hidden[0]
+            h_s = net.student(*(inc[m].to(device) for m in MODALITIES), lengths, present.to(device)).hidden[0]
+        out["teacher"].append(h_t.float().cpu()[valid].numpy())
+        out["student"].append(h_s.float().cpu()[valid].numpy())
+        out["labels"].append(batch["labels"][valid].numpy())
+    net.train(was_training)
+    if not out["labels"]:
+        D = net.student.dim
+        return {"teacher": np.zeros((0, D), np.float32), "student": np.zeros((0, D), np.float32),
+                "labels": np.zeros(0)}
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
 def evaluate_rates(net, dataset, rates=EVAL_RATES, seed: int = 0, batch_size: int = 32, device="cpu",
-                   dtype: str = "fp32", keep_predictions: bool = False) -> list[dict]:
-    """One row per rate: ``{"rate", "realised_rate", "waf", "acc", ["mae"], "n"}``."""
+                   dtype: str = "fp32", keep_predictions: bool = False, model: str = "student") -> list[dict]:
+    """One row per rate: ``{"rate", "realised_rate", "waf", "acc", ["mae"], "n"}``.
+
+    ``model="teacher"``: the teacher on complete data, so ``rates`` must be ``(0.0,)``."""
+    check_choice("model", model, EVAL_MODELS)
+    if model == "teacher" and any(float(r) != 0.0 for r in rates):
+        raise ValueError(f"rates {list(rates)}: the teacher is evaluated on complete data only (rate 0.0), "
+                         "as the paper's Table 1 does; evaluate the student at missing rates")
     task = "regression" if net.regression else "classification"
     rows = []
     for rate in rates:
-        masks = fixed_masks(dataset, rate, seed)
-        y, p, realised = predict(net, dataset, masks, batch_size, device, dtype)
+        masks = None if model == "teacher" else fixed_masks(dataset, rate, seed)
+        y, p, realised = predict(net, dataset, masks, batch_size, device, dtype, model=model)
         row = {"rate": float(rate), "realised_rate": round(realised, 4), **compute_metrics(y, p, task), "n": len(y)}
         if keep_predictions:
             row["_y"], row["_p"] = y, p

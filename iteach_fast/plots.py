@@ -5,6 +5,9 @@
 * :func:`confusion_grid` — one row-normalised confusion matrix per missing rate.
 * :func:`ecce_heatmap` — the global context-changing bias ``E`` of the student's text ECCE
   on one conversation (paper Fig. 5): one panel per head plus their mean.
+* :func:`curves_with_bands` — mean ± std curves against the missing rate (the reproduction's
+  WAF plots of Tables 2, 4, 5 and Fig. 7/8, and Fig. 6's distance ``|H'_1 - H_1|``).
+* :func:`embedding_grid` — 2-D embeddings, one panel each, one colour per class (Fig. 9's t-SNE).
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-__all__ = ["waf_vs_rate", "confusion_grid", "ecce_heatmap"]
+__all__ = ["waf_vs_rate", "confusion_grid", "ecce_heatmap", "curves_with_bands", "embedding_grid"]
 
 
 def _save(fig, path: str) -> str:
@@ -110,4 +113,49 @@ def ecce_heatmap(net, dataset, path: str, index: int | None = None, device="cpu"
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     fig.suptitle(f"ECCE global bias E (student, text) on {conv['id']}; lines: emotion changes", fontsize=10)
+    return _save(fig, path)
+
+
+def curves_with_bands(series: dict, path: str, title: str, ylabel: str = "WAF (%)",
+                      xlabel: str = "test missing rate") -> str:
+    """``series``: ``{label: (x, mean, std)}`` -> one line per label with a shaded ``mean ± std``
+    band (no band where std is 0, e.g. a single run)."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for label, (x, mean, std) in series.items():
+        x, mean, std = (np.asarray(v, dtype=float) for v in (x, mean, std))
+        line, = ax.plot(x, mean, marker="o", ms=3, label=label)
+        if np.any(std > 0):
+            ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.18, lw=0)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def embedding_grid(panels: dict, class_names, path: str, title: str = "") -> str:
+    """``panels``: ``{title: (xy (N, 2), labels (N,) ints)}`` -> a grid of scatter plots, class
+    ``k`` in the same colour everywhere, named by ``class_names[k]``."""
+    n = len(panels)
+    cols = min(3, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.2 * rows), squeeze=False)
+    colours = plt.get_cmap("tab10")
+    for ax, (name, (xy, labels)) in zip(axes.flat, panels.items()):
+        xy, labels = np.asarray(xy), np.asarray(labels)
+        for k, cname in enumerate(class_names):
+            pick = labels == k
+            if pick.any():
+                ax.scatter(xy[pick, 0], xy[pick, 1], s=4, color=colours(k % 10), label=cname, alpha=0.7)
+        ax.set_title(name, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    handles, names = axes.flat[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, names, loc="lower center", ncol=len(names), fontsize=8, markerscale=3)
+    if title:
+        fig.suptitle(title, fontsize=10)
     return _save(fig, path)

@@ -2,7 +2,8 @@
 writes its results:
 
 * :func:`ume` — Unified Model Evaluation: one checkpoint, rates 0.0..0.7, a table with their
-  average, written as JSON and CSV (+ plots).
+  average, written as JSON and CSV (+ plots); ``model="teacher"``: the teacher on complete
+  data (the paper's Table 1), written as ``teacher.json`` / ``teacher.csv``.
 * :func:`ime` — Independent Model Evaluation: one model trained per rate (fixed strategy),
   each tested at its own rate.
 * :func:`demo` — the short synthetic run behind ``make demo``: train, then UME, and one plot
@@ -17,6 +18,7 @@ import time
 from sklearn.metrics import confusion_matrix
 
 from . import plots as plotting
+from .choices import EVAL_MODELS, check_choice
 from .config import TrainConfig
 from .evaluate import evaluate_rates, load_for_eval
 from .masking import EVAL_RATES
@@ -24,7 +26,7 @@ from .metrics import average_row, format_table, public_rows, write_rows
 from .runtime import check_precision, resolve_device
 from .train import train
 
-__all__ = ["ume", "ime", "demo", "DEMO_DEFAULTS"]
+__all__ = ["ume", "ime", "ime_config", "demo", "DEMO_DEFAULTS"]
 
 #: the demo's short schedule: small synthetic conversations and a small model, so that it ends
 #: in a few minutes on 2 CPU cores; the framework's own mixers (its: TF teacher, NAS student)
@@ -33,29 +35,43 @@ DEMO_DEFAULTS = dict(syn_conversations=120, syn_max_len=60, dim=32, heads=4, max
                      select_rates=(0.0, 0.3, 0.5, 0.7), out_dir=os.path.join("runs", "demo"))
 
 
-def ume(checkpoint: str, out_dir: str | None = None, rates=EVAL_RATES, split: str = "test", seed: int = 0,
+def ume(checkpoint: str, out_dir: str | None = None, rates=None, split: str = "test", seed: int = 0,
         batch_size: int | None = None, device: str = "auto", backend: str | None = None, dtype: str | None = None,
-        plots: bool = True, log=print) -> dict:
+        plots: bool = True, log=print, model: str = "student") -> dict:
     """Unified Model Evaluation of one checkpoint; writes ``ume.json`` / ``ume.csv`` (and
-    ``plots/``) under ``out_dir`` (default: the checkpoint's folder). Returns the result dict."""
+    ``plots/``) under ``out_dir`` (default: the checkpoint's folder); ``rates`` default to
+    UME's 0.0..0.7. Returns the result dict.
+
+    ``model="teacher"``: the teacher on complete data (``rates`` default to, and must be,
+    ``(0.0,)``), written as ``teacher.json`` / ``teacher.csv``; the plots are the student's,
+    so none are drawn."""
+    check_choice("model", model, EVAL_MODELS)
+    if rates is None:
+        rates = (0.0,) if model == "teacher" else EVAL_RATES
+    plots = plots and model == "student"
     net, cfg, splits, _ = load_for_eval(checkpoint, device=device, backend=backend)
     dev = resolve_device(device)
     dtype = check_precision(dtype or cfg.dtype, dev)
     dataset = getattr(splits, split)
     out_dir = out_dir or os.path.dirname(os.path.abspath(checkpoint))
     rows = evaluate_rates(net, dataset, rates, seed, batch_size or cfg.batch_size, dev, dtype,
-                          keep_predictions=plots)
-    label = f"{cfg.model.framework.upper()} (student {net.student.mixer.upper()}, {cfg.strategy})"
-    title = f"UME on {dataset.name} [{split}], {label}, masks seed {seed}"
+                          keep_predictions=plots, model=model)
+    if model == "teacher":
+        label = f"{cfg.model.framework.upper()} (teacher {net.teacher.mixer.upper()}, ecce {cfg.model.ecce})"
+        title = f"teacher on complete data, {dataset.name} [{split}], {label}"
+    else:
+        label = f"{cfg.model.framework.upper()} (student {net.student.mixer.upper()}, {cfg.strategy})"
+        title = f"UME on {dataset.name} [{split}], {label}, masks seed {seed}"
     table = format_table(rows, title)
     log(table)
     for note in splits.notes:
         log(f"note: {note}")
     meta = {"checkpoint": os.path.basename(checkpoint), "dataset": dataset.name, "split": split, "mask_seed": seed,
             "task": dataset.task, "framework": cfg.model.framework, "student_mixer": net.student.mixer,
-            "strategy": cfg.strategy, "label": label, "notes": list(splits.notes),
+            "strategy": cfg.strategy, "label": label, "notes": list(splits.notes), "model": model,
             "metrics": "percent; WAF = f1_score(average='weighted'); regression: binary, label 0 excluded; MAE raw"}
-    paths = {"json": os.path.join(out_dir, "ume.json"), "csv": os.path.join(out_dir, "ume.csv")}
+    stem = "teacher" if model == "teacher" else "ume"
+    paths = {"json": os.path.join(out_dir, f"{stem}.json"), "csv": os.path.join(out_dir, f"{stem}.csv")}
     write_rows(rows, paths["json"], paths["csv"], meta)
     if plots:
         pdir = os.path.join(out_dir, "plots")
@@ -70,6 +86,11 @@ def ume(checkpoint: str, out_dir: str | None = None, rates=EVAL_RATES, split: st
     return {"rows": rows, "average": average_row(rows), "table": table, "paths": paths, "meta": meta}
 
 
+def ime_config(cfg: TrainConfig, rate: float) -> TrainConfig:
+    """IME's run at ``rate``: ``cfg`` trained with the fixed strategy at that rate and selected there."""
+    return cfg.replace(strategy="fixed", rate=float(rate), select_rates=(float(rate),))
+
+
 def ime(cfg: TrainConfig, rates=EVAL_RATES, out_dir: str | None = None, log=print) -> dict:
     """Independent Model Evaluation: train one model per rate with the fixed strategy (model
     selection at that rate), test each at its own rate; writes ``ime.json`` / ``ime.csv``."""
@@ -78,8 +99,7 @@ def ime(cfg: TrainConfig, rates=EVAL_RATES, out_dir: str | None = None, log=prin
     precision = check_precision(cfg.dtype, dev)
     rows = []
     for rate in rates:
-        sub = cfg.replace(strategy="fixed", rate=float(rate), select_rates=(float(rate),),
-                          out_dir=os.path.join(out_dir, f"rate_{rate:.1f}"))
+        sub = ime_config(cfg, rate).replace(out_dir=os.path.join(out_dir, f"rate_{rate:.1f}"))
         log(f"== IME: training at missing rate {rate:.1f} -> {sub.out_dir}")
         summary = train(sub, log=log)
         net, _, splits, _ = load_for_eval(summary["best"], device=cfg.device, backend=cfg.model.backend)

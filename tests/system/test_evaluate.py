@@ -1,6 +1,6 @@
 """Tests of evaluation (iteach_fast.evaluate) and the figures (iteach_fast.plots): metric
 parity with a hand computation, the UME / IME outputs (JSON, CSV, table, average row),
-the PNGs, and the data-gap report."""
+the PNGs, the data-gap report, and the teacher on complete data (Table 1)."""
 import csv
 import json
 import os
@@ -10,11 +10,13 @@ import pytest
 import torch
 
 from iteach_fast import evaluate as ev
-from iteach_fast import metrics, plots, protocols
+from iteach_fast import masking, metrics, plots, protocols
 from iteach_fast import train as training
 from iteach_fast.checkpoint import load_checkpoint
 from iteach_fast.config import TrainConfig
+from iteach_fast.data import SyntheticSpec, make_synthetic
 from iteach_fast.masking import EVAL_RATES
+from iteach_fast.model import ITEACHNet
 
 TINY = dict(syn_conversations=8, syn_min_len=3, syn_max_len=8, syn_dims=(6, 4, 5), dim=8, heads=2, max_len=8,
             dist=4, conv_kernel=3, teacher_layers=1, student_layers=1, epochs=1, batch_size=4,
@@ -153,3 +155,57 @@ def test_plots_are_pngs(tmp_path, checkpoint):
     E = plots.ecce_bias_of(net, splits.test[0])
     n = len(splits.test[0]["labels"])
     assert E.shape == (TINY["heads"], n, n) and torch.isfinite(E).all()
+
+
+# ----------------------------------------------------------------------------- the teacher (Table 1)
+
+def test_teacher_is_evaluated_on_complete_data(checkpoint, tmp_path):
+    net, _, splits, _ = ev.load_for_eval(checkpoint, device="cpu")
+    test = splits.test
+    (row,) = ev.evaluate_rates(net, test, (0.0,), model="teacher")
+    # by hand: the teacher's logits on the complete, padded conversations
+    ys, ps = [], []
+    with torch.no_grad():
+        for conv in test:
+            x = [torch.as_tensor(conv[m])[None] for m in ("text", "audio", "visual")]
+            logits = net.teacher(*x, torch.tensor([len(conv["labels"])])).logits[0]
+            ys.append(conv["labels"])
+            ps.append(logits.argmax(-1).numpy())
+    want = metrics.compute_metrics(np.concatenate(ys), np.concatenate(ps))
+    assert row["waf"] == pytest.approx(want["waf"]) and row["acc"] == pytest.approx(want["acc"])
+    assert row["realised_rate"] == 0.0 and row["n"] == sum(len(c["labels"]) for c in test)
+    with pytest.raises(ValueError, match=r"rates \[0.0, 0.5\].*complete data"):
+        ev.evaluate_rates(net, test, (0.0, 0.5), model="teacher")
+    with pytest.raises(ValueError, match="complete data only"):
+        ev.predict(net, test, {}, model="teacher")
+    with pytest.raises(ValueError, match="model must be one of student, teacher"):
+        ev.evaluate_rates(net, test, (0.0,), model="both")
+    # the protocol and the command line
+    res = protocols.ume(checkpoint, out_dir=str(tmp_path), device="cpu", model="teacher", log=quiet)
+    assert [r["rate"] for r in res["rows"]] == [0.0] and res["rows"][0]["waf"] == pytest.approx(row["waf"])
+    with open(tmp_path / "teacher.json") as f:
+        assert json.load(f)["model"] == "teacher"
+    assert not os.path.exists(tmp_path / "ume.json")
+
+
+def test_teacher_of_pre_is_the_student_on_complete_data():
+    net = ITEACHNet((6, 4, 5), 4, framework="pre", dim=8, heads=2, max_len=8, dist=4, conv_kernel=3).eval()
+    splits = make_synthetic(SyntheticSpec(num_conversations=8, min_len=3, max_len=8, dims=(6, 4, 5)))
+    teacher = ev.evaluate_rates(net, splits.test, (0.0,), model="teacher")
+    student = ev.evaluate_rates(net, splits.test, (0.0,))
+    assert teacher == student
+    h = ev.hidden_features(net, splits.test, None)
+    n = splits.test.num_utterances()
+    assert h["teacher"].shape == (n, 8) and h["labels"].shape == (n,)
+    np.testing.assert_array_equal(h["teacher"], h["student"])  # one model, the same complete input
+
+
+def test_hidden_features_follow_the_masks(checkpoint):
+    net, _, splits, _ = ev.load_for_eval(checkpoint, device="cpu")
+    test = splits.test
+    full = ev.hidden_features(net, test, None)
+    masked = ev.hidden_features(net, test, masking.fixed_masks(test, 0.7, 0))
+    np.testing.assert_array_equal(full["teacher"], masked["teacher"])  # the teacher always sees complete data
+    assert np.abs(full["student"] - masked["student"]).mean() > 0
+    y, _, _ = ev.predict(net, test, None)
+    np.testing.assert_array_equal(full["labels"], y)
