@@ -157,11 +157,10 @@ class Implementation:
 
     def runs_on(self, device_type: str, auto: bool = False) -> bool:
         """Whether it runs on ``device_type`` (and, with ``auto``, whether "auto" may pick it there)."""
-        devices = self.spec.devices()
+        devices, auto_devices = _STATE.devices[self.backend]
         if devices is not None and device_type not in devices:
             return False
-        auto_devices = self.spec.auto_devices() if auto else None
-        return auto_devices is None or device_type in auto_devices
+        return not auto or auto_devices is None or device_type in auto_devices
 
     def unavailable_reason(self, device: torch.device | str | None = None) -> str | None:
         """None if this implementation can run on ``device`` (or anywhere, if None), else why not."""
@@ -228,7 +227,8 @@ _TRITON_ADAPT = {"ecce_prefix": _prefix_from_p, "ecce_bias": _bias_without_causa
 for _op in ("ecce_prefix", "ecce_bias", "ecce_attention"):
     register(Implementation(_op, "triton", f"iteach_fast.kernels.ecce:{_op}", dtypes=HALF_AND_FLOAT,
                             tolerances={torch.float32: (1e-4, 1e-3), torch.float16: (3e-3, 3e-3),
-                                        torch.bfloat16: (2e-2, 2e-2)}, adapt=_TRITON_ADAPT[_op]))
+                                        torch.bfloat16: (2e-2, 2e-2)},
+                            features=frozenset({"causal"} if _op != "ecce_prefix" else ())))
 register(Implementation("routed_mixture", "cpp", "iteach_fast.extension:routed_mixture",
                         adapt=_mixture_without_causal))
 assert set(BACKEND_SPECS) <= set(BACKENDS), "every backend must be a choice in iteach_fast.choices.Backend"
@@ -240,6 +240,7 @@ assert set(BACKEND_SPECS) <= set(BACKENDS), "every backend must be a choice in i
 class _Resolved:
     functions: dict = field(default_factory=dict)  # (op, backend) -> callable
     reasons: dict = field(default_factory=dict)  # (op, backend) -> why it cannot run in this process
+    devices: dict = field(default_factory=dict)  # backend -> (devices, auto_devices), as its spec says
     selected: dict = field(default_factory=dict)  # (op, backend, device type, dtype, causal) -> Implementation | error
 
 
@@ -255,6 +256,8 @@ def refresh() -> None:
     """Probe every backend and import every available implementation (done at import; call
     again after changing the environment, e.g. ``TRITON_INTERPRET``)."""
     state = _Resolved()
+    # read once here: the probes call into the extension, which torch.compile must not trace
+    state.devices = {name: (spec.devices(), spec.auto_devices()) for name, spec in BACKEND_SPECS.items()}
     for op, impls in REGISTRY.items():
         for impl in impls.values():
             key = (op, impl.backend)
@@ -273,7 +276,8 @@ def refresh() -> None:
                     why = f"{impl.target} is not available ({err})"
             if why is not None:
                 state.reasons[key] = why
-    _STATE.functions, _STATE.reasons, _STATE.selected = state.functions, state.reasons, {}
+    _STATE.functions, _STATE.reasons, _STATE.devices, _STATE.selected = (state.functions, state.reasons,
+                                                                           state.devices, {})
 
 
 def implementations(op: str) -> list[Implementation]:

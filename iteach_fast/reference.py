@@ -130,7 +130,8 @@ def ecce_attention(q, k, v, prefix, lengths, dist: int, scale: float, causal: bo
 
 def _attention(q, k, v, prefix, lengths, dist, scale, causal):
     L = q.shape[2]
-    dtype, acc = q.dtype, accumulation_dtype(q.dtype)
+    acc = accumulation_dtype(q.dtype)
+    out = torch.empty_like(q)
     valid = valid_mask(lengths, L)
     rows = valid[:, None, :, None]
     zero = torch.zeros((), dtype=acc, device=q.device)
@@ -147,7 +148,8 @@ def _attention(q, k, v, prefix, lengths, dist, scale, causal):
     # which the output mask below zeroes, instead of to NaN.
     S = S.masked_fill(~keys, torch.finfo(acc).min)
     A = torch.softmax(S, dim=-1)
-    return torch.where(rows, torch.matmul(A, v), zero).to(dtype)
+    # written into q's layout (the contract: out.transpose(1, 2) of a (B, L, H, Dh) view is contiguous)
+    return out.copy_(torch.where(rows, torch.matmul(A, v), zero))
 
 
 def routed_mixture(logits, x, y_attn, y_mlp, lengths, pool_size: int, causal: bool = False) -> torch.Tensor:
