@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 __all__ = ["CHECKPOINT_VERSION", "CheckpointError", "RunDirBusy", "atomic_write", "save_checkpoint",
-           "load_checkpoint", "require_keys", "load_weights", "weights_hparams", "rng_state", "set_rng_state",
-           "check_writable", "run_lock"]
+           "load_checkpoint", "require_keys", "load_weights", "check_weights", "weights_hparams", "rng_state",
+           "set_rng_state", "check_writable", "run_lock"]
 
 CHECKPOINT_VERSION = 1
 
@@ -121,12 +121,17 @@ def weights_hparams(state: dict) -> dict:
 
 
 def load_weights(net: torch.nn.Module, state: dict, path: str) -> None:
-    """``net.load_state_dict(state)`` after checking that every key and shape matches; a
-    mismatch is one :class:`CheckpointError` listing the hyper-parameters that differ
-    between the config stored in ``path`` (which built ``net``) and its weights."""
-    expected = net.state_dict()
+    """``net.load_state_dict(state)`` after :func:`check_weights` (``net`` is the model the
+    config stored in ``path`` builds)."""
+    check_weights(net.state_dict(), state, path)
+    net.load_state_dict(state)
+
+
+def check_weights(expected: dict, state: dict, path: str) -> None:
+    """Every key and shape of ``state`` (a checkpoint's weights) as in ``expected`` (the state
+    dict of the model its config builds; meta tensors will do); a mismatch is one
+    :class:`CheckpointError` listing the hyper-parameters that differ."""
     if set(expected) == set(state) and all(expected[k].shape == state[k].shape for k in expected):
-        net.load_state_dict(state)
         return
     built, stored = weights_hparams(expected), weights_hparams(state)
     differ = [f"{k}: config {built.get(k, '-')}, weights {stored.get(k, '-')}"

@@ -20,17 +20,18 @@ import torch
 
 from . import __version__
 from .backends import available_backends
-from .checkpoint import atomic_write, load_checkpoint
+from .checkpoint import RunDirBusy, atomic_write, load_checkpoint
 from .choices import BACKENDS, EVAL_MODELS, EXPERIMENTS, PRECISIONS
 from .config import MODEL_KEYS, TRAIN_KEYS, ModelConfig, TrainConfig, coerce, load_mapping
 from .data import GCNET_DATASETS
 from .datacheck import LAYOUTS, check_data, export_synthetic
+from .distributed import DistributedError, rank_tag
 from .evaluate import data_gaps, load_for_eval
 from .masking import EVAL_RATES
 from .protocols import DEMO_DEFAULTS, demo, ime, ume
 from .reproduce import DEFAULT_SEEDS, QUICK, VARIED, reproduce
 from .runtime import resolve_device
-from .train import train
+from .train import RESUME_SETTINGS, train
 
 #: the synthetic set's fields that export-synthetic takes, named as for train
 EXPORT_KEYS = ("syn_conversations", "syn_min_len", "syn_max_len", "syn_dims", "seed")
@@ -104,14 +105,16 @@ def cmd_train(args) -> int:
         defaults = {**ckpt_cfg.flat_dict(), "out_dir": os.path.dirname(os.path.abspath(args.resume))}
         cfg = config_from_args(args, defaults)
         ignored = sorted(k for k, v in cfg.flat_dict().items()
-                         if k not in ("epochs", "out_dir", "progress") and v != defaults.get(k))
+                         if k not in RESUME_SETTINGS and v != defaults.get(k))
         if ignored:
             print(f"note: --resume continues the checkpoint's run; these settings are ignored: {ignored}",
                   file=sys.stderr)
     else:
         cfg = config_from_args(args)
     summary = train(cfg, resume=args.resume)
-    print(f"best checkpoint: {summary['best']}\nevaluate it with: iteach-fast evaluate --checkpoint {summary['best']}")
+    if summary["rank"] == 0 and summary["best"]:
+        print(f"best checkpoint: {summary['best']}\n"
+              f"evaluate it with: iteach-fast evaluate --checkpoint {summary['best']}")
     return 0
 
 
@@ -138,6 +141,11 @@ def cmd_evaluate(args) -> int:
 
 def cmd_ime(args) -> int:
     cfg = config_from_args(args)
+    for rate in _flat(args.rates):  # every rate's run checked before the first one trains
+        try:
+            cfg.replace(strategy="fixed", rate=rate).validate()
+        except ValueError as err:
+            raise ValueError(f"--rates {rate}: {err}") from None
     res = ime(cfg, rates=_flat(args.rates), out_dir=os.path.join(cfg.out_dir, "ime"))
     print(f"written under {os.path.join(cfg.out_dir, 'ime')} (ime.json, ime.csv)")
     return 0 if res["rows"] else 1
@@ -378,9 +386,10 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args) or 0
-    except (ValueError, FileNotFoundError) as err:
-        # user errors (bad config, missing files, fp16 on CPU): one clear line, no traceback
-        print(f"iteach-fast {args.command}: error: {err}", file=sys.stderr)
+    except (ValueError, FileNotFoundError, RunDirBusy, DistributedError) as err:
+        # user errors (bad config, missing files, fp16 on CPU), a busy --out-dir, a diverged
+        # run, a failed peer under torchrun: one clear line (naming the rank), no traceback
+        print(f"iteach-fast {args.command}{rank_tag()}: error: {err}", file=sys.stderr)
         return 2
 
 

@@ -117,6 +117,9 @@ class TrainConfig:
     threads: int = 0  # torch CPU threads; 0 leaves torch's default
     out_dir: str = "runs/train"
     progress: bool = True  # tqdm bars
+    # ---- speed (docs/training.md): neither changes what is computed
+    compile: bool = False  # torch.compile the forward + loss (fullgraph), batches padded to length buckets
+    cuda_graphs: bool = False  # CUDA only: capture the whole step (forward, loss, backward, AdamW) in a graph
 
     def validate(self) -> TrainConfig:
         problems = _type_problems(self)
@@ -299,7 +302,8 @@ def _type_problems(cfg) -> list[str]:
     for name, hint in _hints(type(cfg)).items():
         value = getattr(cfg, name)
         try:
-            ok = coerce(value, hint) == value and type(coerce(value, hint)) is type(value)
+            same = coerce(value, hint)
+            ok = type(same) is type(value) and (same == value or _both_nan(same, value))
         except (TypeError, ValueError) as err:
             problems.append(f"{name}: {err}")
             continue
@@ -311,6 +315,10 @@ def _type_problems(cfg) -> list[str]:
 def _raise(problems: list[str]) -> None:
     if problems:
         raise ConfigError("invalid config: " + "; ".join(problems))
+
+
+def _both_nan(a, b) -> bool:  # NaN is a float (the range checks reject it, naming the key)
+    return isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b)
 
 
 def _finite(x) -> bool:

@@ -298,17 +298,26 @@ def _find_feature_root(root: str, modality: str, given: str | None) -> str:
                     f"(or pass --{modality}-root)")
 
 
-def _load_vector(path: str) -> np.ndarray:
-    """One ``.npy`` as a ``[D]`` vector (``[T, D]`` is averaged over time)."""
+def _load_vector(path: str, uid: str = "") -> np.ndarray:
+    """One ``.npy`` as a ``[D]`` vector (``[T, D]`` is averaged over time); ``uid`` names the
+    utterance in errors."""
+    of = f"; utterance {uid!r}" if uid else ""
     try:
         a = np.load(path, allow_pickle=False)
     except Exception as err:  # noqa: BLE001 - numpy raises several kinds
-        raise DataError(f"{path}: cannot read as a .npy array ({err})") from err
-    a = np.asarray(a, dtype=np.float32).squeeze()
+        raise DataError(f"{path}: cannot read as a .npy array ({err}){of}") from err
+    try:
+        a = np.asarray(a, dtype=np.float32).squeeze()
+    except (TypeError, ValueError) as err:
+        raise DataError(f"{path}: expected a numeric [D] or [T, D] feature array ({err}){of}") from None
+    bad = int((~np.isfinite(a)).sum())
+    if bad:  # checked before averaging over time, which would hide nothing but blur where
+        raise DataError(f"{path}: {bad} of {a.size} feature values are NaN or infinite{of}; "
+                        "re-extract these features")
     if a.ndim == 2:
         a = a.mean(axis=0)
-    if a.ndim != 1 or a.size == 0 or not np.isfinite(a).all():
-        raise DataError(f"{path}: expected a finite [D] or [T, D] feature array, got shape {np.shape(a)}")
+    if a.ndim != 1 or a.size == 0:
+        raise DataError(f"{path}: expected a [D] or [T, D] feature array, got shape {np.shape(a)}{of}")
     return a
 
 
@@ -316,7 +325,7 @@ def _utterance_feature(feature_root: str, uid: str, speaker: str) -> np.ndarray 
     """The feature of one utterance, or None for a face folder with no face of its speaker."""
     exact = os.path.join(feature_root, uid + ".npy")
     if os.path.isfile(exact):
-        return _load_vector(exact)
+        return _load_vector(exact, uid)
     folder = os.path.join(feature_root, uid)
     if not os.path.isdir(folder):
         # GCNet globs "<uid>*"; accept a suffix that does not continue the id (uid_1 vs uid_10)
@@ -326,14 +335,49 @@ def _utterance_feature(feature_root: str, uid: str, speaker: str) -> np.ndarray 
             raise DataError(f"{os.path.join(feature_root, uid)}*: expected exactly one <utterance-id>*.npy "
                             f"file or a folder of per-face .npy files for utterance {uid!r}, found {len(hits)}")
         if os.path.isfile(hits[0]):
-            return _load_vector(hits[0])
+            return _load_vector(hits[0], uid)
         folder = hits[0]
     faces = sorted(f for f in os.listdir(folder) if f.endswith(".npy"))
     if speaker in ("F", "M"):  # IEMOCAP: faces are named after their speaker (F first, as GCNet)
         faces = [f for f in faces if ("F" in f) == (speaker == "F") and ("F" in f or "M" in f)]
     if not faces:
         return None
-    return np.mean([_load_vector(os.path.join(folder, f)) for f in faces], axis=0)
+    return np.mean([_load_vector(os.path.join(folder, f), uid) for f in faces], axis=0)
+
+
+def _dialogue_labels(path: str, vid, raw, uids, num_classes: int) -> np.ndarray:
+    """One dialogue's labels, checked: finite numbers; for classification whole class ids in
+    ``[0, num_classes - 1]`` (2.7 is an error, not class 2). Errors name the utterance."""
+    try:
+        lab = np.asarray(raw, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError) as err:
+        raise DataError(f"{path}: dialogue {vid!r}: labels must be numbers ({err})") from None
+
+    def fail(bad, what):
+        i = int(np.flatnonzero(bad)[0])
+        raise DataError(f"{path}: dialogue {vid!r}, utterance {uids[i]!r}: label {raw[i]!r} {what}")
+
+    if not np.isfinite(lab).all():
+        fail(~np.isfinite(lab), "is not a finite number")
+    if num_classes == 1:
+        return lab.astype(np.float32)
+    if (lab != np.round(lab)).any():
+        fail(lab != np.round(lab), f"is not a class id (expected an integer in 0..{num_classes - 1})")
+    if ((lab < 0) | (lab >= num_classes)).any():
+        fail((lab < 0) | (lab >= num_classes), f"lies outside the class ids 0..{num_classes - 1}")
+    return lab.astype(np.int64)
+
+
+def _check_disjoint(path: str, splits: dict) -> None:
+    """No dialogue in two of ``splits`` (``{name: ids}``): a test dialogue seen in training
+    would inflate every result."""
+    names = list(splits)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            both = sorted(set(splits[a]) & set(splits[b]), key=str)
+            if both:
+                raise DataError(f"{path}: {len(both)} dialogue(s) are in both the {a} and the {b} split "
+                                f"(e.g. {', '.join(map(repr, both[:3]))}); each dialogue must be in one split")
 
 
 def _read_modality(feature_root: str, uids, speakers, modality: str) -> list[np.ndarray]:
@@ -391,12 +435,15 @@ def load_gcnet(name: str, data_root: str, fold: int = 1, seed: int = 0, select_o
     else:
         layout = "(videoIDs, videoLabels, videoSpeakers, videoSentences, trainVids, valVids, testVids)"
         ids, labels, spk, _sent, train_v, val_v, test_v = _load_pickle(label_path, 7, layout)
+        _check_disjoint(label_path, {"train": train_v, "valid": val_v, "test": test_v})
         vids = sorted(set(train_v) | set(val_v) | set(test_v))
+    checked = {}  # labels checked before any feature file is read
     for vid in vids:
         complete = vid in ids and vid in labels and vid in spk
         if not complete or not len(ids[vid]) == len(labels[vid]) == len(spk[vid]):
             raise DataError(f"{label_path}: dialogue {vid!r} needs videoIDs, videoLabels and videoSpeakers "
                             "entries of equal length")
+        checked[vid] = _dialogue_labels(label_path, vid, labels[vid], ids[vid], C)
     roots = {m: _find_feature_root(data_root, m, (feature_roots or {}).get(m)) for m in MODALITIES}
     all_uids = [u for v in vids for u in ids[v]]
     all_spk = [str(s) for v in vids for s in spk[v]]
@@ -405,10 +452,7 @@ def load_gcnet(name: str, data_root: str, fold: int = 1, seed: int = 0, select_o
     spk_map = {"F": 0, "M": 1}
     convs = {}
     for vid in vids:
-        lab = np.asarray(labels[vid], dtype=np.float32 if C == 1 else np.int64)
-        if C > 1 and ((lab < 0) | (lab >= C)).any():
-            raise DataError(f"{label_path}: dialogue {vid!r} has labels outside [0, {C - 1}]")
-        convs[vid] = {"id": str(vid), "labels": lab,
+        convs[vid] = {"id": str(vid), "labels": checked[vid],
                       "speakers": np.asarray([spk_map.get(str(s), 0) for s in spk[vid]], dtype=np.int64),
                       **{m: np.stack([feats[m][u] for u in ids[vid]]).astype(np.float32) for m in MODALITIES}}
     notes = []

@@ -22,7 +22,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch.utils.data import DataLoader
 
-from .checkpoint import load_checkpoint
+from .checkpoint import load_checkpoint, load_weights
 from .choices import EVAL_MODELS, MODALITIES, check_choice
 from .config import TrainConfig
 from .data import collate, splits_for
@@ -43,7 +43,7 @@ def load_for_eval(path: str, device: str = "auto", backend: str | None = None):
         cfg = cfg.replace(backend=backend)
     splits = splits_for(cfg)
     net = ITEACHNet.from_config(cfg.model, splits.input_dims, splits.num_classes)
-    net.load_state_dict(ckpt["model"])
+    load_weights(net, ckpt["model"], path)  # the config vs the weights: one message naming what differs
     net.to(resolve_device(device)).eval()
     return net, cfg, splits, ckpt
 
@@ -126,10 +126,14 @@ def hidden_features(net, dataset, masks: dict | None, batch_size: int = 32, devi
 
 
 def evaluate_rates(net, dataset, rates=EVAL_RATES, seed: int = 0, batch_size: int = 32, device="cpu",
-                   dtype: str = "fp32", keep_predictions: bool = False, model: str = "student") -> list[dict]:
+                   dtype: str = "fp32", keep_predictions: bool = False, model: str = "student", part=None,
+                   gather=None) -> list[dict]:
     """One row per rate: ``{"rate", "realised_rate", "waf", "acc", ["mae"], "n"}``.
 
-    ``model="teacher"``: the teacher on complete data, so ``rates`` must be ``(0.0,)``."""
+    ``model="teacher"``: the teacher on complete data, so ``rates`` must be ``(0.0,)``.
+    Data-parallel evaluation: ``part`` (default: all of ``dataset``) are the conversations
+    this process predicts, with ``dataset``'s masks; ``gather`` combines every process's
+    ``(y_true, y_pred, realised rate)`` (:meth:`iteach_fast.distributed.Context.gather_predictions`)."""
     check_choice("model", model, EVAL_MODELS)
     if model == "teacher" and any(float(r) != 0.0 for r in rates):
         raise ValueError(f"rates {list(rates)}: the teacher is evaluated on complete data only (rate 0.0), "
@@ -138,7 +142,9 @@ def evaluate_rates(net, dataset, rates=EVAL_RATES, seed: int = 0, batch_size: in
     rows = []
     for rate in rates:
         masks = None if model == "teacher" else fixed_masks(dataset, rate, seed)
-        y, p, realised = predict(net, dataset, masks, batch_size, device, dtype, model=model)
+        y, p, realised = predict(net, dataset if part is None else part, masks, batch_size, device, dtype, model=model)
+        if gather is not None:
+            y, p, realised = gather(y, p, realised)
         row = {"rate": float(rate), "realised_rate": round(realised, 4), **compute_metrics(y, p, task), "n": len(y)}
         if keep_predictions:
             row["_y"], row["_p"] = y, p

@@ -13,7 +13,7 @@ import torch
 
 from .choices import PRECISIONS, check_choice
 
-__all__ = ["resolve_device", "check_precision", "autocast", "seed_everything", "set_threads"]
+__all__ = ["resolve_device", "check_precision", "autocast", "op_dtype", "seed_everything", "set_threads"]
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -43,11 +43,17 @@ def check_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
-def autocast(device: torch.device, precision: str):
-    """The autocast context of ``precision`` on ``device`` (a no-op for fp32)."""
+def autocast(device: torch.device, precision: str, cache: bool = True):
+    """The autocast context of ``precision`` on ``device`` (a no-op for fp32). ``cache=False``
+    inside CUDA-graph capture (autocast's weight cache would outlive the graph's memory)."""
     if precision == "fp32" or device.type != "cuda":
         return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+    return torch.autocast("cuda", dtype=op_dtype(precision), cache_enabled=cache)
+
+
+def op_dtype(precision: str) -> torch.dtype:
+    """The dtype the fused operators see under ``precision`` (autocast's compute dtype)."""
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
 def seed_everything(seed: int) -> None:
