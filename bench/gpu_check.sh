@@ -69,10 +69,10 @@ step tests 240 $PYTHON -m pytest -q -rs -p no:cacheprovider --junitxml="$OUT/tes
 
 # the benchmarks: the full GPU case list, with a budget so the report is always written
 left=$((TOTAL_S - SECONDS)); [ $left -ge 90 ] || left=90
-step bench $((left + 45)) $PYTHON bench/run.py --budget-s $((left - 30)) --out "$OUT"
+step bench $((left + 45)) $PYTHON -m bench.run --budget-s $((left - 30)) --out "$OUT"
 # a run stopped by its time limit has its JSON (written after every case) but no report yet
 if ! ls "$OUT"/*.md >/dev/null 2>&1 && ls "$OUT"/*.json >/dev/null 2>&1; then
-    step report 60 $PYTHON bench/report.py "$OUT"/*.json
+    step report 60 $PYTHON -m bench.report "$OUT"/*.json
 fi
 
 echo

@@ -1,14 +1,19 @@
 """The measuring instrument: time, peak memory, the device's ceilings, the environment.
 
-* GPU: ``triton.testing.do_bench`` (it flushes L2 between calls) after an explicit warm-up,
-  median and the 20th/80th percentiles; peak memory is ``torch.cuda.max_memory_allocated``
-  during one call, above what was allocated before it (so the inputs are excluded).
+* Timing compares providers in interleaved rounds (:func:`time_interleaved`): every provider
+  of one case is warmed up, then called in turn, round after round, and each gets the
+  median and the 20th/80th percentiles of its calls — the machine may be shared and noisy,
+  and interleaving spreads its noise over every provider alike.
+* GPU: ``triton.testing.do_bench`` (it flushes L2 between calls), a short one per provider
+  per round; peak memory is ``torch.cuda.max_memory_allocated`` during one call, above what
+  was allocated before it (so the inputs are excluded).
 * CPU: pytest-benchmark's timer (``pytest_benchmark.timers.default_timer``; the
-  ``time.perf_counter`` it wraps where pytest-benchmark is missing) around each call after a
-  warm-up; peak memory is the rise of the process's resident-set high-water
-  mark (``VmHWM``, reset through ``/proc/self/clear_refs``) over its RSS before the call —
-  approximate (the allocator may reuse memory it already holds), and ``None`` where Linux
-  does not offer the reset.
+  ``time.perf_counter`` it wraps where pytest-benchmark is missing) around each call; peak
+  memory is the rise of the process's resident-set high-water mark (``VmHWM``, reset
+  through ``/proc/self/clear_refs``) over its RSS before the call — approximate (the
+  allocator may reuse memory it already holds), and ``None`` where Linux does not offer the reset.
+* Ceilings (:func:`ceilings`): copy bandwidth and matmul rate per dtype, each the best of
+  several tries, measured next to the cases they divide.
 """
 from __future__ import annotations
 
@@ -44,28 +49,72 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_call(fn: Callable[[], None], device: torch.device, quick: bool = False) -> Timing:
-    """Median / p20 / p80 of one call of ``fn`` in milliseconds, warm-up excluded."""
-    for _ in range(2):  # compiles, autotunes, fills the allocator's cache
+def warm_up(fn: Callable[[], None], device: torch.device, calls: int = 2) -> None:
+    """Compiles, autotunes and fills the allocator's cache: kept out of every timing."""
+    for _ in range(calls):
         fn()
     synchronize(device)
+
+
+#: per level: (seconds of calls per provider, min rounds, max rounds) on the CPU; do_bench's rep (ms) on a GPU
+LEVELS = {"smoke": ((0.0, 1, 1), 15), "quick": ((0.5, 3, 50), 60), "full": ((2.0, 5, 200), 150)}
+
+
+def time_interleaved(fns: dict, device: torch.device, level: str = "full", max_calls: dict | None = None) -> dict:
+    """``{key: Timing or the exception it raised}`` for each (already warm) no-argument callable
+    of ``fns``, measured in interleaved rounds — one call (CPU) or one short ``do_bench`` (GPU)
+    of each in turn — so a change of load on a shared machine hits every provider alike.
+    ``level``: how long (:data:`LEVELS`: ``smoke`` checks that it runs, ``quick``, ``full``).
+    ``max_calls[key]`` caps the calls of a callable that can be called only so often."""
+    max_calls = max_calls or {}
+    results: dict = {}
     if device.type == "cuda":
         import triton.testing
 
-        rep = 60 if quick else 150
-        med, p20, p80 = triton.testing.do_bench(fn, warmup=10, rep=rep, quantiles=[0.5, 0.2, 0.8])
-        n = max(1, int(rep / max(med, 1e-3)))
-        return Timing(med, p20, p80, n, "triton.testing.do_bench")
+        rounds, rep = 3, LEVELS[level][1]
+        samples = {key: [] for key in fns}
+        for _ in range(rounds):
+            for key, fn in fns.items():
+                if key in results:
+                    continue
+                try:
+                    samples[key] += triton.testing.do_bench(fn, warmup=5, rep=max(5, rep // rounds),
+                                                            return_mode="all")
+                except Exception as err:  # noqa: BLE001 - one provider failing is its result
+                    results[key] = err
+        for key, times in samples.items():
+            if key not in results:
+                results[key] = Timing(*_quantiles(times), len(times), f"triton.testing.do_bench, {rounds} rounds")
+        return results
     default_timer, timer_name = _cpu_timer()
-    budget_s, min_rounds, max_rounds = (0.5, 3, 50) if quick else (2.0, 5, 200)
-    times, spent = [], 0.0
-    while len(times) < max_rounds and (len(times) < min_rounds or spent < budget_s):
-        start = default_timer()
-        fn()
-        elapsed = default_timer() - start
-        times.append(elapsed * 1e3)
-        spent += elapsed
-    return Timing(*_quantiles(times), len(times), timer_name)
+    budget_s, min_rounds, max_rounds = LEVELS[level][0]
+    times = {key: [] for key in fns}
+    spent = dict.fromkeys(fns, 0.0)
+
+    def wants_more(key) -> bool:
+        n = len(times[key])
+        if key in results or n >= min(max_rounds, max_calls.get(key, max_rounds)):
+            return False
+        return n < min_rounds or spent[key] < budget_s
+
+    while any(wants_more(key) for key in fns):
+        for key, fn in fns.items():
+            if not wants_more(key):
+                continue
+            start = default_timer()
+            try:
+                fn()
+            except Exception as err:  # noqa: BLE001
+                results[key] = err
+                continue
+            elapsed = default_timer() - start
+            times[key].append(elapsed * 1e3)
+            spent[key] += elapsed
+    for key, ts in times.items():
+        if key not in results:
+            results[key] = Timing(*_quantiles(ts), len(ts), timer_name + ", interleaved") if ts else \
+                RuntimeError("no call could be timed")
+    return results
 
 
 def _cpu_timer() -> tuple[Callable[[], float], str]:
@@ -119,33 +168,64 @@ def peak_memory(fn: Callable[[], None], device: torch.device) -> tuple[int | Non
 
 # ----------------------------------------------------------------------------- ceilings
 
-def ceilings(device: torch.device, dtypes) -> dict:
-    """The device's copy bandwidth (bytes/s, read + write counted) and large-matmul FLOP rate per
-    dtype, measured now with the same timer as the cases: the denominators of the roofline plot."""
-    quick_copy = 64 * 2**20 if device.type == "cpu" else 1024 * 2**20  # bytes per buffer
-    src = torch.empty(quick_copy // 4, dtype=torch.float32, device=device).uniform_()
+def ceilings(device: torch.device, dtypes, tries: int = 5, label: str = "", small: bool = False) -> dict:
+    """The device's copy bandwidth (bytes/s, read + write counted) and large-matmul FLOP rate
+    per dtype: the denominators of the roofline. Each is the best of ``tries`` timed calls,
+    the copy and the matmuls taken in turn, so a moment of load on a shared machine lowers
+    one try, not the ceiling. Measured next to the cases they divide (``bench.run`` does it
+    per op); ``label`` says where. ``small``: tiny buffers, for a smoke run (not a ceiling)."""
+    copy_bytes = (16 if small else 64 if device.type == "cpu" else 1024) * 2**20  # per buffer: beyond the caches
+    src = torch.empty(copy_bytes // 4, dtype=torch.float32, device=device).uniform_()
     dst = torch.empty_like(src)
-    t = time_call(lambda src=src, dst=dst: dst.copy_(src), device, quick=True)
-    copy_bw = 2 * src.numel() * 4 / (t.median_ms * 1e-3)
-    max_n = 2048 if device.type == "cpu" else 8192
-    matmul, sizes = {}, {}
+    max_n = 256 if small else 2048 if device.type == "cpu" else 8192
+    calls = {"copy": lambda: dst.copy_(src)}
+    sizes = {}
     for name in dtypes:
         dtype = getattr(torch, name)
         n = sizes[name] = _matmul_size(device, dtype, max_n)
         a = torch.randn(n, n, device=device).to(dtype)
         b = torch.randn(n, n, device=device).to(dtype)
-        t = time_call(lambda a=a, b=b: a @ b, device, quick=True)
-        matmul[name] = 2 * n**3 / (t.median_ms * 1e-3)
-    return {"copy_bytes_per_s": copy_bw, "copy_method": "dst.copy_(src), float32, read+write bytes",
-            "matmul_flops_per_s": matmul,
-            "matmul_method": "n x n @ n x n per dtype, n = " + ", ".join(f"{k} {v}" for k, v in sizes.items())
-                             + " (TF32 as torch's default)"}
+        calls[name] = lambda a=a, b=b: a @ b
+    for fn in calls.values():
+        warm_up(fn, device, calls=1)
+    best = dict.fromkeys(calls, float("inf"))
+    for _ in range(tries):
+        for key, fn in calls.items():
+            best[key] = min(best[key], _fastest_ms(fn, device))
+    return {"copy_bytes_per_s": 2 * copy_bytes / (best["copy"] * 1e-3),
+            "copy_method": f"dst.copy_(src), float32, {copy_bytes >> 20} MiB, read+write bytes, best of {tries}",
+            "matmul_flops_per_s": {name: 2 * n**3 / (best[name] * 1e-3) for name, n in sizes.items()},
+            "matmul_method": f"n x n @ n x n per dtype, best of {tries}, n = "
+                             + ", ".join(f"{k} {v}" for k, v in sizes.items()) + " (TF32 as torch's default)",
+            "label": label}
+
+
+def _fastest_ms(fn: Callable[[], object], device: torch.device) -> float:
+    """One try, in ms: one call on the CPU, the fastest of a short ``do_bench`` on a GPU."""
+    if device.type == "cuda":
+        import triton.testing
+
+        return min(triton.testing.do_bench(fn, warmup=1, rep=10, return_mode="all"))
+    start = time.perf_counter()
+    fn()
+    return (time.perf_counter() - start) * 1e3
+
+
+def best_ceilings(samples: list[dict]) -> dict:
+    """One ceiling set from several: the highest copy bandwidth and matmul rate seen."""
+    if not samples:
+        return {}
+    out = {**samples[0], "label": "best of every measurement in the run"}
+    out["copy_bytes_per_s"] = max(s["copy_bytes_per_s"] for s in samples)
+    out["matmul_flops_per_s"] = {d: max(s["matmul_flops_per_s"].get(d, 0.0) for s in samples)
+                                 for d in samples[0]["matmul_flops_per_s"]}
+    return out
 
 
 def _matmul_size(device: torch.device, dtype: torch.dtype, max_n: int, budget_s: float = 0.5) -> int:
     """The largest power-of-two n <= max_n whose n x n matmul takes at most about budget_s: a CPU
     without bfloat16 units needs minutes for one 2048^3 bfloat16 matmul."""
-    n = 256
+    n = min(256, max_n)
     while n < max_n:
         a = torch.randn(n, n, device=device).to(dtype)
         a @ a  # warm-up (library initialisation)

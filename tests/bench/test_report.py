@@ -1,15 +1,13 @@
-"""The benchmark report: a fake result set renders a Markdown table, footnotes and PNG plots,
-and the README's generated section is replaced, not appended to."""
+"""The benchmark report: fake result sets of both schemas render a Markdown table, footnotes
+and PNG plots; the headline summary; the README's generated section is replaced, not appended to."""
 import json
 import os
-import sys
 
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "bench"))
 pytest.importorskip("matplotlib")
 
-import report  # noqa: E402
+from bench import report  # noqa: E402
 
 
 def _row(provider, L, ms, status="ok", reason=None, mem=2**20):
@@ -49,6 +47,16 @@ def test_speedups_are_over_the_baseline_of_the_same_size():
     assert ups[0] == pytest.approx(1.0)
 
 
+def test_the_committed_cpu_results_still_render(tmp_path):
+    """The schema-1 file in bench/results (one ceiling set, no counters) renders unchanged."""
+    [path] = [p for p in report.latest_results() if "cpu-amd-epyc-2026-11-25" in p] or [None]
+    if path is None:
+        pytest.skip("the 2026-11-25 CPU results are no longer the latest committed")
+    md = report.markdown(report.load(path))
+    assert "| dtype | B | L | reference | cpp | compiled-reference |" in md
+    assert "copy 16.0 GB/s" in md and "×11.32" in md
+
+
 def test_render_writes_table_and_plots(result_file):
     written = report.render(str(result_file))
     names = sorted(os.path.basename(p) for p in written)
@@ -83,3 +91,54 @@ def test_update_readme_without_markers_is_a_clear_error(result_file, tmp_path):
     readme.write_text("no markers here\n")
     with pytest.raises(ValueError, match="markers"):
         report.update_readme(str(readme), [str(result_file)])
+
+
+def fake_results_v2():
+    """Schema 2: ceilings re-measured per op (rows point at theirs), two head dims in one table,
+    model rows with host syncs and launches, a headline flag."""
+    data = fake_results()
+    data["schema"] = 2
+    slow, fast = ({"copy_bytes_per_s": 5e9, "matmul_flops_per_s": {"float32": 5e10}, "label": "before a"},
+                  {"copy_bytes_per_s": 1e10, "matmul_flops_per_s": {"float32": 1e11}, "label": "before b"})
+    data["ceiling_samples"] = [slow, fast]
+    for row in data["rows"]:
+        row["ceilings_at"] = 0 if row["status"] == "ok" else None
+    wide = _row("triton", 64, 1.0)
+    wide.update(D=512, Dh=64, ceilings_at=1, headline=True)
+    model = _row("auto", 110, 100.0)
+    model.update(op="iteach_net", mode="train_step", bytes_moved=None, flops=None, host_syncs=0, launches=1234,
+                 note="1.00 M parameters; fullgraph=True failed (boom)", headline=True)
+    base = _row("reference", 110, 150.0)
+    base.update(op="iteach_net", mode="train_step", bytes_moved=None, flops=None, host_syncs=258, launches=3400,
+                headline=True)
+    data["rows"] += [wide, base, model]
+    data["baselines"]["iteach_net"] = "reference"
+    return data
+
+
+def test_schema_2_renders_head_dims_counters_and_per_op_ceilings():
+    md = report.markdown(fake_results_v2())
+    # two head dims in one table: a Dh column; the Dh=64 row divides by its own (faster) ceilings
+    assert "| dtype | B | L | Dh | reference | triton | flex-attention |" in md
+    assert "| float32 | 2 | 64 | 64 |  | 1.000 ms · 1.0 MiB · 100% FLOP |" in md
+    # the Dh=16 rows divide by the slow ceilings they were measured next to: 1e8 FLOP / 1 ms / 5e10
+    assert "| float32 | 2 | 64 | 16 | 4.000 ms ×1.00 · 1.0 MiB · 50% FLOP |" in md
+    assert "100 ms ×1.50 · 1.0 MiB · 0 syncs · 1,234 launches" in md
+    assert "150 ms ×1.00 · 1.0 MiB · 258 syncs · 3,400 launches" in md
+    assert "- auto: fullgraph=True failed (boom)" in md and "M parameters" not in md  # counts are not notes
+    assert "copy 10.0 GB/s (down to 5.0 GB/s)" in md and "measured 2 times" in md
+
+
+def test_summary_lists_the_headline_rows_only():
+    text = report.summary(fake_results_v2())
+    lines = text.splitlines()
+    assert len(lines) == 2 + 3, text
+    assert "| iteach_net | train_step | float32 | 2 | 110 | 16 | auto | 100 ms | ×1.50 | 0 | ok |" in text
+    assert report.summary(fake_results()) == "(no headline rows in this result file)"
+
+
+def test_schema_2_plots(tmp_path):
+    path = tmp_path / "fake-cpu-2026-01-03.json"
+    path.write_text(json.dumps(fake_results_v2()))
+    written = report.render(str(path))
+    assert len(written) == 1 + len(report.PLOTS) and all(os.path.getsize(p) > 0 for p in written)
