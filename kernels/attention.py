@@ -1,23 +1,26 @@
 """ECCE-guided attention with the band bias fused in, in Triton (``docs/maths.md``, "ECCE-guided MixMap").
 
-    ecce_attention(q, k, v, zp, lengths, dist, scale) -> out (B, H, L, Dh)   (E never materialised)
+    ecce_attention(q, k, v, T, lengths, dist, scale, causal) -> out (B, H, L, Dh)   (E never materialised)
 
-FlashAttention-2, forward and backward, with ECCE's bias E added to the logits tile by tile
-from the prefix sums P of zp (``iteach_fast.kernels.band`` builds a tile of E;
-``iteach_fast.kernels.scan`` computes P). The ops ``iteach_fast::ecce_attention_fwd`` and
-``iteach_fast::ecce_attention_bwd`` carry the autograd.
+FlashAttention-2, forward and backward, with ECCE's bias E added to the logits tile by tile from
+the band tables ``T`` of zp (``iteach_fast.kernels.scan`` builds them, ``iteach_fast.kernels.band``
+reads a tile of E from them); ``T = None`` is plain masked attention. q, k, v (and the output's
+gradient) are read, and out, dq, dk, dv written, through their strides: a (B, L, H, Dh) activation
+viewed as (B, H, L, Dh) is used as it is, and out / dq / dk / dv take the layout of q / k / v.
+Causal attention (keys j <= i) visits no tile above the diagonal, forward or backward.
 
-Backward of the bias, without atomics (as flash-linear-attention's forgetting attention
-does for its ``g_cumsum``): with ``G = dS / (|i-j|+1)`` on the band,
-``dP[i+1] += G`` and ``dP[j] -= G`` for ``i >= j``, ``dP[j+1] += G`` and ``dP[i] -= G`` for ``i < j``.
-The dQ kernel owns a block of rows and sums G along them, the dK/dV kernel owns a block of
-columns and sums G down them; each writes its own ``plus`` (goes to ``dP[t+1]``) and ``minus``
-(goes to ``-dP[t]``) buffer, with no two programs touching the same element. Then
-``dP = shift(plus) - minus`` and ``dzp[k] = sum_{t>k} dP[t]`` by one reverse scan. Atomics
-would save the two small (B, H, L) buffers but make the result order-dependent
-(non-deterministic), and bfloat16 atomics do not run in the Triton interpreter.
+Backward: the dQ kernel (one program per block of query rows; it also computes FA2's
+``delta = rowsum(dO * O)`` for its rows) then the dK/dV kernel (one per block of keys), each
+recomputing ``S = QK^T`` and ``dO V^T``: 7 block matmuls instead of the 5 of a single kernel that
+adds dQ with atomics, in exchange for a deterministic result with no float32 dQ buffer (the
+column kernel cannot own the rows). The bias gradient is summed the same way, without atomics:
+the dQ kernel sums ``(dS, dR, dzp)`` of the tables along its rows into a (3, B, H, L) buffer,
+the dK/dV kernel sums them down its columns and adds the row sums of the same positions,
+writing dT (B, H, 3, L); no two programs touch the same element. The tables' adjoint (a scan,
+``iteach_fast.kernels.scan``) turns dT into dzp.
 
-Also for the bias module: ``blocks(device, head_bytes)``, the tile sizes; ``MAX_HEAD_DIM``.
+The launch parameters (tiles, warps, stages per kernel x dtype x head dim) come from
+``iteach_fast.kernels.tiles``.
 """
 from __future__ import annotations
 
@@ -25,55 +28,66 @@ import torch
 import triton
 import triton.language as tl
 
-from ._compat import interpreted, launcher, triton_op_or_custom
-from .band import LOG2E, band_bias, touches_band
-from .scan import dot_precision, dzp_from_band_sums, prefix_sums
+from ._compat import launcher, triton_op_or_custom
+from .band import LOG2E, band_grads, band_tile, touches_band
+from .scan import band_tables, chunk, dot_precision
+from .tiles import head_block, launch_tiles
 
-__all__ = ["ecce_attention", "blocks", "head_block", "MAX_HEAD_DIM"]
-
-MAX_HEAD_DIM = 256  # one (BLOCK, Dh) tile of q/k/v must fit in registers
+__all__ = ["ecce_attention", "attention_meta"]
 
 
 # ----------------------------------------------------------------------------- kernels
 
 @triton.jit
-def _attn_fwd_kernel(Q, K, V, P, LENGTHS, OUT, LSE2, scale, dist, L, H, Dh, stride_pb, stride_pt,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                     DOT_PRECISION: tl.constexpr):
+def _attn_fwd_kernel(Q, K, V, T, LENGTHS, OUT, LSE2, scale, dist, L, H, Dh,
+                     stride_qb, stride_qh, stride_qt, stride_qd, stride_kb, stride_kh, stride_kt, stride_kd,
+                     stride_vb, stride_vh, stride_vt, stride_vd, stride_ob, stride_oh, stride_ot, stride_od,
+                     stride_tb, stride_th, stride_tc, stride_tt,
+                     HAS_BIAS: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                     BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """FlashAttention-2 forward for one block of query rows of one (batch, head): online softmax
-    over every valid key block, the ECCE bias added on the tiles that touch the band. Saves the
-    base-2 log-sum-exp of each row (0 at invalid rows, which are written as 0)."""
+    over the valid key blocks (causal: up to the diagonal), the ECCE bias added on the tiles that
+    touch the band. Saves each row's base-2 log-sum-exp (0 at invalid rows, written as 0)."""
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
     n = tl.load(LENGTHS + b).to(tl.int32)
     m0 = pid_m * BLOCK_M
     offs_i = m0 + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     mask_d = offs_d[None, :] < Dh
     row_valid = offs_i < n
-    base = bh.to(tl.int64) * L * Dh
-    P_bh = P + b.to(tl.int64) * stride_pb + h
+    k_bh = K + b * stride_kb + h * stride_kh
+    v_bh = V + b * stride_vb + h * stride_vh
+    T_bh = T + b * stride_tb + h * stride_th
     # masked loads (other=0) everywhere: padding, even inf, never reaches a product
-    q = tl.load(Q + base + offs_i[:, None] * Dh + offs_d[None, :], mask=row_valid[:, None] & mask_d, other=0.0)
+    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_i[:, None] * stride_qt + offs_d[None, :] * stride_qd,
+                mask=row_valid[:, None] & mask_d, other=0.0)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     qk_scale = scale * LOG2E
     hi = tl.where(m0 < n, n, 0)  # a block of invalid rows visits nothing
+    if CAUSAL:
+        hi = tl.minimum(hi, m0 + BLOCK_M)
     for n0 in range(0, hi, BLOCK_N):
         offs_j = n0 + tl.arange(0, BLOCK_N)
         col_valid = offs_j < n
-        kv_mask = col_valid[:, None] & mask_d
-        k = tl.load(K + base + offs_j[:, None] * Dh + offs_d[None, :], mask=kv_mask, other=0.0)
-        v = tl.load(V + base + offs_j[:, None] * Dh + offs_d[None, :], mask=kv_mask, other=0.0)
+        k = tl.load(k_bh + offs_j[:, None] * stride_kt + offs_d[None, :] * stride_kd,
+                    mask=col_valid[:, None] & mask_d, other=0.0)
+        v = tl.load(v_bh + offs_j[:, None] * stride_vt + offs_d[None, :] * stride_vd,
+                    mask=col_valid[:, None] & mask_d, other=0.0)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
-        if touches_band(m0, n0, BLOCK_M, BLOCK_N, dist):
-            bias, inv_w, lower = band_bias(P_bh, stride_pt, offs_i, offs_j, n, dist)
-            s += bias * LOG2E
-        s = tl.where(col_valid[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))  # finite: every visited block holds a valid key
+        if HAS_BIAS:
+            if touches_band(m0, n0, BLOCK_M, BLOCK_N, dist):
+                s += band_tile(T_bh, stride_tc, stride_tt, offs_i, offs_j, n, dist, CAUSAL) * LOG2E
+        keys = col_valid[None, :]
+        if CAUSAL:
+            keys = keys & (offs_j[None, :] <= offs_i[:, None])
+        s = tl.where(keys, s, float("-inf"))
+        # finite for every row: the first block visited holds key 0, which every row may see
+        m_new = tl.maximum(m_i, tl.max(s, 1))
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
@@ -81,214 +95,270 @@ def _attn_fwd_kernel(Q, K, V, P, LENGTHS, OUT, LSE2, scale, dist, L, H, Dh, stri
         m_i = m_new
     l_safe = tl.where(l_i > 0, l_i, 1.0)
     out = tl.where(row_valid[:, None], acc / l_safe[:, None], 0.0)
-    tl.store(OUT + base + offs_i[:, None] * Dh + offs_d[None, :], out.to(OUT.dtype.element_ty),
-             mask=(offs_i[:, None] < L) & mask_d)
-    lse2 = tl.where(row_valid, m_i + tl.log2(l_safe), 0.0)
-    tl.store(LSE2 + bh.to(tl.int64) * L + offs_i, lse2, mask=offs_i < L)
+    tl.store(OUT + b * stride_ob + h * stride_oh + offs_i[:, None] * stride_ot + offs_d[None, :] * stride_od,
+             out.to(OUT.dtype.element_ty), mask=(offs_i[:, None] < L) & mask_d)
+    tl.store(LSE2 + bh.to(tl.int64) * L + offs_i, tl.where(row_valid, m_i + tl.log2(l_safe), 0.0), mask=offs_i < L)
 
 
 @triton.jit
-def _attn_bwd_dq_kernel(Q, K, V, P, LENGTHS, DO, LSE2, DELTA, DQ, ROW_PLUS, ROW_MINUS,
-                        scale, dist, L, H, Dh, stride_pb, stride_pt,
-                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                        DOT_PRECISION: tl.constexpr):
-    """dQ for one block of query rows, and the bias gradient summed along those rows:
-    ``ROW_PLUS[i] = sum_{j<=i} G`` (goes to dP[i+1]), ``ROW_MINUS[i] = sum_{j>i} G`` (to -dP[i])."""
+def _attn_bwd_dq_kernel(Q, K, V, T, LENGTHS, O, DO, DQ, LSE2, DELTA, ROWS, scale, dist, L, H, Dh,
+                        stride_qb, stride_qh, stride_qt, stride_qd, stride_kb, stride_kh, stride_kt, stride_kd,
+                        stride_vb, stride_vh, stride_vt, stride_vd, stride_ob, stride_oh, stride_ot, stride_od,
+                        stride_gb, stride_gh, stride_gt, stride_gd, stride_db, stride_dh, stride_dt, stride_dd,
+                        stride_tb, stride_th, stride_tc, stride_tt,
+                        HAS_BIAS: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr,
+                        BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """dQ for one block of query rows, FA2's ``delta = rowsum(dO * O)`` of those rows (DELTA, for
+    the dK/dV kernel), and the bias gradient summed along the rows: ``ROWS (3, B, H, L)`` holds
+    their ``(dS, dR, dzp)``. DO is strided as ``stride_g*``, DQ as ``stride_d*``."""
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
     n = tl.load(LENGTHS + b).to(tl.int32)
     m0 = pid_m * BLOCK_M
     offs_i = m0 + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     mask_d = offs_d[None, :] < Dh
     row_valid = offs_i < n
-    base = bh.to(tl.int64) * L * Dh
-    P_bh = P + b.to(tl.int64) * stride_pb + h
+    k_bh = K + b * stride_kb + h * stride_kh
+    v_bh = V + b * stride_vb + h * stride_vh
+    T_bh = T + b * stride_tb + h * stride_th
     q_mask = row_valid[:, None] & mask_d
-    q = tl.load(Q + base + offs_i[:, None] * Dh + offs_d[None, :], mask=q_mask, other=0.0)
-    do = tl.load(DO + base + offs_i[:, None] * Dh + offs_d[None, :], mask=q_mask, other=0.0)
+    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_i[:, None] * stride_qt + offs_d[None, :] * stride_qd,
+                mask=q_mask, other=0.0)
+    do = tl.load(DO + b * stride_gb + h * stride_gh + offs_i[:, None] * stride_gt + offs_d[None, :] * stride_gd,
+                 mask=q_mask, other=0.0)
+    o = tl.load(O + b * stride_ob + h * stride_oh + offs_i[:, None] * stride_ot + offs_d[None, :] * stride_od,
+                mask=q_mask, other=0.0)
+    delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
+    tl.store(DELTA + bh.to(tl.int64) * L + offs_i, delta, mask=offs_i < L)
     lse2 = tl.load(LSE2 + bh.to(tl.int64) * L + offs_i, mask=row_valid, other=0.0)
-    delta = tl.load(DELTA + bh.to(tl.int64) * L + offs_i, mask=row_valid, other=0.0)
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    row_plus = tl.zeros([BLOCK_M], tl.float32)
-    row_minus = tl.zeros([BLOCK_M], tl.float32)
+    row_s = tl.zeros([BLOCK_M], tl.float32)
+    row_r = tl.zeros([BLOCK_M], tl.float32)
+    row_z = tl.zeros([BLOCK_M], tl.float32)
     qk_scale = scale * LOG2E
     hi = tl.where(m0 < n, n, 0)
+    if CAUSAL:
+        hi = tl.minimum(hi, m0 + BLOCK_M)
     for n0 in range(0, hi, BLOCK_N):
         offs_j = n0 + tl.arange(0, BLOCK_N)
         col_valid = offs_j < n
-        kv_mask = col_valid[:, None] & mask_d
-        k = tl.load(K + base + offs_j[:, None] * Dh + offs_d[None, :], mask=kv_mask, other=0.0)
-        v = tl.load(V + base + offs_j[:, None] * Dh + offs_d[None, :], mask=kv_mask, other=0.0)
+        k = tl.load(k_bh + offs_j[:, None] * stride_kt + offs_d[None, :] * stride_kd,
+                    mask=col_valid[:, None] & mask_d, other=0.0)
+        v = tl.load(v_bh + offs_j[:, None] * stride_vt + offs_d[None, :] * stride_vd,
+                    mask=col_valid[:, None] & mask_d, other=0.0)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
-        touches = touches_band(m0, n0, BLOCK_M, BLOCK_N, dist)
-        inv_w = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-        lower = offs_i[:, None] >= offs_j[None, :]
-        if touches:
-            bias, inv_w, lower = band_bias(P_bh, stride_pt, offs_i, offs_j, n, dist)
-            s += bias * LOG2E
-        p = tl.where(row_valid[:, None] & col_valid[None, :], tl.exp2(s - lse2[:, None]), 0.0)
+        if HAS_BIAS:
+            touches = touches_band(m0, n0, BLOCK_M, BLOCK_N, dist)
+            if touches:
+                s += band_tile(T_bh, stride_tc, stride_tt, offs_i, offs_j, n, dist, CAUSAL) * LOG2E
+        pairs = row_valid[:, None] & col_valid[None, :]
+        if CAUSAL:
+            pairs = pairs & (offs_j[None, :] <= offs_i[:, None])
+        p = tl.where(pairs, tl.exp2(s - lse2[:, None]), 0.0)
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
         ds = p * (dp - delta[:, None])  # dLoss/dS, S the natural-base logits
         dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PRECISION)
-        if touches:
-            g = ds * inv_w
-            row_plus += tl.sum(tl.where(lower, g, 0.0), 1)
-            row_minus += tl.sum(tl.where(lower, 0.0, g), 1)
-    tl.store(DQ + base + offs_i[:, None] * Dh + offs_d[None, :], (dq * scale).to(DQ.dtype.element_ty),
-             mask=(offs_i[:, None] < L) & mask_d)
-    tl.store(ROW_PLUS + bh.to(tl.int64) * L + offs_i, row_plus, mask=offs_i < L)
-    tl.store(ROW_MINUS + bh.to(tl.int64) * L + offs_i, row_minus, mask=offs_i < L)
+        if HAS_BIAS:
+            if touches:
+                gs, gr, gz = band_grads(ds, offs_i, offs_j, n, dist, CAUSAL, True)
+                row_s += gs
+                row_r += gr
+                row_z += gz
+    tl.store(DQ + b * stride_db + h * stride_dh + offs_i[:, None] * stride_dt + offs_d[None, :] * stride_dd,
+             (dq * scale).to(DQ.dtype.element_ty), mask=(offs_i[:, None] < L) & mask_d)
+    if HAS_BIAS:
+        rows = ROWS + bh.to(tl.int64) * L + offs_i
+        plane = tl.num_programs(1).to(tl.int64) * L  # one (B, H, L) plane of ROWS
+        tl.store(rows, row_s, mask=offs_i < L)
+        tl.store(rows + plane, row_r, mask=offs_i < L)
+        tl.store(rows + 2 * plane, row_z, mask=offs_i < L)
 
 
 @triton.jit
-def _attn_bwd_dkv_kernel(Q, K, V, P, LENGTHS, DO, LSE2, DELTA, DK, DV, COL_PLUS, COL_MINUS,
-                         scale, dist, L, H, Dh, stride_pb, stride_pt,
-                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                         DOT_PRECISION: tl.constexpr):
-    """dK, dV for one block of keys, and the bias gradient summed down those columns:
-    ``COL_PLUS[j] = sum_{i<j} G`` (goes to dP[j+1]), ``COL_MINUS[j] = sum_{i>=j} G`` (to -dP[j])."""
+def _attn_bwd_dkv_kernel(Q, K, V, T, LENGTHS, DO, DK, DV, LSE2, DELTA, ROWS, DT, scale, dist, L, H, Dh,
+                         stride_qb, stride_qh, stride_qt, stride_qd, stride_kb, stride_kh, stride_kt, stride_kd,
+                         stride_vb, stride_vh, stride_vt, stride_vd, stride_gb, stride_gh, stride_gt, stride_gd,
+                         stride_ab, stride_ah, stride_at, stride_ad, stride_cb, stride_ch, stride_ct, stride_cd,
+                         stride_tb, stride_th, stride_tc, stride_tt,
+                         HAS_BIAS: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr,
+                         BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """dK, dV for one block of keys (DK strided as ``stride_a*``, DV as ``stride_c*``), visiting
+    the query blocks that see them (causal: from the diagonal down); and the bias gradient summed
+    down the columns plus the dQ kernel's row sums of the same positions, written as the tables'
+    gradient ``DT (B, H, 3, L)`` (contiguous)."""
     pid_n = tl.program_id(0)
     bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
     n = tl.load(LENGTHS + b).to(tl.int32)
     n0 = pid_n * BLOCK_N
     offs_j = n0 + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     mask_d = offs_d[None, :] < Dh
     col_valid = offs_j < n
-    base = bh.to(tl.int64) * L * Dh
-    P_bh = P + b.to(tl.int64) * stride_pb + h
+    q_bh = Q + b * stride_qb + h * stride_qh
+    do_bh = DO + b * stride_gb + h * stride_gh
+    T_bh = T + b * stride_tb + h * stride_th
     kv_mask = col_valid[:, None] & mask_d
-    k = tl.load(K + base + offs_j[:, None] * Dh + offs_d[None, :], mask=kv_mask, other=0.0)
-    v = tl.load(V + base + offs_j[:, None] * Dh + offs_d[None, :], mask=kv_mask, other=0.0)
+    k = tl.load(K + b * stride_kb + h * stride_kh + offs_j[:, None] * stride_kt + offs_d[None, :] * stride_kd,
+                mask=kv_mask, other=0.0)
+    v = tl.load(V + b * stride_vb + h * stride_vh + offs_j[:, None] * stride_vt + offs_d[None, :] * stride_vd,
+                mask=kv_mask, other=0.0)
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
-    col_plus = tl.zeros([BLOCK_N], tl.float32)
-    col_minus = tl.zeros([BLOCK_N], tl.float32)
+    col_s = tl.zeros([BLOCK_N], tl.float32)
+    col_r = tl.zeros([BLOCK_N], tl.float32)
+    col_z = tl.zeros([BLOCK_N], tl.float32)
     qk_scale = scale * LOG2E
+    lo = 0
+    if CAUSAL:
+        lo = n0 // BLOCK_M * BLOCK_M  # rows above the diagonal see none of these keys
     hi = tl.where(n0 < n, n, 0)  # a block of invalid keys gets no gradient
-    for m0 in range(0, hi, BLOCK_M):
+    for m0 in range(lo, hi, BLOCK_M):
         offs_i = m0 + tl.arange(0, BLOCK_M)
         row_valid = offs_i < n
         q_mask = row_valid[:, None] & mask_d
-        q = tl.load(Q + base + offs_i[:, None] * Dh + offs_d[None, :], mask=q_mask, other=0.0)
-        do = tl.load(DO + base + offs_i[:, None] * Dh + offs_d[None, :], mask=q_mask, other=0.0)
+        q = tl.load(q_bh + offs_i[:, None] * stride_qt + offs_d[None, :] * stride_qd, mask=q_mask, other=0.0)
+        do = tl.load(do_bh + offs_i[:, None] * stride_gt + offs_d[None, :] * stride_gd, mask=q_mask, other=0.0)
         lse2 = tl.load(LSE2 + bh.to(tl.int64) * L + offs_i, mask=row_valid, other=0.0)
         delta = tl.load(DELTA + bh.to(tl.int64) * L + offs_i, mask=row_valid, other=0.0)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
-        touches = touches_band(m0, n0, BLOCK_M, BLOCK_N, dist)
-        inv_w = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-        lower = offs_i[:, None] >= offs_j[None, :]
-        if touches:
-            bias, inv_w, lower = band_bias(P_bh, stride_pt, offs_i, offs_j, n, dist)
-            s += bias * LOG2E
-        p = tl.where(row_valid[:, None] & col_valid[None, :], tl.exp2(s - lse2[:, None]), 0.0)
+        if HAS_BIAS:
+            touches = touches_band(m0, n0, BLOCK_M, BLOCK_N, dist)
+            if touches:
+                s += band_tile(T_bh, stride_tc, stride_tt, offs_i, offs_j, n, dist, CAUSAL) * LOG2E
+        pairs = row_valid[:, None] & col_valid[None, :]
+        if CAUSAL:
+            pairs = pairs & (offs_j[None, :] <= offs_i[:, None])
+        p = tl.where(pairs, tl.exp2(s - lse2[:, None]), 0.0)
         dv = tl.dot(tl.trans(p.to(do.dtype)), do, dv, input_precision=DOT_PRECISION)
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
         ds = p * (dp - delta[:, None])
         dk = tl.dot(tl.trans(ds.to(q.dtype)), q, dk, input_precision=DOT_PRECISION)
-        if touches:
-            g = ds * inv_w
-            col_plus += tl.sum(tl.where(lower, 0.0, g), 0)
-            col_minus += tl.sum(tl.where(lower, g, 0.0), 0)
+        if HAS_BIAS:
+            if touches:
+                gs, gr, gz = band_grads(ds, offs_i, offs_j, n, dist, CAUSAL, False)
+                col_s += gs
+                col_r += gr
+                col_z += gz
     out_mask = (offs_j[:, None] < L) & mask_d
-    tl.store(DK + base + offs_j[:, None] * Dh + offs_d[None, :], (dk * scale).to(DK.dtype.element_ty), mask=out_mask)
-    tl.store(DV + base + offs_j[:, None] * Dh + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=out_mask)
-    tl.store(COL_PLUS + bh.to(tl.int64) * L + offs_j, col_plus, mask=offs_j < L)
-    tl.store(COL_MINUS + bh.to(tl.int64) * L + offs_j, col_minus, mask=offs_j < L)
+    tl.store(DK + b * stride_ab + h * stride_ah + offs_j[:, None] * stride_at + offs_d[None, :] * stride_ad,
+             (dk * scale).to(DK.dtype.element_ty), mask=out_mask)
+    tl.store(DV + b * stride_cb + h * stride_ch + offs_j[:, None] * stride_ct + offs_d[None, :] * stride_cd,
+             dv.to(DV.dtype.element_ty), mask=out_mask)
+    if HAS_BIAS:
+        in_range = offs_j < L
+        rows = ROWS + bh.to(tl.int64) * L + offs_j
+        plane = tl.num_programs(1).to(tl.int64) * L
+        dT_bh = DT + bh.to(tl.int64) * 3 * L + offs_j  # contiguous (B, H, 3, L)
+        tl.store(dT_bh, col_s + tl.load(rows, mask=in_range, other=0.0), mask=in_range)
+        tl.store(dT_bh + L, col_r + tl.load(rows + plane, mask=in_range, other=0.0), mask=in_range)
+        tl.store(dT_bh + 2 * L, col_z + tl.load(rows + 2 * plane, mask=in_range, other=0.0), mask=in_range)
 
 
-# ----------------------------------------------------------------------------- launch parameters
+# ----------------------------------------------------------------------------- launches
 
-def blocks(device: torch.device, head_bytes: int = 0) -> tuple[int, int]:
-    """(BLOCK_M, BLOCK_N): small in the interpreter, so that small test sizes still span several
-    blocks (L not a multiple, tiles off the band). On a GPU 64 x 64, smaller where a row of a
-    q/k/v tile (``head_bytes``: padded head dim x element size) is long, so that the pipelined
-    tiles fit in shared memory (227 KB per block on an H100, 164 KB on an A100): at 64 x 64 the
-    float32 backward needs ~210 KB at Dh = 128 and ~400 KB at Dh = 256 (sm_90 compile)."""
-    if interpreted(device):
-        return 16, 16
-    if head_bytes > 512:
-        return 16, 16
-    return (32, 32) if head_bytes > 256 else (64, 64)
+def attention_meta(kernel: str, dtype: torch.dtype, Dh: int, causal: bool, has_bias: bool,
+                   device: torch.device) -> dict:
+    """The constexprs and launch options of one attention kernel (``"fwd"``, ``"bwd_dq"`` or
+    ``"bwd_dkv"``) for inputs of ``dtype`` and head dim ``Dh``: what the launchers below use, and
+    what ``bench/kernel_resources.py`` compiles."""
+    tiles = launch_tiles(kernel, dtype, head_block(Dh), causal, device)
+    return dict(HAS_BIAS=has_bias, CAUSAL=causal, BLOCK_D=head_block(Dh), DOT_PRECISION=dot_precision(dtype),
+                **tiles.meta())
 
 
-def head_block(Dh: int) -> int:
-    """BLOCK_D, the head dim padded to a power of two; ValueError beyond ``MAX_HEAD_DIM``."""
-    if not 1 <= Dh <= MAX_HEAD_DIM:
-        raise ValueError(f"the Triton ECCE attention supports head dims 1..{MAX_HEAD_DIM}, got {Dh}")
-    return max(16, triton.next_power_of_2(Dh))  # padded with masked lanes; tl.dot needs >= 16
+KERNELS = {"fwd": _attn_fwd_kernel, "bwd_dq": _attn_bwd_dq_kernel, "bwd_dkv": _attn_bwd_dkv_kernel}
 
 
-# ----------------------------------------------------------------------------- ops
+def _strides(t: torch.Tensor) -> tuple:
+    return tuple(t.stride())
+
+
+def _no_tables(q: torch.Tensor) -> torch.Tensor:
+    """A stand-in for the tables when there is no bias (never read)."""
+    return q.new_empty((1, 1, 1, 1), dtype=torch.float32)
+
 
 @triton_op_or_custom("iteach_fast::ecce_attention_fwd", mutates_args=())
-def _attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, zp: torch.Tensor, lengths: torch.Tensor,
-                   dist: int, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(out, lse2, P)``: the attention output, each row's base-2 log-sum-exp (B, H, L) and
-    the prefix sums of zp (B, L+1, H), the last two kept for the backward."""
+def _attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tables: torch.Tensor | None,
+                   lengths: torch.Tensor, dist: int, scale: float, causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(out, lse2)``: the attention output (q's layout) and each row's base-2 log-sum-exp
+    (B, H, L) float32, kept for the backward. ``dist`` is already a chunk length (``scan.chunk``)."""
     B, H, L, Dh = q.shape
     out = torch.empty_like(q)
     lse2 = torch.empty(B, H, L, device=q.device, dtype=torch.float32)
-    if B == 0 or L == 0:
-        return out, lse2, torch.zeros(B, L + 1, H, device=q.device, dtype=torch.float32)
-    _, P = prefix_sums(zp, None, lengths)
-    BLOCK_M, BLOCK_N = blocks(q.device, head_block(Dh) * q.element_size())
-    launcher(_attn_fwd_kernel)[(triton.cdiv(L, BLOCK_M), B * H)](
-        q, k, v, P, lengths, out, lse2, scale, min(dist, L + 1), L, H, Dh, P.stride(0), P.stride(1),
-        BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=head_block(Dh), DOT_PRECISION=dot_precision(q.dtype))
-    return out, lse2, P
+    if B * H == 0 or L == 0:
+        return out, lse2
+    T = tables if tables is not None else _no_tables(q)
+    meta = attention_meta("fwd", q.dtype, Dh, causal, tables is not None, q.device)
+    launcher(_attn_fwd_kernel)[(triton.cdiv(L, meta["BLOCK_M"]), B * H)](
+        q, k, v, T, lengths, out, lse2, scale, dist, L, H, Dh,
+        *_strides(q), *_strides(k), *_strides(v), *_strides(out), *_strides(T), **meta)
+    return out, lse2
 
 
 @triton_op_or_custom("iteach_fast::ecce_attention_bwd", mutates_args=())
 def _attention_bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
-                   lse2: torch.Tensor, P: torch.Tensor, lengths: torch.Tensor, dist: int,
-                   scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(dq, dk, dv, dzp)``; dzp float32."""
+                   lse2: torch.Tensor, tables: torch.Tensor | None, lengths: torch.Tensor, dist: int, scale: float,
+                   causal: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(dq, dk, dv, dT)``: dq, dk, dv in the layouts of q, k, v, dT (B, H, 3, L) float32
+    contiguous (empty without tables)."""
     B, H, L, Dh = q.shape
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    if B == 0 or L == 0:
-        return dq, dk, dv, torch.zeros(B, L, H, device=q.device, dtype=torch.float32)
-    delta = (dout.float() * out.float()).sum(-1)  # (B, H, L): rowsum(dO * O), FA2's D
-    sums = torch.empty(4, B, H, L, device=q.device, dtype=torch.float32)  # row+, row-, col+, col-
-    BLOCK_M, BLOCK_N = blocks(q.device, head_block(Dh) * q.element_size())
-    meta = dict(BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=head_block(Dh), DOT_PRECISION=dot_precision(q.dtype))
-    common = (scale, min(dist, L + 1), L, H, Dh, P.stride(0), P.stride(1))
-    launcher(_attn_bwd_dq_kernel)[(triton.cdiv(L, BLOCK_M), B * H)](
-        q, k, v, P, lengths, dout, lse2, delta, dq, sums[0], sums[1], *common, **meta)
-    launcher(_attn_bwd_dkv_kernel)[(triton.cdiv(L, BLOCK_N), B * H)](
-        q, k, v, P, lengths, dout, lse2, delta, dk, dv, sums[2], sums[3], *common, **meta)
-    dzp = dzp_from_band_sums(sums[0] + sums[2], sums[1] + sums[3], lengths)
-    return dq, dk, dv, dzp
+    has_bias = tables is not None
+    dT = q.new_empty((B, H, 3, L) if has_bias else (0,), dtype=torch.float32)
+    if B * H == 0 or L == 0:
+        return dq, dk, dv, dT
+    T = tables if has_bias else _no_tables(q)
+    delta = torch.empty(B, H, L, device=q.device, dtype=torch.float32)
+    rows = torch.empty(3, B, H, L, device=q.device, dtype=torch.float32) if has_bias else delta
+    common = (scale, dist, L, H, Dh)
+    meta = attention_meta("bwd_dq", q.dtype, Dh, causal, has_bias, q.device)
+    launcher(_attn_bwd_dq_kernel)[(triton.cdiv(L, meta["BLOCK_M"]), B * H)](
+        q, k, v, T, lengths, out, dout, dq, lse2, delta, rows, *common,
+        *_strides(q), *_strides(k), *_strides(v), *_strides(out), *_strides(dout), *_strides(dq), *_strides(T),
+        **meta)
+    meta = attention_meta("bwd_dkv", q.dtype, Dh, causal, has_bias, q.device)
+    launcher(_attn_bwd_dkv_kernel)[(triton.cdiv(L, meta["BLOCK_N"]), B * H)](
+        q, k, v, T, lengths, dout, dk, dv, lse2, delta, rows, dT if has_bias else delta, *common,
+        *_strides(q), *_strides(k), *_strides(v), *_strides(dout), *_strides(dk), *_strides(dv), *_strides(T),
+        **meta)
+    return dq, dk, dv, dT
 
 
 def _attention_setup(ctx, inputs, output):
-    q, k, v, zp, lengths, dist, scale = inputs
-    out, lse2, P = output
-    ctx.save_for_backward(q, k, v, out, lse2, P, lengths)
-    ctx.dist, ctx.scale, ctx.zp_dtype = dist, scale, zp.dtype
-    ctx.mark_non_differentiable(lse2, P)
+    q, k, v, tables, lengths, dist, scale, causal = inputs
+    out, lse2 = output
+    ctx.save_for_backward(q, k, v, out, lse2, tables, lengths)
+    ctx.dist, ctx.scale, ctx.causal = dist, scale, causal
+    ctx.mark_non_differentiable(lse2)
 
 
-def _attention_backward(ctx, dout, _dlse2, _dP):
-    q, k, v, out, lse2, P, lengths = ctx.saved_tensors
-    dq, dk, dv, dzp = torch.ops.iteach_fast.ecce_attention_bwd(
-        dout.contiguous(), q, k, v, out, lse2, P, lengths, ctx.dist, ctx.scale)
-    return dq, dk, dv, dzp.to(ctx.zp_dtype), None, None, None
+def _attention_backward(ctx, dout, _dlse2):
+    q, k, v, out, lse2, tables, lengths = ctx.saved_tensors
+    dq, dk, dv, dT = torch.ops.iteach_fast.ecce_attention_bwd(
+        dout, q, k, v, out, lse2, tables, lengths, ctx.dist, ctx.scale, ctx.causal)
+    return dq, dk, dv, (dT if tables is not None else None), None, None, None, None
 
 
 _attention_fwd.register_autograd(_attention_backward, setup_context=_attention_setup)
 
 
-def ecce_attention(q, k, v, zp, lengths, dist: int, scale: float) -> torch.Tensor:
-    """``softmax(q k^T * scale + E) v`` per head with ECCE's bias E built on the fly (see
-    ``iteach_fast.kernels.band``); inputs as ``iteach_fast.ops.ecce_attention`` validates them."""
+def ecce_attention(q, k, v, prefix, lengths, dist: int, scale: float, causal: bool = False) -> torch.Tensor:
+    """``softmax(q k^T * scale + E) v`` per head (keys ``j <= i`` only if ``causal``), ECCE's bias
+    E built on the fly from the band tables ``prefix`` (``ecce_prefix`` / ``band_tables``, same
+    lengths and dist), none if ``prefix`` is None; inputs as ``iteach_fast.ops`` validates them."""
     head_block(q.shape[-1])
-    out, _, _ = torch.ops.iteach_fast.ecce_attention_fwd(
-        q.contiguous(), k.contiguous(), v.contiguous(), zp.contiguous(), lengths, int(dist), float(scale))
+    out, _ = torch.ops.iteach_fast.ecce_attention_fwd(q, k, v, prefix, lengths, chunk(dist, q.shape[2]),
+                                                      float(scale), bool(causal))
     return out
 
+
+def ecce_attention_zp(q, k, v, zp, lengths, dist: int, scale: float, causal: bool = False) -> torch.Tensor:
+    """``ecce_attention`` with the bias of a given ``zp`` (B, L, H) (None: no bias)."""
+    prefix = band_tables(zp, lengths, dist) if zp is not None else None
+    return ecce_attention(q, k, v, prefix, lengths, dist, scale, causal)

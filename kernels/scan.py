@@ -1,16 +1,23 @@
-"""ECCE's prefix sums and their adjoint: the scans under the band bias (``docs/maths.md``, "ECCE").
+"""ECCE's band tables and their adjoint: the chunk-local scans under the band bias (``docs/maths.md``).
 
-    ecce_prefix(z, w, lengths) -> (zp, P)   Zp = Z @ W (B, L, H) and P[t] = sum_{k<t} Zp[k] (B, L+1, H)
+    ecce_prefix(z, w, lengths, dist) -> (zp, T)   zp = Z @ W (B, L, H) and its tables T (B, H, 3, L)
+    band_tables(zp, lengths, dist)   -> T         the tables of a given zp
 
-Both scans run one program per conversation over blocks of positions: a tree cumsum inside a
-block and a Kahan-compensated carry across blocks, so the error of P stays at a few ulps of
-|P| however long L is. The ops, ``iteach_fast::ecce_prefix`` (differentiable in z and w) and
-``iteach_fast::ecce_suffix_sum`` (its adjoint, ``dzp[k] = sum_{t>k} dP[t]``), are registered
-through ``iteach_fast.kernels._compat``. For the attention and bias modules:
+``T`` holds, for chunks of ``dist`` positions (``c(t) = t // dist``), ``T[:, :, 0, t] = S[t]`` the
+inclusive sum of zp from the chunk's start to t, ``T[:, :, 1, t] = R[t]`` from t to the chunk's
+end, ``T[:, :, 2, t] = zp[t]`` (see ``iteach_fast.kernels.band`` for how a band mean reads them).
+One program per (chunk, conversation) scans its chunk in blocks of positions: a tree cumsum inside
+a block and a Kahan-compensated carry across blocks, forwards for S, backwards for R, so the
+error of a table entry stays at a few ulps of the chunk's sums however long the chunk is. Each
+scan restarts at its chunk: nothing crosses a chunk boundary, so a NaN or a huge value in zp
+stays in its own chunk's tables.
 
-    prefix_sums(x, w, lengths)                -> (zp, P)  the launch, zp None when w is None (x is zp)
-    dzp_from_band_sums(plus, minus, lengths)  -> dzp      the bias gradient from the band sums
-    dot_precision(dtype)                      -> the ``input_precision`` of every ``tl.dot``
+The adjoint (``dzp[k] = dT2[k] + sum_{t >= k} dS[t] + sum_{t <= k} dR[t]`` over k's chunk, 0 beyond
+the length) is the same scan run the other way. Ops, registered through
+``iteach_fast.kernels._compat``: ``iteach_fast::ecce_prefix`` (differentiable in z and w),
+``iteach_fast::ecce_band_tables`` (differentiable in zp) and ``iteach_fast::ecce_tables_adjoint``.
+For the other kernel modules: ``dot_precision(dtype)``, the ``input_precision`` of every ``tl.dot``,
+and ``chunk(dist, L)``, the chunk length the kernels use.
 """
 from __future__ import annotations
 
@@ -20,7 +27,7 @@ import triton.language as tl
 
 from ._compat import launcher, triton_op_or_custom
 
-__all__ = ["ecce_prefix", "prefix_sums", "dzp_from_band_sums", "dot_precision"]
+__all__ = ["ecce_prefix", "band_tables", "tables_adjoint", "dot_precision", "chunk", "scan_meta"]
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -34,163 +41,231 @@ def _kahan_add(total, comp, x):
 
 
 @triton.jit
-def _prefix_kernel(X, W, ZP, P, LENGTHS, L, D, H,
-                   stride_xb, stride_xt, stride_pb, stride_pt,
+def _tables_kernel(X, W, ZP, T, LENGTHS, L, D, H, dist,
+                   stride_xb, stride_xt, stride_xd, stride_wd, stride_wh,
+                   stride_tb, stride_th, stride_tc, stride_tt,
                    HAS_W: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
                    BLOCK_H: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """One program per conversation. ``zp = X @ W`` (X (B,L,D), W (D,H)) if HAS_W, else
-    ``zp = X`` (B,L,H); invalid positions give 0. Writes ``P[t] = sum_{k<t} zp[k]``
-    (B, L+1, H) in float32, scanning blocks of BLOCK_L positions: a tree cumsum inside a
-    block and a Kahan-compensated carry across blocks, so the error of P stays at a few ulps
-    of |P| however long L is (a plain running float32 sum drifts like L * eps)."""
-    b = tl.program_id(0)
+    """One program per (chunk, conversation). ``zp = X @ W`` (X (B, L, D), W (D, H)) if HAS_W,
+    written to ZP (B, L, H) float32, else ``zp = X`` (B, L, H); 0 beyond the length. Writes the
+    chunk's S (forward scan), then R (backward scan, reading back the zp just written)."""
+    c = tl.program_id(0)
+    b = tl.program_id(1)
     n = tl.load(LENGTHS + b).to(tl.int32)
+    start = c * dist
+    end = tl.minimum(start + dist, L)
     offs_h = tl.arange(0, BLOCK_H)
-    mask_h = offs_h < H
+    mask_h = offs_h[None, :] < H
     x_b = X + b.to(tl.int64) * stride_xb
-    p_b = P + b.to(tl.int64) * stride_pb
-    tl.store(p_b + offs_h, tl.zeros([BLOCK_H], tl.float32), mask=mask_h)  # P[0] = 0
+    t_b = T + b.to(tl.int64) * stride_tb + offs_h[None, :] * stride_th
     carry = tl.zeros([BLOCK_H], tl.float32)
     comp = tl.zeros([BLOCK_H], tl.float32)
-    for l0 in range(0, L, BLOCK_L):
+    for l0 in range(start, end, BLOCK_L):
         offs_l = l0 + tl.arange(0, BLOCK_L)
-        valid = offs_l < n
+        valid = offs_l[:, None] < n
+        in_chunk = (offs_l[:, None] < end) & mask_h
         if HAS_W:
             zp = tl.zeros([BLOCK_L, BLOCK_H], tl.float32)
-            for d0 in range(0, D, BLOCK_D):
+            for d0 in range(0, tl.where(l0 < n, D, 0), BLOCK_D):  # a block of padding: no products
                 offs_d = d0 + tl.arange(0, BLOCK_D)
-                x = tl.load(x_b + offs_l[:, None] * stride_xt + offs_d[None, :],
-                            mask=valid[:, None] & (offs_d[None, :] < D), other=0.0)
-                w = tl.load(W + offs_d[:, None] * H + offs_h[None, :],
-                            mask=(offs_d[:, None] < D) & mask_h[None, :], other=0.0)
+                x = tl.load(x_b + offs_l[:, None] * stride_xt + offs_d[None, :] * stride_xd,
+                            mask=valid & (offs_d[None, :] < D), other=0.0)
+                w = tl.load(W + offs_d[:, None] * stride_wd + offs_h[None, :] * stride_wh,
+                            mask=(offs_d[:, None] < D) & mask_h, other=0.0)
                 zp = tl.dot(x, w, zp, input_precision=DOT_PRECISION)
-            tl.store(ZP + b.to(tl.int64) * L * H + offs_l[:, None] * H + offs_h[None, :], zp,
-                     mask=(offs_l[:, None] < L) & mask_h[None, :])
+            tl.store(ZP + b.to(tl.int64) * L * H + offs_l[:, None] * H + offs_h[None, :], zp, mask=in_chunk)
         else:
-            zp = tl.load(x_b + offs_l[:, None] * stride_xt + offs_h[None, :],
-                         mask=valid[:, None] & mask_h[None, :], other=0.0).to(tl.float32)
-        local = tl.cumsum(zp, axis=0)
-        tl.store(p_b + (offs_l[:, None] + 1) * stride_pt + offs_h[None, :],
-                 carry[None, :] + (local - comp[None, :]),
-                 mask=(offs_l[:, None] < L) & mask_h[None, :])
-        carry, comp = _kahan_add(carry, comp, tl.sum(zp, axis=0))
+            zp = tl.load(x_b + offs_l[:, None] * stride_xt + offs_h[None, :] * stride_xd,
+                         mask=valid & mask_h, other=0.0).to(tl.float32)
+        tl.store(t_b + 2 * stride_tc + offs_l[:, None] * stride_tt, zp, mask=in_chunk)
+        tl.store(t_b + offs_l[:, None] * stride_tt, carry[None, :] + (tl.cumsum(zp, 0) - comp[None, :]),
+                 mask=in_chunk)
+        carry, comp = _kahan_add(carry, comp, tl.sum(zp, 0))
+    tl.debug_barrier()  # the zp just stored, read back below by other threads of this program
+    carry = tl.zeros([BLOCK_H], tl.float32)
+    comp = tl.zeros([BLOCK_H], tl.float32)
+    num_blocks = tl.cdiv(end - start, BLOCK_L)
+    for r in range(0, num_blocks):
+        offs_l = start + (num_blocks - 1 - r) * BLOCK_L + tl.arange(0, BLOCK_L)
+        in_chunk = (offs_l[:, None] < end) & mask_h
+        zp = tl.load(t_b + 2 * stride_tc + offs_l[:, None] * stride_tt, mask=in_chunk, other=0.0)
+        tl.store(t_b + stride_tc + offs_l[:, None] * stride_tt,
+                 carry[None, :] + (tl.cumsum(zp, 0, reverse=True) - comp[None, :]), mask=in_chunk)
+        carry, comp = _kahan_add(carry, comp, tl.sum(zp, 0))
 
 
 @triton.jit
-def _suffix_kernel(DP, DZP, LENGTHS, L, H, stride_db, stride_dt, stride_dh,
-                   BLOCK_L: tl.constexpr, BLOCK_H: tl.constexpr):
-    """The adjoint of ``_prefix_kernel``'s scan: ``dzp[k] = sum_{t=k+1..L} dP[t]`` for valid k,
-    0 elsewhere; dP (B, L+1, H) strided, dzp (B, L, H) float32 contiguous. Scans blocks from
-    the end with the same compensated carry."""
-    b = tl.program_id(0)
+def _tables_adjoint_kernel(DT, EXTRA, DZP, LENGTHS, L, H, dist,
+                           stride_db, stride_dh, stride_dc, stride_dt, stride_eb, stride_et, stride_eh,
+                           HAS_EXTRA: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_H: tl.constexpr):
+    """The adjoint of ``_tables_kernel``'s scans, one program per (chunk, conversation):
+    ``dzp[k] = dT[2, k] (+ EXTRA[k]) + sum_{t >= k} dT[0, t] + sum_{t <= k} dT[1, t]`` over k's
+    chunk, 0 beyond the length; dT (B, H, 3, L) and EXTRA (B, L, H) strided, DZP (B, L, H) float32.
+    The backward scan of dS is written first, then the forward scan of dR added to it."""
+    c = tl.program_id(0)
+    b = tl.program_id(1)
     n = tl.load(LENGTHS + b).to(tl.int32)
+    start = c * dist
+    end = tl.minimum(start + dist, L)
     offs_h = tl.arange(0, BLOCK_H)
-    mask_h = offs_h < H
-    d_b = DP + b.to(tl.int64) * stride_db
+    mask_h = offs_h[None, :] < H
+    d_b = DT + b.to(tl.int64) * stride_db + offs_h[None, :] * stride_dh
+    out_b = DZP + b.to(tl.int64) * L * H + offs_h[None, :]
     carry = tl.zeros([BLOCK_H], tl.float32)
     comp = tl.zeros([BLOCK_H], tl.float32)
-    num_blocks = tl.cdiv(L, BLOCK_L)
+    num_blocks = tl.cdiv(end - start, BLOCK_L)
     for r in range(0, num_blocks):
-        offs_l = (num_blocks - 1 - r) * BLOCK_L + tl.arange(0, BLOCK_L)
-        in_range = (offs_l[:, None] < L) & mask_h[None, :]
-        g = tl.load(d_b + (offs_l[:, None] + 1) * stride_dt + offs_h[None, :] * stride_dh,
-                    mask=in_range, other=0.0).to(tl.float32)
-        local = tl.cumsum(g, axis=0, reverse=True)
-        out = tl.where((offs_l < n)[:, None], carry[None, :] + (local - comp[None, :]), 0.0)
-        tl.store(DZP + b.to(tl.int64) * L * H + offs_l[:, None] * H + offs_h[None, :], out, mask=in_range)
-        carry, comp = _kahan_add(carry, comp, tl.sum(g, axis=0))
+        offs_l = start + (num_blocks - 1 - r) * BLOCK_L + tl.arange(0, BLOCK_L)
+        in_chunk = (offs_l[:, None] < end) & mask_h
+        g = tl.load(d_b + offs_l[:, None] * stride_dt, mask=in_chunk, other=0.0).to(tl.float32)
+        tl.store(out_b + offs_l[:, None] * H, carry[None, :] + (tl.cumsum(g, 0, reverse=True) - comp[None, :]),
+                 mask=in_chunk)
+        carry, comp = _kahan_add(carry, comp, tl.sum(g, 0))
+    tl.debug_barrier()  # the partial sums just stored, read back below by other threads
+    carry = tl.zeros([BLOCK_H], tl.float32)
+    comp = tl.zeros([BLOCK_H], tl.float32)
+    for l0 in range(start, end, BLOCK_L):
+        offs_l = l0 + tl.arange(0, BLOCK_L)
+        in_chunk = (offs_l[:, None] < end) & mask_h
+        g = tl.load(d_b + stride_dc + offs_l[:, None] * stride_dt, mask=in_chunk, other=0.0).to(tl.float32)
+        part = tl.load(out_b + offs_l[:, None] * H, mask=in_chunk, other=0.0)
+        dz = tl.load(d_b + 2 * stride_dc + offs_l[:, None] * stride_dt, mask=in_chunk, other=0.0).to(tl.float32)
+        total = part + dz + carry[None, :] + (tl.cumsum(g, 0) - comp[None, :])
+        if HAS_EXTRA:
+            e = tl.load(EXTRA + b.to(tl.int64) * stride_eb + offs_l[:, None] * stride_et + offs_h[None, :] * stride_eh,
+                        mask=in_chunk, other=0.0)
+            total += e.to(tl.float32)
+        tl.store(out_b + offs_l[:, None] * H, tl.where(offs_l[:, None] < n, total, 0.0), mask=in_chunk)
+        carry, comp = _kahan_add(carry, comp, tl.sum(g, 0))
 
 
-# ----------------------------------------------------------------------------- launchers
+# ----------------------------------------------------------------------------- launch parameters
 
 def dot_precision(dtype: torch.dtype) -> str:
-    """The ``input_precision`` of a ``tl.dot`` on inputs of ``dtype`` (the scan's and attention's)."""
-    # float32 inputs get true float32 products: TF32 (Triton's default) would miss the float32 tolerances
-    return "ieee" if dtype == torch.float32 else "tf32"
+    """The ``input_precision`` of a ``tl.dot`` on inputs of ``dtype``: float32 on tensor cores
+    with float32-level accuracy (3xTF32: each operand split into a TF32 head and tail, three
+    products); ignored for 16-bit inputs (and by the interpreter, which multiplies in float32)."""
+    return "tf32x3" if dtype == torch.float32 else "tf32"
 
 
-def _scan_block_h(H: int) -> int:
-    return max(16, triton.next_power_of_2(H))
+def chunk(dist: int, L: int) -> int:
+    """The chunk length for ``dist`` at length ``L``: ``dist`` itself, capped at ``max(L, 1)`` (a
+    band at least as wide as the conversation is one chunk; also keeps it an int32)."""
+    return max(1, min(int(dist), L))
 
 
-def prefix_sums(x: torch.Tensor, w: torch.Tensor | None, lengths: torch.Tensor):
-    """Launch ``_prefix_kernel``: ``(zp, P)`` float32, zp None when ``w`` is None (x is zp)."""
-    B, L, _ = x.shape
-    H = x.shape[2] if w is None else w.shape[1]
-    D = x.shape[2]
-    P = torch.empty(B, L + 1, H, device=x.device, dtype=torch.float32)
+def scan_meta(chunk_len: int, D: int | None, H: int) -> dict:
+    """The constexprs of the scan kernels: a block of positions no longer than needed for a
+    chunk (at least 16, tl.dot's minimum), D and H padded to powers of two."""
+    meta = dict(BLOCK_L=max(16, min(64, triton.next_power_of_2(chunk_len))),
+                BLOCK_H=max(16, triton.next_power_of_2(H)))
+    if D is not None:
+        meta["BLOCK_D"] = min(64, max(16, triton.next_power_of_2(D)))
+    return meta
+
+
+def _launch_tables(x: torch.Tensor, w: torch.Tensor | None, lengths: torch.Tensor, dist: int):
+    """``(zp, T)`` float32, zp None when ``w`` is None (x is zp)."""
+    B, L, D = x.shape
+    H = D if w is None else w.shape[1]
+    T = torch.empty(B, H, 3, L, device=x.device, dtype=torch.float32)
     zp = torch.empty(B, L, H, device=x.device, dtype=torch.float32) if w is not None else None
-    launcher(_prefix_kernel)[(B,)](
-        x, w if w is not None else x, zp if zp is not None else P, P, lengths, L, D, H,
-        x.stride(0), x.stride(1), P.stride(0), P.stride(1),
-        HAS_W=w is not None, BLOCK_L=64, BLOCK_D=min(64, max(16, triton.next_power_of_2(D))),
-        BLOCK_H=_scan_block_h(H), DOT_PRECISION=dot_precision(x.dtype))
-    return zp, P
+    if B == 0 or L == 0:
+        return (zp.zero_() if zp is not None else None), T
+    c = chunk(dist, L)
+    meta = scan_meta(c, D if w is not None else None, H)
+    if w is None:
+        meta["BLOCK_D"] = 16  # unused
+    launcher(_tables_kernel)[(triton.cdiv(L, c), B)](
+        x, w if w is not None else x, zp if zp is not None else T, T, lengths, L, D, H, c,
+        x.stride(0), x.stride(1), x.stride(2), *(w.stride() if w is not None else (0, 0)), *T.stride(),
+        HAS_W=w is not None, DOT_PRECISION=dot_precision(x.dtype), **meta)
+    return zp, T
 
 
-def dzp_from_band_sums(plus: torch.Tensor, minus: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """dzp (B, L, H) float32 from the band sums (B, H, L): ``dP[t] = plus[t-1] - minus[t]``,
-    then ``dzp[k] = sum_{t>k} dP[t]``."""
-    dP = torch.nn.functional.pad(plus, (1, 0)) - torch.nn.functional.pad(minus, (0, 1))  # (B, H, L+1)
-    return torch.ops.iteach_fast.ecce_suffix_sum(dP.transpose(1, 2), lengths)
+def _launch_adjoint(dT: torch.Tensor, extra: torch.Tensor | None, lengths: torch.Tensor, dist: int) -> torch.Tensor:
+    B, H, _, L = dT.shape
+    dzp = torch.empty(B, L, H, device=dT.device, dtype=torch.float32)
+    if B == 0 or L == 0:
+        return dzp
+    c = chunk(dist, L)
+    e = extra if extra is not None else dzp
+    launcher(_tables_adjoint_kernel)[(triton.cdiv(L, c), B)](
+        dT, e, dzp, lengths, L, H, c, *dT.stride(), *e.stride(), HAS_EXTRA=extra is not None,
+        **scan_meta(c, None, H))
+    return dzp
 
 
 # ----------------------------------------------------------------------------- ops
 
-@triton_op_or_custom("iteach_fast::ecce_suffix_sum", mutates_args=())
-def _suffix_sum(dP: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """``dzp[b, k] = sum_{t>k} dP[b, t]`` for ``k < lengths[b]``, else 0: (B, L+1, H) -> (B, L, H) float32."""
-    B, L1, H = dP.shape
-    L = L1 - 1
-    dzp = torch.empty(B, L, H, device=dP.device, dtype=torch.float32)
-    if B and L:
-        launcher(_suffix_kernel)[(B,)](dP, dzp, lengths, L, H, dP.stride(0), dP.stride(1), dP.stride(2),
-                                       BLOCK_L=64, BLOCK_H=_scan_block_h(H))
-    return dzp
+@triton_op_or_custom("iteach_fast::ecce_tables_adjoint", mutates_args=())
+def _adjoint_op(dT: torch.Tensor, extra: torch.Tensor | None, lengths: torch.Tensor, dist: int) -> torch.Tensor:
+    """``dzp (B, L, H)`` float32 from the tables' gradient ``dT (B, H, 3, L)`` (plus ``extra``, a
+    gradient of zp itself, if given), 0 beyond the lengths."""
+    return _launch_adjoint(dT, extra, lengths, dist)
+
+
+@triton_op_or_custom("iteach_fast::ecce_band_tables", mutates_args=())
+def _tables_op(zp: torch.Tensor, lengths: torch.Tensor, dist: int) -> torch.Tensor:
+    return _launch_tables(zp, None, lengths, dist)[1]
+
+
+def _tables_setup(ctx, inputs, output):
+    zp, lengths, dist = inputs
+    ctx.save_for_backward(lengths)
+    ctx.dist, ctx.zp_dtype = dist, zp.dtype
+
+
+def _tables_backward(ctx, dT):
+    (lengths,) = ctx.saved_tensors
+    return torch.ops.iteach_fast.ecce_tables_adjoint(dT, None, lengths, ctx.dist).to(ctx.zp_dtype), None, None
+
+
+_tables_op.register_autograd(_tables_backward, setup_context=_tables_setup)
 
 
 @triton_op_or_custom("iteach_fast::ecce_prefix", mutates_args=())
-def _prefix_op(z: torch.Tensor, w: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    B, L, D = z.shape
-    H = w.shape[1]
-    if B == 0 or L == 0:
-        return (torch.zeros(B, L, H, device=z.device, dtype=torch.float32),
-                torch.zeros(B, L + 1, H, device=z.device, dtype=torch.float32))
-    return prefix_sums(z, w, lengths)
+def _prefix_op(z: torch.Tensor, w: torch.Tensor, lengths: torch.Tensor, dist: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return _launch_tables(z, w, lengths, dist)
 
 
 def _prefix_setup(ctx, inputs, output):
-    z, w, lengths = inputs
+    z, w, lengths, dist = inputs
     ctx.save_for_backward(z, w, lengths)
+    ctx.dist = dist
 
 
-def _prefix_backward(ctx, dzp, dP):
+def _prefix_backward(ctx, dzp, dT):
     z, w, lengths = ctx.saved_tensors
     B, L, _ = z.shape
     valid = (torch.arange(L, device=z.device) < lengths[:, None])[..., None]
-    g = torch.zeros(B, L, w.shape[1], device=z.device, dtype=torch.float32)
-    if dP is not None:
-        g = g + torch.ops.iteach_fast.ecce_suffix_sum(dP, lengths)
-    if dzp is not None:
-        g = g + torch.where(valid, dzp.float(), 0.0)
+    if dT is not None:  # the adjoint adds dzp and zeroes the padding
+        g = torch.ops.iteach_fast.ecce_tables_adjoint(dT, dzp, lengths, ctx.dist)
+    elif dzp is not None:
+        g = torch.where(valid, dzp.float(), 0.0)
+    else:
+        return None, None, None, None
     zm = torch.where(valid, z.float(), 0.0)  # invalid rows of z did not take part
     dz = (g @ w.float().t()).to(z.dtype)
     dw = torch.einsum("bld,blh->dh", zm, g).to(w.dtype)
-    return dz, dw, None
+    return dz, dw, None, None
 
 
 _prefix_op.register_autograd(_prefix_backward, setup_context=_prefix_setup)
 
 
-def ecce_prefix(z: torch.Tensor, w: torch.Tensor, lengths: torch.Tensor | None = None):
-    """``(zp, P)``: ``zp = Z @ W`` (B, L, H) and its exclusive prefix sums ``P`` (B, L+1, H),
-    both float32, positions ``>= lengths`` contributing 0 (zp is 0 there). One kernel;
-    differentiable in ``z`` and ``w``."""
-    if z.dim() != 3 or w.dim() != 2 or w.shape[0] != z.shape[2]:
-        raise ValueError(f"ecce_prefix expects z (B, L, D) and w (D, H), got {tuple(z.shape)} and {tuple(w.shape)}")
-    if z.dtype != w.dtype:
-        raise TypeError(f"z and w must share a dtype, got {z.dtype} and {w.dtype}")
-    B, L, _ = z.shape
-    if lengths is None:
-        lengths = torch.full((B,), L, dtype=torch.int64, device=z.device)
-    return torch.ops.iteach_fast.ecce_prefix(z.contiguous(), w.contiguous(), lengths.to(z.device, torch.int64))
+def ecce_prefix(z: torch.Tensor, w: torch.Tensor, lengths: torch.Tensor, dist: int):
+    """``(zp, T)``: ``zp = Z @ W`` (B, L, H) and its band tables ``T`` (B, H, 3, L), both float32,
+    0 at positions ``>= lengths``; one kernel, differentiable in ``z`` and ``w`` (any strides)."""
+    return torch.ops.iteach_fast.ecce_prefix(z, w, lengths, chunk(dist, z.shape[1]))
+
+
+def band_tables(zp: torch.Tensor, lengths: torch.Tensor, dist: int) -> torch.Tensor:
+    """The band tables ``T`` (B, H, 3, L) float32 of ``zp`` (B, L, H), differentiable in zp."""
+    return torch.ops.iteach_fast.ecce_band_tables(zp, lengths, chunk(dist, zp.shape[1]))
+
+
+def tables_adjoint(dT: torch.Tensor, lengths: torch.Tensor, dist: int) -> torch.Tensor:
+    """``dzp`` (B, L, H) float32 from a gradient of the tables (for tests)."""
+    return torch.ops.iteach_fast.ecce_tables_adjoint(dT, None, lengths, chunk(dist, dT.shape[-1]))
+
