@@ -55,7 +55,7 @@ from .checkpoint import (
 from .choices import MODALITIES
 from .config import TrainConfig
 from .data import collate, splits_for
-from .distributed import Context, context
+from .distributed import Context, DistributedError, context
 from .evaluate import evaluate_rates
 from .masking import apply_mask, sample_present
 from .model import ITEACHNet, roles
@@ -70,6 +70,9 @@ RESUME_SETTINGS = ("epochs", "out_dir", "progress", "compile", "cuda_graphs", "t
 TERMS = ("total", "emo", "rec", "emo_teacher", "emo_student")
 #: optimiser steps run eagerly before a CUDA graph captures the step (lazy initialisations)
 GRAPH_WARMUP = 3
+#: the torch.compile backend of ``compile`` (the tests trace with "aot_eager": Dynamo and
+#: AOTAutograd as in a real run, without Inductor's code generation)
+COMPILE_BACKEND = "inductor"
 
 
 class TrainingDiverged(ValueError):
@@ -170,8 +173,10 @@ class Step:
             net, raw, optim, scaler, cfg, ctx, dtype)
         self.params = [p for p in raw.parameters() if p.requires_grad]
         self.autocast_cache = True
-        self.forward_loss = (torch.compile(self._forward_loss, fullgraph=True, dynamic=False) if cfg.compile
-                             else self._forward_loss)
+        self.forward_loss = self._forward_loss
+        if cfg.compile:  # one graph per batch shape (length buckets), backward through AOTAutograd
+            self.forward_loss = torch.compile(self._forward_loss, fullgraph=True, dynamic=False,
+                                              backend=COMPILE_BACKEND)
 
     def _forward_loss(self, complete, incomplete, lengths, labels, present, scales) -> torch.Tensor:
         with autocast(self.ctx.device, self.dtype, self.autocast_cache):
@@ -317,6 +322,15 @@ def _diverged(vals, epoch, step, raw, optim, last_good) -> str:
             f"epoch was saved ({kept}); lower --lr / --router-lr, set --grad-clip, or check the data")
 
 
+def _lost_peer(err: RuntimeError) -> bool:
+    """Whether ``err`` is a collective that failed because another rank went away (gloo and
+    NCCL report it as a RuntimeError from inside backward or all_reduce)."""
+    text = str(err)
+    return isinstance(err, torch.distributed.DistError) or any(
+        s in text for s in ("Connection closed by peer", "Connection reset by peer", "NCCL communicator was aborted",
+                            "ProcessGroupNCCL", "ProcessGroupGloo"))
+
+
 def _quiet(*_args, **_kwargs):
     pass
 
@@ -437,7 +451,14 @@ def _run(cfg, ctx, splits, dtype, ckpt, resume, paths, log, max_steps) -> dict:
                 shape = (share, longest)
             elif fixed:
                 shape = (share, length_bucket(max(len(train_set[i]["labels"]) for i in idx), longest))
-            vals = step(make_batch(train_set, idx, rate, gens["mask"], ctx, shape))
+            try:
+                vals = step(make_batch(train_set, idx, rate, gens["mask"], ctx, shape))
+            except RuntimeError as err:
+                if not (ctx.parallel and _lost_peer(err)):
+                    raise
+                raise DistributedError(f"another process of this job stopped (a collective at epoch {epoch + 1}, "
+                                       f"step {steps + 1} failed: {str(err).splitlines()[0][:200]}); its own "
+                                       "message, and torchrun's summary, name it") from None
             steps += 1
             if not all(map(math.isfinite, vals)):
                 raise TrainingDiverged(_diverged(vals, epoch, steps, raw, optim, last_good))
