@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import extension, reference
+from . import extension
 from .choices import BACKENDS
 
 __all__ = ["OPS", "FEATURES", "BackendUnavailable", "BackendSpec", "Implementation", "REGISTRY", "register",
@@ -192,28 +192,7 @@ def register(impl: Implementation) -> None:
     REGISTRY[impl.op][impl.backend] = impl
 
 
-# adapters from the signatures before prefix tables and causal mode (removed as each backend moves)
-def _prefix_from_p(fn):
-    """``fn(z, w, lengths) -> (zp, P)`` -> ``(z, w, lengths, dist) -> (zp, prefix table)``."""
-    def ecce_prefix(z, w_fc, lengths, dist):
-        zp, _ = fn(z, w_fc, lengths)
-        return zp, reference.prefix_table(zp, dist)
-    return ecce_prefix
-
-
-def _bias_without_causal(fn):
-    return lambda zp, lengths, dist, causal: fn(zp, lengths, dist)
-
-
-def _attention_from_zp(fn):
-    """``fn(q, k, v, zp, lengths, dist, scale)``: zp is the table's third row; no table, zp = 0 (no bias)."""
-    def ecce_attention(q, k, v, prefix, lengths, dist, scale, causal):
-        B, H, L, _ = q.shape
-        zp = q.new_zeros(B, L, H) if prefix is None else prefix[:, :, 2].transpose(1, 2)
-        return fn(q, k, v, zp, lengths, dist, scale)
-    return ecce_attention
-
-
+# an adapter from the signature before causal mode (removed when the backend moves)
 def _mixture_without_causal(fn):
     return lambda logits, x, y_attn, y_mlp, lengths, pool_size, causal: fn(logits, x, y_attn, y_mlp, lengths,
                                                                            pool_size)
@@ -222,8 +201,6 @@ def _mixture_without_causal(fn):
 for _op in OPS:
     register(Implementation(_op, "reference", f"iteach_fast.reference:{_op}", features=frozenset(
         f for f, ops_ in FEATURES.items() if _op in ops_)))
-_TRITON_ADAPT = {"ecce_prefix": _prefix_from_p, "ecce_bias": _bias_without_causal,
-                 "ecce_attention": _attention_from_zp}
 for _op in ("ecce_prefix", "ecce_bias", "ecce_attention"):
     register(Implementation(_op, "triton", f"iteach_fast.kernels.ecce:{_op}", dtypes=HALF_AND_FLOAT,
                             tolerances={torch.float32: (1e-4, 1e-3), torch.float16: (3e-3, 3e-3),

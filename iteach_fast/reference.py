@@ -47,9 +47,10 @@ def prefix_table(zp: torch.Tensor, dist: int) -> torch.Tensor:
     return torch.stack((S, R, x), dim=2).reshape(B, H, 3, chunks * width)[..., :L]
 
 
-def band_means(prefix: torch.Tensor, lengths: torch.Tensor, dist: int, causal: bool) -> torch.Tensor:
-    """``E (B, H, L, L)`` in ``prefix``'s dtype: ``mean(zp[min(i,j)..max(i,j)])`` for valid pairs
-    with ``|i-j| < dist`` (and ``j <= i`` if ``causal``), else 0.
+def band_means(prefix: torch.Tensor, dist: int, causal: bool, lengths: torch.Tensor | None = None) -> torch.Tensor:
+    """``E (B, H, L, L)`` in ``prefix``'s dtype: ``mean(zp[min(i,j)..max(i,j)])`` for pairs with
+    ``|i-j| < dist`` (and ``j <= i`` if ``causal``), else 0; with ``lengths``, also 0 unless
+    both ``i`` and ``j`` are valid (the attention masks its keys itself).
 
     Built from broadcast differences of the table (no gather, whose backward is a slow
     ``index_put``): for ``j <= i``, ``sum zp[j..i] = S[i] + (zp[j] - S[j])`` when ``i`` and ``j``
@@ -61,18 +62,14 @@ def band_means(prefix: torch.Tensor, lengths: torch.Tensor, dist: int, causal: b
     idx = torch.arange(L, device=prefix.device)
     offset = idx[:, None] - idx[None, :]  # i - j
     chunk = idx // dist
-    same_chunk = chunk[:, None] == chunk[None, :]
-    lower = torch.where(same_chunk, (zp - S)[..., None, :], R[..., None, :]) + S[..., :, None]  # j <= i
-    valid = valid_mask(lengths, L)
-    pairs = valid[:, None, :, None] & valid[:, None, None, :]
-    zero = torch.zeros((), dtype=prefix.dtype, device=prefix.device)
-    below = pairs & ((offset >= 0) & (offset < dist))
-    if causal:
-        sums = torch.where(below, lower, zero)
-    else:
-        above = pairs & ((offset < 0) & (offset > -dist))
-        sums = torch.where(below, lower, torch.where(above, lower.transpose(-1, -2), zero))
-    return sums / (offset.abs() + 1).to(prefix.dtype)
+    lower = torch.where(chunk[:, None] == chunk[None, :], (zp - S)[..., None, :], R[..., None, :]) + S[..., :, None]
+    band = (offset < dist) & ((offset >= 0) if causal else (offset > -dist))
+    if lengths is not None:
+        valid = valid_mask(lengths, L)
+        band = band & valid[:, None, :, None] & valid[:, None, None, :]
+    sums = lower if causal else torch.where(offset >= 0, lower, lower.transpose(-1, -2))
+    inverse_width = 1 / (offset.abs() + 1).to(prefix.dtype)
+    return torch.where(band, sums, torch.zeros((), dtype=prefix.dtype, device=prefix.device)) * inverse_width
 
 
 def _oom_hint(err: Exception, what: str, shape: tuple) -> Exception:
@@ -108,7 +105,7 @@ def ecce_bias(zp: torch.Tensor, lengths: torch.Tensor, dist: int, causal: bool =
     B, L, H = zp.shape
     acc = zero_invalid(zp.to(accumulation_dtype(zp.dtype)), valid_mask(lengths, L)[..., None])
     try:
-        return band_means(prefix_table(acc, dist), lengths, dist, causal).to(zp.dtype)
+        return band_means(prefix_table(acc, dist), dist, causal, lengths).to(zp.dtype)
     except RuntimeError as err:
         if _is_oom(err):
             raise _oom_hint(err, "ecce_bias", (B, H, L)) from err
@@ -137,9 +134,12 @@ def _attention(q, k, v, prefix, lengths, dist, scale, causal):
     zero = torch.zeros((), dtype=acc, device=q.device)
     # zero the padding first: whatever it holds (even inf) then cannot reach a value or a gradient
     q, k, v = (torch.where(rows, t.to(acc), zero) for t in (q, k, v))
-    S = torch.matmul(q, k.transpose(-1, -2)) * scale
-    if prefix is not None:
-        S = S + band_means(prefix.to(acc), lengths, dist, causal)
+    if prefix is None:
+        S = torch.matmul(q, k.transpose(-1, -2)) * scale
+    else:  # E + scale * q k^T in one pass
+        E = band_means(prefix.to(acc), dist, causal)
+        S = torch.baddbmm(E.flatten(0, 1), q.flatten(0, 1), k.flatten(0, 1).transpose(-1, -2), alpha=scale)
+        S = S.view(E.shape)
     keys = valid[:, None, None, :]
     if causal:
         idx = torch.arange(L, device=q.device)
