@@ -6,9 +6,10 @@ import sys
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import iteach_fast
-from iteach_fast import backends, extension, ops
+from iteach_fast import backends, dispatch, extension, ops, reference, testing
 from iteach_fast.backends import BackendUnavailable
 
 
@@ -104,3 +105,44 @@ def test_unknown_backend_and_dtype_errors():
         ops.ecce_bias(torch.randn(1, 3, 2, dtype=torch.float64), backend="triton") if \
             backends.REGISTRY["ecce_bias"]["triton"].unavailable_reason("cpu") is None else \
             (_ for _ in ()).throw(TypeError("supports dtypes (skipped: triton unavailable)"))
+
+
+class _Syncs(TorchDispatchMode):
+    """Records every op that reads device values on the host (a synchronisation on CUDA)."""
+    READS = {"_local_scalar_dense", "nonzero", "item", "is_nonzero", "masked_select", "equal"}
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        boolean_index = name in ("index", "index_put", "index_put_") and any(
+            isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in (args[1] if len(args) > 1 else ()) or ())
+        if name in self.READS or boolean_index:
+            self.seen.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("impl", [pytest.param(i, id=f"{i.op}-{i.backend}") for op in backends.OPS
+                                  for i in backends.implementations(op)])
+def test_dispatch_never_reads_device_values_on_the_host(impl):
+    """The unchecked twins (iteach_fast.dispatch) and every implementation behind them, forward and
+    backward: no host synchronisation (the public ops' eager lengths check is the only one)."""
+    if impl.unavailable_reason("cpu") is not None:
+        pytest.skip(impl.unavailable_reason("cpu"))
+    case = testing.make_inputs(impl.op, B=2, L=9, lengths=[9, 4], requires_grad=True)
+    t = list(case.tensors.values())
+    with _Syncs() as syncs:
+        if impl.op == "ecce_prefix":
+            out = dispatch.ecce_prefix(*t, case.lengths, 4, impl.backend)
+        elif impl.op == "ecce_bias":
+            out = dispatch.ecce_bias(*t, case.lengths, 4, False, impl.backend)
+        elif impl.op == "ecce_attention":
+            prefix = reference.prefix_table(t[3], 4)
+            out = dispatch.ecce_attention(*t[:3], prefix, case.lengths, 4, 0.5, False, impl.backend)
+        else:
+            out = dispatch.routed_mixture(*t, case.lengths, 3, False, impl.backend)
+        out = out if isinstance(out, tuple) else (out,)
+        torch.autograd.backward(out, [torch.ones_like(o) for o in out])
+    assert syncs.seen == [], syncs.seen
