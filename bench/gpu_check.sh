@@ -35,7 +35,7 @@ OUT=${1:-bench/results/gpu-check-$(date -u +%Y-%m-%d)}
 TOTAL_S=${TOTAL_S:-480}        # the whole script's limit
 BUILD_S=${BUILD_S:-240}        # a cold build for one arch: ~1-2 minutes on 16 cores
 REST_TESTS_S=${REST_TESTS_S:-100}  # kept for the rest of the test suite after the benchmarks
-SUMMARY_S=25                   # kept for the report and the summary
+SUMMARY_S=40                   # kept for the report and the summary
 mkdir -p "$OUT/logs"
 OUT=$(cd "$OUT" && pwd)
 START=$SECONDS
@@ -46,9 +46,13 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # the bench package; the pa
 HAS_CUDA=$($PYTHON -c 'import torch; print(int(torch.cuda.is_available()))' 2>/dev/null || echo 0)
 if [ "$HAS_CUDA" = 1 ]; then
     export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$($PYTHON -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())')}
+    ARCH=$($PYTHON -c 'import torch; print("%d%d" % torch.cuda.get_device_capability())')
     BENCH_SIZE=()
+    SYNC_ARGS=(--sizes 32x110)
 else
+    ARCH=90
     BENCH_SIZE=(--smoke --no-compile --threads 1)  # the flow, not the numbers
+    SYNC_ARGS=(--sizes 2x16 --threads 1)
 fi
 STEPS=()  # "name|status|seconds|note"
 
@@ -122,19 +126,17 @@ run_bench() {  # run_bench NAME LIMIT MIN ARGS...: python -m bench.run into the 
     local name=$1 limit=$2 min=$3; shift 3
     local avail=$(( $(left) - SUMMARY_S ))
     [ "$limit" -le "$avail" ] || limit=$avail
-    # the runner stops starting cases 20 s before the step's limit, so its JSON is complete
-    step "$name" "$limit" "$min" $PYTHON -m bench.run --append --no-report --out "$OUT" \
-        --budget-s $((limit > 40 ? limit - 20 : 20)) "${BENCH_SIZE[@]}" "$@"
+    # the runner stops starting cases well before the step's limit (its imports and one case
+    # must fit after that), so it ends by itself with its JSON complete; a step stopped by the
+    # limit anyway keeps every case measured before (the JSON is rewritten after each one)
+    local budget=$((limit - (limit / 4 > 30 ? limit / 4 : 30)))
+    TIMEOUT_STATUS=stopped step "$name" "$limit" "$min" $PYTHON -m bench.run --append --no-report --out "$OUT" \
+        --budget-s $((budget > 10 ? budget : 10)) "${BENCH_SIZE[@]}" "$@"
 }
 run_bench headline 150 45 --preset headline
-if [ "$HAS_CUDA" = 1 ]; then
-    step syncs 45 20 $PYTHON -m bench.syncs --sizes 32x110
-else
-    step syncs 45 20 $PYTHON -m bench.syncs --sizes 2x16
-fi
+step syncs 45 20 $PYTHON -m bench.syncs "${SYNC_ARGS[@]}"
 if [ -f bench/kernel_resources.py ]; then
-    step kernel-resources 60 20 $PYTHON bench/kernel_resources.py
-    cp "$OUT/logs/kernel-resources.log" "$OUT/kernel_resources.txt" 2>/dev/null
+    step kernel-resources 60 20 $PYTHON -m bench.kernel_resources --arch "$ARCH" --out "$OUT" --name kernel-resources
 else
     skip kernel-resources "bench/kernel_resources.py is not in this checkout"
 fi
@@ -144,7 +146,7 @@ run_bench bench-rest $(( $(left) - SUMMARY_S - REST_TESTS_S )) 30 --compiled-las
 TIMEOUT_STATUS=stopped step tests-rest "$(left)" 30 $PYTHON -m pytest -q -rs -m "not gpu" -p no:cacheprovider \
     --junitxml="$OUT/tests-rest.xml" tests
 SUMMARY_S=0
-step report 25 5 $PYTHON -m bench.report "$OUT"/*.json
+step report 40 5 $PYTHON -m bench.report "$OUT"/*.json
 
 echo
 echo "================ summary: $((SECONDS - START)) s ================"

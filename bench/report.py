@@ -39,6 +39,12 @@ def load(path: str) -> dict:
         return json.load(f)
 
 
+def is_result(data) -> bool:
+    """Whether ``data`` is a benchmark result (other JSON may share its folder, e.g. the kernel
+    resource report)."""
+    return isinstance(data, dict) and "rows" in data and "environment" in data
+
+
 # ----------------------------------------------------------------------------- derived quantities
 
 def _ok(row: dict) -> bool:
@@ -361,7 +367,7 @@ def latest_results(results_dir: str = RESULTS) -> list[str]:
     found = glob.glob(os.path.join(results_dir, "*.json")) + glob.glob(os.path.join(results_dir, "*", "*.json"))
     for path in sorted(found, key=os.path.basename):
         name = os.path.basename(path)
-        if name.startswith("smoke-"):
+        if name.startswith("smoke-") or not is_result(load(path)):
             continue
         device = name[:-len("-YYYY-MM-DD.json")]
         latest[device] = path  # sorted: later dates overwrite earlier ones
@@ -378,7 +384,22 @@ def readme_section(json_paths: list[str], readme_dir: str) -> str:
                   f"Data: [`{rel}.json`]({rel}.json); full report: [`{rel}.md`]({rel}.md); plots: "
                   + ", ".join(f"[{m}]({rel}-{m}.png)" for m in PLOTS) + ".", "",
                   tables(data, "####"), f"![time]({rel}-time.png)", ""]
+    parts += kernel_resources_section(readme_dir)
     return "\n".join(parts) if parts else "_No results yet: run `python -m bench.run --quick`._\n"
+
+
+def kernel_resources_section(readme_dir: str, results_dir: str = RESULTS) -> list[str]:
+    """A pointer to the newest kernel resource report (``python -m bench.kernel_resources``:
+    registers, spills and shared memory per kernel variant, compiled without a GPU) and its verdict."""
+    found = sorted(glob.glob(os.path.join(results_dir, "kernel-resources-*.md")), key=os.path.basename)
+    if not found:
+        return []
+    path = found[-1]
+    with open(path) as f:
+        verdict = [line.strip() for line in f if line.startswith("Variants missing")]
+    rel = os.path.relpath(path, readme_dir)
+    return ["### Kernel resources", "", f"Registers, spills and shared memory of every kernel variant the launchers "
+            f"can pick, compiled for the GPU without one: [`{rel}`]({rel}). " + " ".join(verdict), ""]
 
 
 def update_readme(readme: str = README, json_paths: list[str] | None = None) -> None:
@@ -404,6 +425,13 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if not args.json and not args.update_readme:
         p.error("give a result file, or --update-readme")
+    results = []
+    for path in args.json:  # e.g. DIR/*.json, where the kernel resource report may lie too
+        if is_result(load(path)):
+            results.append(path)
+        else:
+            print(f"{path}: not a benchmark result, left out")
+    args.json = results
     if args.summary:
         for path in args.json:
             data = load(path)

@@ -47,7 +47,10 @@ def main(argv=None) -> int:
     p.add_argument("--sizes", default="32x110", help="comma-separated BxL (default: the paper's 32x110)")
     p.add_argument("--backends", default="reference,auto", help="comma-separated model backends")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
+    p.add_argument("--threads", type=int, default=0, help="torch's CPU threads (0: torch's default)")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     what = "CUDA kernels" if device.type == "cuda" else "aten ops (a CPU proxy)"
     failed = 0

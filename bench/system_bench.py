@@ -12,9 +12,11 @@ Each skips with the reason while the package lacks the API it measures.
 """
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -110,9 +112,7 @@ class StreamEntry(Entry):
 
 def _ddp_supported() -> str | None:
     """None if ``iteach-fast train`` runs data-parallel under torchrun, else why not."""
-    from iteach_fast import train
-
-    if not hasattr(train, "distributed_context") and "DistributedSampler" not in open(train.__file__).read():
+    if importlib.util.find_spec("iteach_fast.distributed") is None:
         return "iteach_fast.train does not run data-parallel under torchrun yet"
     return None
 
@@ -163,21 +163,29 @@ def _run_torchrun(case: Case, device: torch.device, nproc: int) -> dict:
     with tempfile.TemporaryDirectory() as out_dir:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
                "-m", "iteach_fast", "train", "--dataset", "synthetic", "--syn-conversations", str(conversations),
-               "--syn-max-len", str(case.L), "--syn-dims", *map(str, MODEL_INPUT_DIMS), "--epochs", "2",
+               "--syn-max-len", str(case.L), "--syn-dims", ",".join(map(str, MODEL_INPUT_DIMS)), "--epochs", "2",
                "--batch-size", str(case.B), "--max-len", str(case.L), "--device", device.type,
                "--threads", str(threads), "--out-dir", out_dir, "--no-progress"]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
         if proc.returncode != 0:
-            tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-            raise RuntimeError(f"torchrun exited {proc.returncode}: {' | '.join(tail)}")
+            raise RuntimeError(f"torchrun exited {proc.returncode}: {_child_error(proc.stderr + proc.stdout)}")
         history = torch.load(os.path.join(out_dir, "last.pt"), map_location="cpu", weights_only=False)["history"]
     last = history[-1]
     seconds = last.get("train_seconds", last["seconds"])
     n_train = last.get("train_conversations", conversations)
     steps = max(1, -(-n_train // case.B))
-    return {"median_ms": 1e3 * seconds / steps, "p20_ms": None, "p80_ms": None, "rounds": 1,
-            "timer": "the second epoch's time from the training history",
+    ms = 1e3 * seconds / steps
+    return {"median_ms": ms, "p20_ms": ms, "p80_ms": ms, "rounds": steps,
+            "timer": "the second epoch's training time (train_seconds in the history) / its steps",
             "samples_per_s": n_train / seconds, "note": json.dumps({"processes": nproc, "threads": threads})}
+
+
+def _child_error(text: str) -> str:
+    """The training process's own error in torchrun's output (not torchrun's summary of it)."""
+    errors = [line.strip() for line in text.splitlines()
+              if re.search(r"(^|\]: ?)\s*([\w.]*(Error|Exception)|iteach-fast: error): ", line)
+              and "ChildFailedError" not in line]
+    return errors[-1] if errors else (text.strip().splitlines() or ["no output"])[-1]
 
 
 STREAM_ENTRY = StreamEntry()

@@ -142,3 +142,16 @@ def test_schema_2_plots(tmp_path):
     path.write_text(json.dumps(fake_results_v2()))
     written = report.render(str(path))
     assert len(written) == 1 + len(report.PLOTS) and all(os.path.getsize(p) > 0 for p in written)
+
+
+def test_readme_points_at_the_newest_kernel_resource_report(result_file, tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    for date, missed in (("2026-01-01", 3), ("2026-01-02", 0)):
+        verdict = f"Variants missing the spill target: {missed} of 9."
+        (results / f"kernel-resources-{date}.md").write_text(f"| a |\n\n{verdict}\n")
+        (results / f"kernel-resources-{date}.json").write_text("{}")  # not a benchmark result
+    assert report.latest_results(str(results)) == []
+    lines = report.kernel_resources_section(str(tmp_path), str(results))
+    text = "\n".join(lines)
+    assert "[`results/kernel-resources-2026-01-02.md`]" in text and "0 of 9" in text and "3 of 9" not in text
