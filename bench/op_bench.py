@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from iteach_fast import backends, ops, reference
+from iteach_fast.padding import valid_mask
 from iteach_fast.testing import make_inputs
 
 from .cases import Case, Entry, Prepared, Size, Skip
@@ -34,8 +35,8 @@ def sdpa_float_mask(q, k, v, zp, lengths, dist: int, causal: bool = False) -> to
     """ECCE attention through SDPA: E from the reference, key padding (and the future, if
     ``causal``) folded into the float mask."""
     L = q.shape[2]
-    valid = reference.valid_mask(lengths, L)
-    E = reference.ecce_bias(zp, lengths, dist)  # for j <= i the causal band's bias is the same
+    valid = valid_mask(lengths, L)
+    E = reference.ecce_bias(zp, lengths, dist, causal)
     hidden = ~valid[:, None, None, :]
     if causal:
         hidden = hidden | torch.ones(L, L, dtype=torch.bool, device=q.device).triu(1)
@@ -45,11 +46,14 @@ def sdpa_float_mask(q, k, v, zp, lengths, dist: int, causal: bool = False) -> to
 
 
 def flex_ecce_attention(q, k, v, zp, lengths, dist: int, causal: bool = False) -> torch.Tensor:
-    """ECCE attention through FlexAttention: the bias is the band mean read from prefix sums."""
+    """ECCE attention through FlexAttention: the bias is the band mean read from plain prefix
+    sums ``P (B, L+1, H)`` of the valid ``zp`` (what a user would write; no local numerics)."""
     from torch.nn.attention.flex_attention import flex_attention
 
     L = q.shape[2]
-    P = reference.band_prefix(zp, lengths).to(q.dtype)  # (B, L+1, H)
+    valid = valid_mask(lengths, L)
+    zp = torch.where(valid[..., None], zp.float(), torch.zeros((), device=zp.device))
+    P = F.pad(torch.cumsum(zp, dim=1), (0, 0, 1, 0)).to(q.dtype)
 
     def score_mod(score, b, h, q_idx, kv_idx):
         lo, hi = torch.minimum(q_idx, kv_idx), torch.maximum(q_idx, kv_idx)
@@ -61,8 +65,7 @@ def flex_ecce_attention(q, k, v, zp, lengths, dist: int, causal: bool = False) -
         return torch.where(keep, score, -float("inf"))
 
     out = flex_attention(q, k, v, score_mod=score_mod)
-    valid = reference.valid_mask(lengths, L)[:, None, :, None]
-    return torch.where(valid, out, torch.zeros((), dtype=out.dtype, device=out.device))
+    return torch.where(valid[:, None, :, None], out, torch.zeros((), dtype=out.dtype, device=out.device))
 
 
 @functools.cache
@@ -133,8 +136,9 @@ def attention_flops(c: Case) -> int:
 
 def prefix_bytes(c: Case) -> int:
     B, L, D, H, e = c.B, c.L, c.D, c.H, _e(c)
-    fwd = e * (B * L * D + D * H) + 4 * (B * L * H + B * (L + 1) * H)  # read z, W; write zp, P (float32)
-    back = 4 * (B * L * H + B * (L + 1) * H) + e * (2 * B * L * D + 2 * D * H)  # read dzp, dP, z, W; write dz, dW
+    out = 4 * (B * L * H + 3 * B * H * L)  # zp (B, L, H) and the prefix table (B, H, 3, L), float32
+    fwd = e * (B * L * D + D * H) + out  # read z, W; write zp and the table
+    back = out + e * (2 * B * L * D + 2 * D * H)  # read their gradients, z, W; write dz, dW
     return fwd + (back if c.backward else 0)
 
 
