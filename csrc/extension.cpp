@@ -39,10 +39,11 @@ TORCH_LIBRARY(iteach_fast, m) {
   m.def("has_cuda() -> bool", &iteach_fast::has_cuda);
   m.def("version() -> str", &iteach_fast::version);
   // K2, the router-weighted mixture of the four token mixers (routed_mixture.cpp, cuda/routed_mixture.cu).
-  // lengths: int64 (B,) on the inputs' device; pool_size odd and >= 1.
-  m.def("routed_mixture(Tensor logits, Tensor x, Tensor y_attn, Tensor y_mlp, Tensor lengths, int pool_size)"
-        " -> Tensor");
+  // lengths: int64 (B,) on the inputs' device; pool_size odd and >= 1; causal: pools over
+  // [i - pool_size + 1, i] instead of [i - pool_size / 2, i + pool_size / 2].
+  m.def("routed_mixture(Tensor logits, Tensor x, Tensor y_attn, Tensor y_mlp, Tensor lengths, int pool_size, "
+        "bool causal) -> Tensor");
   // One kernel for every gradient: (d_logits, d_x, d_y_attn, d_y_mlp).
   m.def("routed_mixture_backward(Tensor grad, Tensor logits, Tensor x, Tensor y_attn, Tensor y_mlp, "
-        "Tensor lengths, int pool_size) -> (Tensor, Tensor, Tensor, Tensor)");
+        "Tensor lengths, int pool_size, bool causal) -> (Tensor, Tensor, Tensor, Tensor)");
 }

@@ -50,10 +50,11 @@ void routed_mixture_check(const at::Tensor& logits, const at::Tensor& x, const a
 }  // namespace
 
 RoutedMixtureCall routed_mixture_call(const at::Tensor& logits, const at::Tensor& x, const at::Tensor& y_attn,
-                                      const at::Tensor& y_mlp, const at::Tensor& lengths, int64_t pool_size) {
+                                      const at::Tensor& y_mlp, const at::Tensor& lengths, int64_t pool_size,
+                                      bool causal) {
   routed_mixture_check(logits, x, y_attn, y_mlp, lengths, pool_size);
   return {logits.contiguous(), x.contiguous(), y_attn.contiguous(), y_mlp.contiguous(), lengths.contiguous(),
-          x.size(0), x.size(1), x.size(2), pool_size / 2};
+          x.size(0), x.size(1), x.size(2), pool_size / 2, causal};
 }
 
 RoutedMixtureGrads routed_mixture_grads(const at::Tensor& grad, const RoutedMixtureCall& c) {
@@ -84,7 +85,7 @@ void pool_window(const T* xb, int64_t lo, int64_t hi, int64_t D, A* sum, A* mx) 
 
 template <typename T, typename A>
 void forward_kernel(const T* logits, const T* x, const T* ya, const T* ym, const int64_t* lengths, T* out,
-                    int64_t B, int64_t L, int64_t D, int64_t r) {
+                    int64_t B, int64_t L, int64_t D, int64_t r, bool causal) {
   at::parallel_for(0, B * L, grain(D, 2 * r + 1), [&](int64_t begin, int64_t end) {
     std::vector<A> sum(D), mx(D);
     for (int64_t t = begin; t < end; ++t) {
@@ -98,8 +99,8 @@ void forward_kernel(const T* logits, const T* x, const T* ya, const T* ym, const
       A w[rm::kMixers];
       rm::softmax4<A>(logits + t * rm::kMixers, w);
       int64_t lo, hi;
-      rm::window(i, r, len, lo, hi);
-      const A inv_count = A(1) / A(hi - lo + 1);
+      rm::window(i, r, causal, len, lo, hi);
+      const A inv_count = rm::div_(A(1), A(hi - lo + 1));
       pool_window<T, A>(x + b * L * D, lo, hi, D, sum.data(), mx.data());
       const T* a = ya + t * D;
       const T* m = ym + t * D;
@@ -111,7 +112,8 @@ void forward_kernel(const T* logits, const T* x, const T* ya, const T* ym, const
 
 template <typename T, typename A>
 void backward_kernel(const T* dout, const T* logits, const T* x, const T* ya, const T* ym, const int64_t* lengths,
-                     T* dlogits, T* dx, T* dya, T* dym, int64_t B, int64_t L, int64_t D, int64_t r) {
+                     T* dlogits, T* dx, T* dya, T* dym, int64_t B, int64_t L, int64_t D, int64_t r,
+                     bool causal) {
   at::parallel_for(0, B * L, grain(D, (2 * r + 1) * (2 * r + 1)), [&](int64_t begin, int64_t end) {
     std::vector<A> sum(D), mx(D), acc(D);
     std::vector<int32_t> arg(D);  // window indices < L; 32-bit like the float lanes, so the scan vectorises
@@ -133,8 +135,8 @@ void backward_kernel(const T* dout, const T* logits, const T* x, const T* ya, co
       A w[rm::kMixers];
       rm::softmax4<A>(logits + t * rm::kMixers, w);
       int64_t lo, hi;
-      rm::window(j, r, len, lo, hi);
-      const A inv_count = A(1) / A(hi - lo + 1);
+      rm::window(j, r, causal, len, lo, hi);
+      const A inv_count = rm::div_(A(1), A(hi - lo + 1));
       pool_window<T, A>(xb, lo, hi, D, sum.data(), mx.data());
       const T* g = dout + row;
       const T* a = ya + row;
@@ -158,13 +160,13 @@ void backward_kernel(const T* dout, const T* logits, const T* x, const T* ya, co
       // dx[j]: gather from every valid token i whose window holds j
       std::fill(acc.begin(), acc.end(), A(0));
       int64_t ilo, ihi;
-      rm::window(j, r, len, ilo, ihi);  // |i - j| <= r and i valid  <=>  i in j's own window
+      rm::receivers(j, r, causal, len, ilo, ihi);
       for (int64_t i = ilo; i <= ihi; ++i) {
         A wi[rm::kMixers];
         rm::softmax4<A>(logits + (tb + i) * rm::kMixers, wi);
         int64_t wlo, whi;
-        rm::window(i, r, len, wlo, whi);
-        const A w2c = wi[2] / A(whi - wlo + 1), w3 = wi[3];
+        rm::window(i, r, causal, len, wlo, whi);
+        const A w2c = rm::div_(wi[2], A(whi - wlo + 1)), w3 = wi[3];
         const T* xl = xb + wlo * D;
         ITF_SIMD
         for (int64_t d = 0; d < D; ++d) {
@@ -189,23 +191,24 @@ void backward_kernel(const T* dout, const T* logits, const T* x, const T* ya, co
 }
 
 at::Tensor routed_mixture_cpu(const at::Tensor& logits, const at::Tensor& x, const at::Tensor& y_attn,
-                              const at::Tensor& y_mlp, const at::Tensor& lengths, int64_t pool_size) {
-  const auto c = routed_mixture_call(logits, x, y_attn, y_mlp, lengths, pool_size);
+                              const at::Tensor& y_mlp, const at::Tensor& lengths, int64_t pool_size, bool causal) {
+  const auto c = routed_mixture_call(logits, x, y_attn, y_mlp, lengths, pool_size, causal);
   auto out = at::empty({c.B, c.L, c.D}, c.x.options());
   if (c.B * c.L == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, c.x.scalar_type(), "routed_mixture_cpu", [&] {
     using A = at::opmath_type<scalar_t>;
     forward_kernel<scalar_t, A>(c.logits.data_ptr<scalar_t>(), c.x.data_ptr<scalar_t>(),
                                 c.y_attn.data_ptr<scalar_t>(), c.y_mlp.data_ptr<scalar_t>(),
-                                c.lengths.data_ptr<int64_t>(), out.data_ptr<scalar_t>(), c.B, c.L, c.D, c.r);
+                                c.lengths.data_ptr<int64_t>(), out.data_ptr<scalar_t>(), c.B, c.L, c.D, c.r,
+                                c.causal);
   });
   return out;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> routed_mixture_backward_cpu(
     const at::Tensor& grad, const at::Tensor& logits, const at::Tensor& x, const at::Tensor& y_attn,
-    const at::Tensor& y_mlp, const at::Tensor& lengths, int64_t pool_size) {
-  const auto c = routed_mixture_call(logits, x, y_attn, y_mlp, lengths, pool_size);
+    const at::Tensor& y_mlp, const at::Tensor& lengths, int64_t pool_size, bool causal) {
+  const auto c = routed_mixture_call(logits, x, y_attn, y_mlp, lengths, pool_size, causal);
   const auto g = routed_mixture_grads(grad, c);
   if (c.B * c.L > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, c.x.scalar_type(), "routed_mixture_backward_cpu", [&] {
@@ -215,7 +218,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> routed_mixture_backwa
                                    c.y_mlp.data_ptr<scalar_t>(), c.lengths.data_ptr<int64_t>(),
                                    g.d_logits.data_ptr<scalar_t>(), g.d_x.data_ptr<scalar_t>(),
                                    g.d_y_attn.data_ptr<scalar_t>(), g.d_y_mlp.data_ptr<scalar_t>(), c.B, c.L, c.D,
-                                   c.r);
+                                   c.r, c.causal);
     });
   }
   return {g.d_logits, g.d_x, g.d_y_attn, g.d_y_mlp};

@@ -4,14 +4,15 @@
 //
 //   w       = softmax(logits[i])                       (4 router logits per token)
 //   out[i]  = w0*y_attn[i] + w1*y_mlp[i] + w2*avg[i] + w3*max[i]
-//   avg[i]  = mean of x over the window [i - r, i + r] clipped to [0, len), r = pool_size / 2
+//   avg[i]  = mean of x over the window of i clipped to [0, len): [i - r, i + r], r = pool_size / 2,
+//             or with causal = true [i - 2r, i] (the same width p = pool_size, ending at i)
 //   max[i]  = max  of x over the same window
 //
 // Backward (gather form: every output row written by exactly one thread of work, no atomics):
 //   s_o        = <dout[i], term_o[i]>                  (term = y_attn, y_mlp, avg, max)
 //   d_logit_o  = w_o * (s_o - sum_k w_k s_k)           (softmax backward)
 //   d_y_attn   = w0 * dout,   d_y_mlp = w1 * dout
-//   dx[j]      = sum over valid i with |i - j| <= r of
+//   dx[j]      = sum over the valid i whose window holds j (receivers(j) below) of
 //                  w2[i] * dout[i] / count[i]                       (avg-pool)
 //                + (argmax of window i == j) * w3[i] * dout[i]       (max-pool)
 //
@@ -43,10 +44,35 @@ constexpr int kMixers = 4;  // (attention, mlp, avgpool, maxpool)
 ITF_HD float exp_(float v) { return expf(v); }
 ITF_HD double exp_(double v) { return ::exp(v); }
 
-// The window of token i, [lo, hi], clipped to the valid rows [0, len). Requires 0 <= i < len.
-ITF_HD void window(int64_t i, int64_t r, int64_t len, int64_t& lo, int64_t& hi) {
-  lo = i - r < 0 ? 0 : i - r;
-  hi = i + r > len - 1 ? len - 1 : i + r;
+// a / b for the denominators of this op (softmax sums in [1, 4], window counts in [1, p]).
+// On a GPU, float uses __fdividef (within 2 ulp, like expf there): IEEE division compiles
+// to a call of a slow-path subroutine, and a call inside the backward's loops makes ptxas
+// save the live registers to local memory (spills). Exact everywhere else.
+ITF_HD float div_(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fdividef(a, b);
+#else
+  return a / b;
+#endif
+}
+ITF_HD double div_(double a, double b) { return a / b; }
+
+// [a, b] clipped to [0, len).
+ITF_HD void clip(int64_t a, int64_t b, int64_t len, int64_t& lo, int64_t& hi) {
+  lo = a < 0 ? 0 : a;
+  hi = b > len - 1 ? len - 1 : b;
+}
+
+// The pool window of token i, [lo, hi], clipped to the valid rows [0, len): centred
+// [i - r, i + r], or causal [i - 2r, i] (width p = 2r + 1, ending at i). Requires 0 <= i < len.
+ITF_HD void window(int64_t i, int64_t r, bool causal, int64_t len, int64_t& lo, int64_t& hi) {
+  clip(causal ? i - 2 * r : i - r, causal ? i : i + r, len, lo, hi);
+}
+
+// The valid tokens whose windows hold row j (the rows dx[j] gathers from), [lo, hi]: those
+// with i - 2r <= j <= i causal ([j, j + 2r]), with |i - j| <= r centred ([j - r, j + r]).
+ITF_HD void receivers(int64_t j, int64_t r, bool causal, int64_t len, int64_t& lo, int64_t& hi) {
+  clip(causal ? j : j - r, causal ? j + 2 * r : j + r, len, lo, hi);
 }
 
 // The four router weights w = softmax(logits[0..3]) of one token, in A (max-subtracted:
@@ -58,7 +84,7 @@ ITF_HD void softmax4(const T* logits, A w[kMixers]) {
   m = m > l2 ? m : l2;
   m = m > l3 ? m : l3;
   const A e0 = exp_(l0 - m), e1 = exp_(l1 - m), e2 = exp_(l2 - m), e3 = exp_(l3 - m);
-  const A inv = A(1) / (e0 + e1 + e2 + e3);
+  const A inv = div_(A(1), e0 + e1 + e2 + e3);
   w[0] = e0 * inv;
   w[1] = e1 * inv;
   w[2] = e2 * inv;

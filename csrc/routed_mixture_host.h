@@ -12,9 +12,11 @@ namespace iteach_fast {
 struct RoutedMixtureCall {
   at::Tensor logits, x, y_attn, y_mlp, lengths;
   int64_t B, L, D, r;  // r = pool_size / 2, the pool window's half-width
+  bool causal;         // windows [i - 2r, i] instead of [i - r, i + r]
 };
 RoutedMixtureCall routed_mixture_call(const at::Tensor& logits, const at::Tensor& x, const at::Tensor& y_attn,
-                                      const at::Tensor& y_mlp, const at::Tensor& lengths, int64_t pool_size);
+                                      const at::Tensor& y_mlp, const at::Tensor& lengths, int64_t pool_size,
+                                      bool causal);
 
 // The backward's incoming gradient (checked, contiguous) and its four uninitialised outputs.
 struct RoutedMixtureGrads {

@@ -192,12 +192,6 @@ def register(impl: Implementation) -> None:
     REGISTRY[impl.op][impl.backend] = impl
 
 
-# an adapter from the signature before causal mode (removed when the backend moves)
-def _mixture_without_causal(fn):
-    return lambda logits, x, y_attn, y_mlp, lengths, pool_size, causal: fn(logits, x, y_attn, y_mlp, lengths,
-                                                                           pool_size)
-
-
 for _op in OPS:
     register(Implementation(_op, "reference", f"iteach_fast.reference:{_op}", features=frozenset(
         f for f, ops_ in FEATURES.items() if _op in ops_)))
@@ -207,7 +201,7 @@ for _op in ("ecce_prefix", "ecce_bias", "ecce_attention"):
                                         torch.bfloat16: (2e-2, 2e-2)},
                             features=frozenset({"causal"} if _op != "ecce_prefix" else ())))
 register(Implementation("routed_mixture", "cpp", "iteach_fast.extension:routed_mixture",
-                        adapt=_mixture_without_causal))
+                        features=frozenset({"causal"})))
 assert set(BACKEND_SPECS) <= set(BACKENDS), "every backend must be a choice in iteach_fast.choices.Backend"
 
 

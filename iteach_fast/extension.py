@@ -2,9 +2,10 @@
 
 The C++ side declares the schemas and the CPU / CUDA kernels of
 ``torch.ops.iteach_fast.routed_mixture`` and its backward; this module registers what
-``torch.compile`` and autograd need on top — a fake (meta) implementation of both ops, so
-they trace without a graph break, and the autograd formula of the forward, which calls the
-single fused backward kernel. The package imports without the extension: :data:`STATUS`
+``torch.compile``, autograd and ``torch.func`` need on top — a fake (meta) implementation of
+both ops, so they trace without a graph break, the autograd formula of the forward, which
+calls the single fused backward kernel, and vmap rules that fold a vmapped dimension into
+the batch. The package imports without the extension: :data:`STATUS`
 then says why it is missing and the backend registry falls back to the reference.
 """
 from __future__ import annotations
@@ -45,47 +46,80 @@ def has_cuda() -> bool:
     return has_ops("has_cuda") and bool(torch.ops.iteach_fast.has_cuda())
 
 
-def _fake_forward(logits, x, y_attn, y_mlp, lengths, pool_size):
+def _fake_forward(logits, x, y_attn, y_mlp, lengths, pool_size, causal):
     return x.new_empty(x.shape)
 
 
-def _fake_backward(grad, logits, x, y_attn, y_mlp, lengths, pool_size):
+def _fake_backward(grad, logits, x, y_attn, y_mlp, lengths, pool_size, causal):
     return logits.new_empty(logits.shape), x.new_empty(x.shape), x.new_empty(x.shape), x.new_empty(x.shape)
 
 
 def _setup_context(ctx, inputs, output):
-    logits, x, y_attn, y_mlp, lengths, pool_size = inputs
+    logits, x, y_attn, y_mlp, lengths, pool_size, causal = inputs
     ctx.save_for_backward(logits, x, y_attn, y_mlp, lengths)
-    ctx.pool_size = pool_size
+    ctx.pool_size, ctx.causal = pool_size, causal
 
 
 def _backward(ctx, grad):
     logits, x, y_attn, y_mlp, lengths = ctx.saved_tensors
     d_logits, dx, d_y_attn, d_y_mlp = torch.ops.iteach_fast.routed_mixture_backward.default(
-        grad.contiguous(), logits, x, y_attn, y_mlp, lengths, ctx.pool_size)
+        grad, logits, x, y_attn, y_mlp, lengths, ctx.pool_size, ctx.causal)
     needs = ctx.needs_input_grad
     grads = tuple(g if need else None for g, need in zip((d_logits, dx, d_y_attn, d_y_mlp), needs))
-    return grads + (None, None)
+    return grads + (None, None, None)
+
+
+def _vmap_rule(op, n_tensors):
+    """torch.vmap of an op that already loops over conversations: fold vmap's dimension into
+    the batch (``(N, B, ...) -> (N * B, ...)``), run the op once, unfold its outputs."""
+    def rule(info, in_dims, *args):
+        n = info.batch_size
+        tensors = [t.movedim(d, 0) if d is not None else t.expand(n, *t.shape)
+                   for t, d in zip(args[:n_tensors], in_dims)]
+        b = tensors[0].shape[1]
+        out = op(*(t.reshape(n * b, *t.shape[2:]) for t in tensors), *args[n_tensors:])
+        unfold = (lambda o: o.view(n, b, *o.shape[1:]))
+        return (tuple(map(unfold, out)), (0,) * len(out)) if isinstance(out, tuple) else (unfold(out), 0)
+    return rule
+
+
+class _RoutedMixture(torch.autograd.Function):
+    """The forward op with its registered backward, in the form torch.func accepts
+    (``setup_context`` separate from ``forward``): ``torch.func.grad`` / ``vjp`` / ``jacrev``
+    rejects the autograd that ``torch.library.register_autograd`` generates. ``torch.vmap``
+    runs the ops' own vmap rules (:func:`_vmap_rule`), forward and backward."""
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(logits, x, y_attn, y_mlp, lengths, pool_size, causal):
+        return torch.ops.iteach_fast.routed_mixture.default(logits, x, y_attn, y_mlp, lengths, pool_size, causal)
+
+    setup_context = staticmethod(_setup_context)
+    backward = staticmethod(_backward)
 
 
 _HAS_MIXTURE = has_ops("routed_mixture", "routed_mixture_backward")
 if _HAS_MIXTURE:
     torch.library.register_fake(_FWD)(_fake_forward)
     torch.library.register_fake(_BWD)(_fake_backward)
+    # for direct calls of the op (torch.ops.iteach_fast.routed_mixture)
     torch.library.register_autograd(_FWD, _backward, setup_context=_setup_context)
+    torch.library.register_vmap(_FWD, _vmap_rule(torch.ops.iteach_fast.routed_mixture.default, 5))
+    torch.library.register_vmap(_BWD, _vmap_rule(torch.ops.iteach_fast.routed_mixture_backward.default, 6))
 
 
 def routed_mixture(logits: torch.Tensor, x: torch.Tensor, y_attn: torch.Tensor, y_mlp: torch.Tensor,
-                   lengths: torch.Tensor, pool_size: int) -> torch.Tensor:
+                   lengths: torch.Tensor, pool_size: int, causal: bool = False) -> torch.Tensor:
     """The K2 kernel: ``softmax(logits)``-weighted mixture of ``y_attn``, ``y_mlp`` and the
-    masked avg- and max-pools of ``x`` (window ``pool_size``), 0 at invalid rows.
+    masked avg- and max-pools of ``x`` (window ``pool_size``: centred, or ``[i - pool_size + 1, i]``
+    if ``causal``), 0 at invalid rows.
 
     Inputs as :func:`iteach_fast.ops.routed_mixture` passes them (validated; ``lengths``
     int64 ``(B,)`` on the inputs' device). Non-contiguous inputs are made contiguous once
     here, so the kernels and the saved tensors of the backward see contiguous memory.
+    Differentiable, also under ``torch.func`` (``grad``, ``vjp``, ``vmap``) and ``torch.compile``.
     """
     if not _HAS_MIXTURE:
         raise NotImplementedError("iteach_fast._C has no routed_mixture op in this build")
-    return torch.ops.iteach_fast.routed_mixture.default(
-        logits.contiguous(), x.contiguous(), y_attn.contiguous(), y_mlp.contiguous(),
-        lengths.to(torch.int64).contiguous(), int(pool_size))
+    return _RoutedMixture.apply(logits.contiguous(), x.contiguous(), y_attn.contiguous(), y_mlp.contiguous(),
+                                lengths.to(torch.int64).contiguous(), int(pool_size), bool(causal))
