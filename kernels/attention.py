@@ -81,7 +81,7 @@ def _attn_fwd_kernel(Q, K, V, T, LENGTHS, OUT, LSE2, scale, dist, L, H, Dh,
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
         if HAS_BIAS:
             if touches_band(m0, n0, BLOCK_M, BLOCK_N, dist):
-                s += band_tile(T_bh, stride_tc, stride_tt, offs_i, offs_j, n, dist, CAUSAL) * LOG2E
+                s += band_tile(T_bh, stride_tc, stride_tt, offs_i, offs_j, n, dist, CAUSAL, True) * LOG2E
         keys = col_valid[None, :]
         if CAUSAL:
             keys = keys & (offs_j[None, :] <= offs_i[:, None])
@@ -153,7 +153,7 @@ def _attn_bwd_dq_kernel(Q, K, V, T, LENGTHS, O, DO, DQ, LSE2, DELTA, ROWS, scale
         if HAS_BIAS:
             touches = touches_band(m0, n0, BLOCK_M, BLOCK_N, dist)
             if touches:
-                s += band_tile(T_bh, stride_tc, stride_tt, offs_i, offs_j, n, dist, CAUSAL) * LOG2E
+                s += band_tile(T_bh, stride_tc, stride_tt, offs_i, offs_j, n, dist, CAUSAL, True) * LOG2E
         pairs = row_valid[:, None] & col_valid[None, :]
         if CAUSAL:
             pairs = pairs & (offs_j[None, :] <= offs_i[:, None])
@@ -217,30 +217,33 @@ def _attn_bwd_dkv_kernel(Q, K, V, T, LENGTHS, DO, DK, DV, LSE2, DELTA, ROWS, DT,
     if CAUSAL:
         lo = n0 // BLOCK_M * BLOCK_M  # rows above the diagonal see none of these keys
     hi = tl.where(n0 < n, n, 0)  # a block of invalid keys gets no gradient
+    # transposed tiles (keys as rows, as the tile's owner): p^T and dS^T are then the left
+    # operands of the dV and dK products as they come out of the dots, with no transpose
     for m0 in range(lo, hi, BLOCK_M):
         offs_i = m0 + tl.arange(0, BLOCK_M)
         row_valid = offs_i < n
-        q_mask = row_valid[:, None] & mask_d
-        q = tl.load(q_bh + offs_i[:, None] * stride_qt + offs_d[None, :] * stride_qd, mask=q_mask, other=0.0)
-        do = tl.load(do_bh + offs_i[:, None] * stride_gt + offs_d[None, :] * stride_gd, mask=q_mask, other=0.0)
+        qT = tl.load(q_bh + offs_i[None, :] * stride_qt + offs_d[:, None] * stride_qd,
+                     mask=row_valid[None, :] & (offs_d[:, None] < Dh), other=0.0)
+        do = tl.load(do_bh + offs_i[:, None] * stride_gt + offs_d[None, :] * stride_gd,
+                     mask=row_valid[:, None] & mask_d, other=0.0)
         lse2 = tl.load(LSE2 + bh.to(tl.int64) * L + offs_i, mask=row_valid, other=0.0)
         delta = tl.load(DELTA + bh.to(tl.int64) * L + offs_i, mask=row_valid, other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+        sT = tl.dot(k, qT, input_precision=DOT_PRECISION) * qk_scale
         if HAS_BIAS:
-            touches = touches_band(m0, n0, BLOCK_M, BLOCK_N, dist)
+            touches = touches_band(n0, m0, BLOCK_N, BLOCK_M, dist)
             if touches:
-                s += band_tile(T_bh, stride_tc, stride_tt, offs_i, offs_j, n, dist, CAUSAL) * LOG2E
-        pairs = row_valid[:, None] & col_valid[None, :]
+                sT += band_tile(T_bh, stride_tc, stride_tt, offs_j, offs_i, n, dist, CAUSAL, False) * LOG2E
+        pairs = col_valid[:, None] & row_valid[None, :]
         if CAUSAL:
-            pairs = pairs & (offs_j[None, :] <= offs_i[:, None])
-        p = tl.where(pairs, tl.exp2(s - lse2[:, None]), 0.0)
-        dv = tl.dot(tl.trans(p.to(do.dtype)), do, dv, input_precision=DOT_PRECISION)
-        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
-        ds = p * (dp - delta[:, None])
-        dk = tl.dot(tl.trans(ds.to(q.dtype)), q, dk, input_precision=DOT_PRECISION)
+            pairs = pairs & (offs_j[:, None] <= offs_i[None, :])
+        pT = tl.where(pairs, tl.exp2(sT - lse2[None, :]), 0.0)
+        dv = tl.dot(pT.to(do.dtype), do, dv, input_precision=DOT_PRECISION)
+        dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
+        dsT = pT * (dpT - delta[None, :])
+        dk = tl.dot(dsT.to(qT.dtype), tl.trans(qT), dk, input_precision=DOT_PRECISION)
         if HAS_BIAS:
             if touches:
-                gs, gr, gz = band_grads(ds, offs_i, offs_j, n, dist, CAUSAL, False)
+                gs, gr, gz = band_grads(dsT, offs_j, offs_i, n, dist, CAUSAL, False)
                 col_s += gs
                 col_r += gr
                 col_z += gz

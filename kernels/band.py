@@ -14,12 +14,13 @@ per column, no gather. A NaN or a huge value in ``zp[k]`` reaches only the sums 
 holds ``k`` (or, for rounding, shares a chunk with it). Outside the band the bias is 0, chosen by
 ``tl.where`` (never multiplied: the off-band formula may read a NaN it must not spread).
 
-Gradient: with ``G = dE / (hi - lo + 1)`` on the band, ``S[hi] += G`` and, at ``lo``, ``zp -= S``
-terms (same chunk: ``S[lo] -= G``, ``zp[lo] += G``) or ``R[lo] += G`` (next chunk). The kernels
-sum these along rows and down columns (``band_grads``) into ``(dS, dR, dzp)``.
+Gradient: with ``G = dE / (hi - lo + 1)`` on the band, ``dS[hi] += G`` and at ``lo`` either
+``dS[lo] -= G, dzp[lo] += G`` (one chunk) or ``dR[lo] += G`` (two chunks). The kernels
+sum these along the rows of a tile (``band_grads``) into ``(dS, dR, dzp)``; a kernel that owns keys
+works on transposed tiles (keys as rows), so every sum runs along rows.
 
-    band_tile(T_bh, stride_c, stride_t, offs_i, offs_j, n, dist, CAUSAL)  -> the E tile
-    band_grads(dE, offs_i, offs_j, n, dist, CAUSAL, ROWS)  -> (dS, dR, dzp) of the tile's rows or columns
+    band_tile(T_bh, stride_c, stride_t, offs_r, offs_c, n, dist, CAUSAL, Q_ROWS)  -> the E tile (or its transpose)
+    band_grads(dE, offs_r, offs_c, n, dist, CAUSAL, Q_ROWS)  -> (dS, dR, dzp) of the tile's rows
     touches_band(m0, n0, BLOCK_M, BLOCK_N, dist)  -> whether a tile holds a band pair
     LOG2E                                          log2(e), a ``tl.constexpr``
 """
@@ -46,58 +47,60 @@ def _table_vectors(T_bh, stride_c, stride_t, offs, n):
 
 
 @triton.jit
-def _band_masks(offs_i, offs_j, n, dist, CAUSAL: tl.constexpr):
-    """``keep`` (valid band pairs), ``lower`` (i >= j), ``same`` (one chunk) and ``1 / (|i-j| + 1)``."""
-    diff = offs_i[:, None] - offs_j[None, :]
+def _band_masks(offs_r, offs_c, n, dist, CAUSAL: tl.constexpr, Q_ROWS: tl.constexpr):
+    """For a tile with positions ``offs_r`` as rows and ``offs_c`` as columns (queries as rows if
+    ``Q_ROWS``, else keys): ``keep`` (valid band pairs), ``row_hi`` (the row is the pair's later
+    end; on the diagonal the query is), ``same`` (one chunk) and ``1 / (|i-j| + 1)``."""
+    diff = offs_r[:, None] - offs_c[None, :]
     width = tl.abs(diff)
-    keep = (offs_i[:, None] < n) & (offs_j[None, :] < n) & (width < dist)
-    lower = diff >= 0
-    if CAUSAL:
-        keep = keep & lower
-    same = (offs_i // dist)[:, None] == (offs_j // dist)[None, :]
-    return keep, lower, same, 1.0 / (width + 1).to(tl.float32)
+    keep = (offs_r[:, None] < n) & (offs_c[None, :] < n) & (width < dist)
+    if Q_ROWS:
+        row_hi = diff >= 0
+    else:
+        row_hi = diff > 0
+    if CAUSAL:  # keys up to the query only
+        if Q_ROWS:
+            keep = keep & (diff >= 0)
+        else:
+            keep = keep & (diff <= 0)
+    same = (offs_r // dist)[:, None] == (offs_c // dist)[None, :]
+    return keep, row_hi, same, 1.0 / (width + 1).to(tl.float32)
 
 
 @triton.jit
-def band_tile(T_bh, stride_c, stride_t, offs_i, offs_j, n, dist, CAUSAL: tl.constexpr):
-    """The bias tile ``E[offs_i, offs_j]`` of one (batch, head) from its tables ``T_bh``."""
-    keep, lower, same, inv_w = _band_masks(offs_i, offs_j, n, dist, CAUSAL)
-    s_i, r_i, u_i = _table_vectors(T_bh, stride_c, stride_t, offs_i, n)
-    s_j, r_j, u_j = _table_vectors(T_bh, stride_c, stride_t, offs_j, n)
-    # i is the later end (hi) on and below the diagonal, j above it
-    total = s_i[:, None] + tl.where(same, u_j[None, :], r_j[None, :])
-    if not CAUSAL:
-        total = tl.where(lower, total, s_j[None, :] + tl.where(same, u_i[:, None], r_i[:, None]))
+def band_tile(T_bh, stride_c, stride_t, offs_r, offs_c, n, dist, CAUSAL: tl.constexpr, Q_ROWS: tl.constexpr):
+    """The bias tile of one (batch, head) from its tables ``T_bh``: ``E[offs_r, offs_c]`` with
+    queries as rows (``Q_ROWS``), or its transpose with keys as rows (E is symmetric; only the
+    causal mask tells the two apart)."""
+    keep, row_hi, same, inv_w = _band_masks(offs_r, offs_c, n, dist, CAUSAL, Q_ROWS)
+    s_r, r_r, u_r = _table_vectors(T_bh, stride_c, stride_t, offs_r, n)
+    s_c, r_c, u_c = _table_vectors(T_bh, stride_c, stride_t, offs_c, n)
+    if CAUSAL and Q_ROWS:  # the row is always the later end
+        total = s_r[:, None] + tl.where(same, u_c[None, :], r_c[None, :])
+    elif CAUSAL:  # the row is always the earlier end
+        total = s_c[None, :] + tl.where(same, u_r[:, None], r_r[:, None])
+    else:
+        total = tl.where(row_hi, s_r[:, None] + tl.where(same, u_c[None, :], r_c[None, :]),
+                         s_c[None, :] + tl.where(same, u_r[:, None], r_r[:, None]))
     return tl.where(keep, total * inv_w, 0.0)
 
 
 @triton.jit
-def band_grads(dE, offs_i, offs_j, n, dist, CAUSAL: tl.constexpr, ROWS: tl.constexpr):
-    """``(dS, dR, dzp)`` of the tables at the rows (``ROWS``) or the columns of a tile, from the
-    gradient ``dE`` of its bias. The masks are recomputed rather than kept from ``band_tile``:
-    fewer tiles live across the matmuls in between. A row is the later end of its pairs at and
-    below the diagonal and the earlier end above it; a column the other way round."""
-    keep, lower, same, inv_w = _band_masks(offs_i, offs_j, n, dist, CAUSAL)
+def band_grads(dE, offs_r, offs_c, n, dist, CAUSAL: tl.constexpr, Q_ROWS: tl.constexpr):
+    """``(dS, dR, dzp)`` of the tables at the rows of a tile (laid out as in ``band_tile``), from
+    the gradient ``dE`` of its bias, summed along the rows. The masks are recomputed rather than
+    kept from ``band_tile``: fewer tiles live across the matmuls in between."""
+    keep, row_hi, same, inv_w = _band_masks(offs_r, offs_c, n, dist, CAUSAL, Q_ROWS)
     G = tl.where(keep, dE * inv_w, 0.0)
-    if CAUSAL and ROWS:  # a row is never the earlier end
+    if CAUSAL and Q_ROWS:  # the row is always the later end: S only
         d_s = tl.sum(G, 1)
         return d_s, tl.zeros_like(d_s), tl.zeros_like(d_s)
-    if ROWS:
-        hi_end = lower
-    else:
-        hi_end = ~lower
-    lo_same = _sum(tl.where(same & (~hi_end), G, 0.0), ROWS)
-    lo_next = _sum(tl.where(same | hi_end, 0.0, G), ROWS)
-    if CAUSAL:  # a column is never the later end
-        return -lo_same, lo_next, lo_same
-    return _sum(tl.where(hi_end, G, 0.0), ROWS) - lo_same, lo_next, lo_same
-
-
-@triton.jit
-def _sum(x, ROWS: tl.constexpr):
-    if ROWS:
-        return tl.sum(x, 1)
-    return tl.sum(x, 0)
+    if CAUSAL:  # the row is always the earlier end
+        lo_same = tl.sum(tl.where(same, G, 0.0), 1)
+        return -lo_same, tl.sum(tl.where(same, 0.0, G), 1), lo_same
+    lo_same = tl.sum(tl.where(same & (~row_hi), G, 0.0), 1)
+    lo_next = tl.sum(tl.where(same | row_hi, 0.0, G), 1)
+    return tl.sum(tl.where(row_hi, G, 0.0), 1) - lo_same, lo_next, lo_same
 
 
 @triton.jit

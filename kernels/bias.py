@@ -40,7 +40,8 @@ def _bias_fwd_kernel(T, LENGTHS, E, dist, L, H, stride_tb, stride_th, stride_tc,
     offs_j = n0 + tl.arange(0, BLOCK)
     bias = tl.zeros([BLOCK, BLOCK], tl.float32)
     if touches_band(m0, n0, BLOCK, BLOCK, dist):
-        bias = band_tile(T + b * stride_tb + h * stride_th, stride_tc, stride_tt, offs_i, offs_j, n, dist, CAUSAL)
+        bias = band_tile(T + b * stride_tb + h * stride_th, stride_tc, stride_tt, offs_i, offs_j, n, dist, CAUSAL,
+                         True)
     tl.store(E + bh.to(tl.int64) * L * L + offs_i[:, None] * L + offs_j[None, :], bias.to(E.dtype.element_ty),
              mask=(offs_i[:, None] < L) & (offs_j[None, :] < L))
 
@@ -50,7 +51,7 @@ def _bias_bwd_kernel(DE, LENGTHS, DT, dist, L, H, stride_eb, stride_eh, stride_e
                      stride_tb, stride_th, stride_tc, stride_tt,
                      CAUSAL: tl.constexpr, BLOCK: tl.constexpr):
     """The tables' gradient (dS, dR, dzp) at the positions t of one block, from dE (B, H, L, L)
-    strided: the band pairs with t as the row (E[t, c]) and as the column (E[c, t]), visiting
+    strided: the band pairs with t as the query (E[t, c]) and as the key (E[c, t]), visiting
     only the blocks c within ``dist`` of the block."""
     pid = tl.program_id(0)
     bh = tl.program_id(1)
@@ -68,17 +69,16 @@ def _bias_bwd_kernel(DE, LENGTHS, DT, dist, L, H, stride_eb, stride_eh, stride_e
     for c0 in range(lo, hi, BLOCK):
         offs_c = c0 + tl.arange(0, BLOCK)
         near = (tl.abs(offs_t[:, None] - offs_c[None, :]) < dist) & (offs_t[:, None] < n) & (offs_c[None, :] < n)
-        g = tl.load(de_bh + offs_t[:, None] * stride_ei + offs_c[None, :] * stride_ej, mask=near, other=0.0)
-        gs, gr, gz = band_grads(g.to(tl.float32), offs_t, offs_c, n, dist, CAUSAL, True)
-        d_s += gs
-        d_r += gr
-        d_z += gz
-        near = (tl.abs(offs_c[:, None] - offs_t[None, :]) < dist) & (offs_c[:, None] < n) & (offs_t[None, :] < n)
-        g = tl.load(de_bh + offs_c[:, None] * stride_ei + offs_t[None, :] * stride_ej, mask=near, other=0.0)
-        gs, gr, gz = band_grads(g.to(tl.float32), offs_c, offs_t, n, dist, CAUSAL, False)
-        d_s += gs
-        d_r += gr
-        d_z += gz
+        # t as the query (E[t, c]), then as the key (E[c, t], loaded transposed: t along the rows)
+        for Q_ROWS in tl.static_range(2):
+            if Q_ROWS == 1:
+                g = tl.load(de_bh + offs_t[:, None] * stride_ei + offs_c[None, :] * stride_ej, mask=near, other=0.0)
+            else:
+                g = tl.load(de_bh + offs_c[None, :] * stride_ei + offs_t[:, None] * stride_ej, mask=near, other=0.0)
+            gs, gr, gz = band_grads(g.to(tl.float32), offs_t, offs_c, n, dist, CAUSAL, Q_ROWS == 1)
+            d_s += gs
+            d_r += gr
+            d_z += gz
     dt = DT + b * stride_tb + h * stride_th + offs_t * stride_tt
     tl.store(dt, d_s, mask=offs_t < L)
     tl.store(dt + stride_tc, d_r, mask=offs_t < L)
