@@ -146,6 +146,7 @@ def make_batch(dataset, idx: list, rate: float, generator: torch.Generator, ctx:
     rows = shape[0] if shape else max(len(mine), 1)
     batch = collate([convs[i] for i in mine] + [_empty_conversation(convs[0])] * (rows - len(mine)))
     length = shape[1] if shape else batch["labels"].shape[1]
+    batch.update({k: _pad(batch[k], length) for k in (*MODALITIES, "labels")})
     present = torch.zeros(rows, length, 3, dtype=torch.bool)
     present[: len(mine)] = _pad(present_g[mine], length)
     masked = apply_mask(batch, present)
@@ -156,8 +157,8 @@ def make_batch(dataset, idx: list, rate: float, generator: torch.Generator, ctx:
 
     here, total = counts(batch["lengths"], present), counts(lengths_g, present_g)
     scales = torch.tensor([h / t if t else 0.0 for h, t in zip(here, total)], dtype=torch.float32)
-    return Batch(tuple(_pad(batch[m], length) for m in MODALITIES), tuple(_pad(masked[m], length) for m in MODALITIES),
-                 batch["lengths"], _pad(batch["labels"], length), present, scales)
+    return Batch(tuple(batch[m] for m in MODALITIES), tuple(masked[m] for m in MODALITIES), batch["lengths"],
+                 batch["labels"], present, scales)
 
 
 # ------------------------------------------------------------------ the step
@@ -485,7 +486,7 @@ def _run(cfg, ctx, splits, dtype, ckpt, resume, paths, log, max_steps) -> dict:
         rate_desc = (f"rate {rates[0]:.2f}" if cfg.strategy != "random" else
                      f"rates {min(rates):.2f}-{max(rates):.2f}") if rates else "no batches"
         history.append({"epoch": epoch + 1, **{k: stats[k] for k in ("total", "emo", "rec")}, "valid_waf": score,
-                        "seconds": time.time() - t0, "train_seconds": train_secs, "samples": samples,
+                        "seconds": time.time() - t0, "train_seconds": train_secs, "train_conversations": samples,
                         "processes": ctx.world})
         rngs = ctx.gather(rng_state(gens))
         if ctx.is_main:
