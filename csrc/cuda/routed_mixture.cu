@@ -1,9 +1,9 @@
 // routed_mixture on CUDA: a group of G lanes per token row (G a power of two, the fewest
 // lanes that cover D, at most a warp), so a warp holds 32 / G tokens and no lane idles
 // where D is narrow (D = 128 in bfloat16 is 16 lanes of 8 elements: two tokens a warp).
-// The grid is (position blocks, conversations): no 64-bit division finds a token's row, and
-// the kernels make no calls (IEEE division and 64-bit division are subroutine calls on a
-// GPU, and ptxas saves the registers live across a call to local memory: spills).
+// The grid is (position blocks, conversations), so no 64-bit division finds a token's row
+// (64-bit and IEEE float division are subroutine calls on a GPU, and the registers live
+// across a call in a loop go to local memory; float divides with rm::div_).
 // Each lane applies the maths of routed_mixture.h to the elements of 16-byte vector loads
 // (plain element loads where D or a pointer does not allow them), float32 accumulation for
 // half / bfloat16. The backward is one kernel and a gather: the group of token j writes
