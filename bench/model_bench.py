@@ -1,12 +1,15 @@
 """End-to-end entries: a whole ITEACH-Net training step and inference, per provider, with the
 host synchronisations and kernel launches of one step recorded beside its time.
 
-Providers: ``reference`` (every op on the reference backend), ``auto`` (the registry's best
-backend of each op), ``auto+compile`` (``torch.compile`` of the forward + loss; the backward
-through AOTAutograd, AdamW eager) and, on CUDA, ``auto+compile+cuda-graphs`` (the compiled
-step — forward, loss, backward and ``AdamW(capturable=True)`` — captured once in a CUDA
-graph and replayed on static input buffers). A provider that cannot be built here is a
-skipped row with the reason (e.g. a step whose host synchronisations forbid graph capture).
+The training step is the one ``iteach-fast train`` runs (:class:`iteach_fast.train.Step`:
+forward + loss, backward, gradient norm, AdamW, the step's report read once), on batches
+collated on the host and copied to the device as training does. Providers: ``reference``
+(every op on the reference backend), ``auto`` (the registry's best backend of each op),
+``auto+compile`` (``train --compile``: forward + loss through ``torch.compile(fullgraph=True)``,
+backward through AOTAutograd) and, on CUDA, ``auto+compile+cuda-graphs`` (``train --compile
+--cuda-graphs``: :class:`~iteach_fast.train.GraphedStep`, the whole step captured in one CUDA
+graph). Inference is the student's forward (compiled, and replayed from a CUDA graph, likewise).
+A provider that cannot be built here is a skipped row with the reason.
 """
 from __future__ import annotations
 
@@ -15,6 +18,11 @@ import itertools
 from collections.abc import Callable
 
 import torch
+
+from iteach_fast.config import ModelConfig, TrainConfig
+from iteach_fast.distributed import context
+from iteach_fast.model import ITEACHNet
+from iteach_fast.train import GRAPH_WARMUP, Batch, GraphedStep, Step
 
 from .cases import Case, Entry, Prepared, Size, Skip
 from .counters import count_cuda_syncs, count_kernels, count_ops, count_syncs
@@ -28,15 +36,16 @@ COMPILE = "auto+compile"
 GRAPHS = "auto+compile+cuda-graphs"
 
 
-def make_net(L: int, backend: str, device: torch.device, dtype: torch.dtype = torch.float32, D: int = 128,
-             H: int = 8, **config):
-    """The paper's ITS net (3 x TF teacher, 4 x NAS student) for conversations of up to ``L``
-    utterances, the same weights for every provider (seed 0)."""
-    from iteach_fast.model import ITEACHNet
+def model_config(L: int, backend: str, D: int = 128, H: int = 8, **config) -> ModelConfig:
+    """The paper's ITS net (3 x TF teacher, 4 x NAS student) for conversations of up to ``L`` utterances."""
+    return ModelConfig(framework="its", dim=D, heads=H, max_len=L, backend=backend, **config)
 
+
+def make_net(L: int, backend: str, device: torch.device, dtype: torch.dtype = torch.float32, D: int = 128,
+             H: int = 8, **config) -> ITEACHNet:
+    """:func:`model_config`'s net with the same weights for every provider (seed 0)."""
     torch.manual_seed(0)
-    net = ITEACHNet(input_dims=MODEL_INPUT_DIMS, num_classes=MODEL_CLASSES, framework="its", dim=D, heads=H,
-                    max_len=L, backend=backend, **config)
+    net = ITEACHNet.from_config(model_config(L, backend, D, H, **config), MODEL_INPUT_DIMS, MODEL_CLASSES)
     return net.to(device=device, dtype=dtype)
 
 
@@ -58,39 +67,10 @@ def make_batches(B: int, L: int, device: torch.device, dtype: torch.dtype, copie
     return batches
 
 
-def _loss_fn(net) -> Callable:
-    def forward_and_loss(complete, incomplete, lengths, present, labels):
-        teacher_out, student_out = net(complete, incomplete, lengths, present)
-        return net.loss(teacher_out, student_out, labels, lengths, present)["total"]
-    return forward_and_loss
-
-
-def _graph_breaks() -> int:
-    from torch._dynamo.utils import counters
-
-    return sum(counters["graph_break"].values())
-
-
-class _Compiled:
-    """``torch.compile`` of ``fn``, ``fullgraph=True`` first; where that fails (a graph break),
-    the default mode, with the failure and the graph breaks kept for the row's note."""
-
-    def __init__(self, fn: Callable):
-        self.fn, self.compiled, self.note = fn, torch.compile(fn, fullgraph=True), ""
-
-    def __call__(self, *args):
-        try:
-            return self.compiled(*args)
-        except Exception as err:  # noqa: BLE001 - the fallback is the measurement
-            if self.note:
-                raise
-            before = _graph_breaks()
-            self.compiled = torch.compile(self.fn)
-            out = self.compiled(*args)
-            reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
-            self.note = (f"fullgraph=True failed ({type(err).__name__}: {reason}); "
-                         f"default mode: {_graph_breaks() - before} graph breaks")
-            return out
+def _train_batch(batch: tuple) -> Batch:
+    """One process's whole batch as :class:`iteach_fast.train.Batch` (its loss scales are 1)."""
+    complete, incomplete, lengths, present, labels = batch
+    return Batch(complete, incomplete, lengths, labels, present, torch.ones(2))
 
 
 class ModelEntry(Entry):
@@ -109,10 +89,10 @@ class ModelEntry(Entry):
 
     def describe(self) -> dict[str, str]:
         return {"auto": "the whole model with backend='auto': the best registered backend of each op",
-                COMPILE: "backend='auto', forward + loss through torch.compile (fullgraph=True where it "
-                         "compiles, else the default mode), backward through AOTAutograd, AdamW eager",
-                GRAPHS: "auto+compile with the whole step (forward, loss, backward, AdamW(capturable=True)) "
-                        "captured in one CUDA graph, inputs copied into static buffers"}
+                COMPILE: "train --compile: backend='auto', forward + loss through torch.compile(fullgraph=True), "
+                         "backward through AOTAutograd, AdamW eager (inference: the compiled student)",
+                GRAPHS: "train --compile --cuda-graphs: the whole step (forward, loss, backward, "
+                        "AdamW(capturable=True)) captured in one CUDA graph, batches copied into static buffers"}
 
     def is_compiled(self, provider: str) -> bool:
         return provider in (COMPILE, GRAPHS)
@@ -120,55 +100,70 @@ class ModelEntry(Entry):
     def prepare(self, cases: list[Case], device: torch.device, copies: int = 3, seed: int = 0) -> dict:
         c0 = cases[0]
         gen = torch.Generator().manual_seed(seed)
-        batches = make_batches(c0.B, c0.L, device, c0.torch_dtype, copies, gen)
-        shared = functools.cache(lambda backend: make_net(c0.L, backend, device, c0.torch_dtype, c0.D, c0.H))
-        compiled = {}  # one compiled function per mode, shared by auto+compile and its CUDA graph
+        host = torch.device("cpu")  # training collates on the host; the step copies to the device
+        batches = make_batches(c0.B, c0.L, host, c0.torch_dtype, copies, gen)
+        nets = functools.cache(lambda backend: make_net(c0.L, backend, device, c0.torch_dtype, c0.D, c0.H))
+        compiled = {}  # the student's compiled forward, shared by auto+compile and its CUDA graph
         out = {}
         for case in cases:
             try:
-                out[case] = self._prepare(case, device, batches, shared, compiled)
+                if case.mode == "inference":
+                    out[case] = self._inference(case, device, nets, batches, compiled)
+                else:
+                    out[case] = self._train_step(case, device, batches)
             except Skip as why:
                 out[case] = why
         return out
 
-    def _prepare(self, case: Case, device, batches, shared, compiled) -> Prepared:
+    @staticmethod
+    def _train_step(case: Case, device: torch.device, batches: list) -> Prepared:
         if case.provider == GRAPHS and device.type != "cuda":
             raise Skip("CUDA graphs need a CUDA device")
-        net = shared("reference" if case.provider == "reference" else "auto")
-        rotation = itertools.cycle(batches)
-        n_params = sum(p.numel() for p in net.parameters())
-        note = f"{n_params / 1e6:.2f} M parameters"
-        if case.mode == "inference":
-            return self._inference(case, device, net, rotation, compiled, note)
-        net.train()
-        loss_fn = _loss_fn(net)
-        if case.provider in (COMPILE, GRAPHS):
-            loss_fn = compiled.setdefault("train_step", _Compiled(loss_fn))
-        if case.provider == GRAPHS:
-            return _graphed_step(net, loss_fn, batches, note)
-        optimizer = torch.optim.AdamW(net.parameter_groups(lr=5e-4, router_lr=5e-3))
+        backend = "reference" if case.provider == "reference" else "auto"
+        cfg = TrainConfig(model=model_config(case.L, backend, case.D, case.H), compile=case.provider != backend,
+                          cuda_graphs=case.provider == GRAPHS, device=device.type, progress=False)
+        ctx = context(device.type)
+        net = make_net(case.L, backend, device, case.torch_dtype, case.D, case.H)
+        optim = torch.optim.AdamW(net.parameter_groups(cfg.lr, cfg.router_lr, cfg.weight_decay),
+                                  capturable=cfg.cuda_graphs)
+        scaler = torch.amp.GradScaler(device.type, enabled=False)
+        step = (GraphedStep if cfg.cuda_graphs else Step)(ctx.wrap(net), net, optim, scaler, cfg, ctx, "fp32")
+        rotation = itertools.cycle([_train_batch(b) for b in batches])
+        note = f"{sum(p.numel() for p in net.parameters()) / 1e6:.2f} M parameters"
+        if cfg.cuda_graphs:
+            try:
+                for _ in range(GRAPH_WARMUP + 1):  # eager warm-up steps, then the capture
+                    step(next(rotation))
+            except Exception as err:  # noqa: BLE001 - e.g. a host synchronisation inside the step
+                raise Skip(f"the step cannot be captured in a CUDA graph yet ({_first_line(err)})") from None
 
-        def model_part():
-            complete, incomplete, lengths, present, labels = next(rotation)
-            loss_fn(complete, incomplete, lengths, present, labels).backward()
+        def model_part():  # forward, loss, backward: what must not synchronise
+            b = step.to_device(next(rotation))
+            step.forward_loss(b.complete, b.incomplete, b.lengths, b.labels, b.present, b.scales)[0].backward()
 
-        def step():
-            optimizer.zero_grad(set_to_none=True)
-            model_part()
-            optimizer.step()
+        def one_step():
+            step(next(rotation))
 
-        prepared = Prepared(step, note=note)
-        prepared.counters = lambda: {**_counters(case, device, model_part, step, loss_fn),
-                                     **({"note": f"{note}; {loss_fn.note}"} if getattr(loss_fn, "note", "") else {})}
+        prepared = Prepared(one_step, note=note)
+        prepared.counters = lambda: _counters(device, model_part, one_step, eager=not cfg.compile)
         return prepared
 
-    def _inference(self, case, device, net, rotation, compiled, note) -> Prepared:
-        net.eval()
+    @staticmethod
+    def _inference(case: Case, device: torch.device, nets, batches: list, compiled: dict) -> Prepared:
+        if case.provider == GRAPHS and device.type != "cuda":
+            raise Skip("CUDA graphs need a CUDA device")
+        net = nets("reference" if case.provider == "reference" else "auto").eval()
         forward = net.student
         if case.provider in (COMPILE, GRAPHS):
-            forward = compiled.setdefault("inference", _Compiled(net.student))
+            if "student" not in compiled:
+                compiled["student"] = torch.compile(net.student, fullgraph=True, dynamic=False)
+            forward = compiled["student"]
+        on_device = [tuple(tuple(t.to(device) for t in x) if isinstance(x, tuple) else x.to(device) for x in b)
+                     for b in batches]
+        rotation = itertools.cycle(on_device)
+        note = f"{sum(p.numel() for p in net.student.parameters()) / 1e6:.2f} M parameters (student)"
         if case.provider == GRAPHS:
-            return _graphed_inference(forward, list(itertools.islice(rotation, 3)), note)
+            return _graphed_inference(forward, on_device, note)
 
         def infer():
             _, incomplete, lengths, present, _ = next(rotation)
@@ -176,22 +171,25 @@ class ModelEntry(Entry):
                 forward(*incomplete, lengths, present)
 
         prepared = Prepared(infer, note=note)
-        prepared.counters = lambda: {**_counters(case, device, infer, infer, forward),
-                                     **({"note": f"{note}; {forward.note}"} if getattr(forward, "note", "") else {})}
+        prepared.counters = lambda: _counters(device, infer, infer, eager=case.provider not in (COMPILE, GRAPHS))
         return prepared
 
 
-def _counters(case: Case, device: torch.device, model_part: Callable, whole: Callable, fn) -> dict:
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0][:200] if text else ''}"
+
+
+def _counters(device: torch.device, model_part: Callable, whole: Callable, eager: bool) -> dict:
     """Host syncs of the model's part of one step (forward, loss, backward: the optimizer's
-    bookkeeping is not the model's) and the launches of the whole step."""
-    compiled = isinstance(fn, _Compiled)
+    bookkeeping and the step's one report read are not the model's) and the launches of the whole step."""
     row: dict = {}
     if device.type == "cuda":
         row["host_syncs"] = count_cuda_syncs(model_part)
         row["host_syncs_method"] = "torch.cuda.set_sync_debug_mode warnings (forward, loss, backward)"
         row["launches"] = count_kernels(whole)
         row["launches_method"] = "CUDA kernels in torch.profiler (whole step)"
-    if not compiled:  # compiled code runs eagerly under a dispatch mode: counted only where it is eager
+    if eager:  # compiled code runs eagerly under a dispatch mode: counted only where it is eager
         syncs = count_syncs(model_part)
         row["host_syncs"] = sum(syncs.values())
         row["host_syncs_by_op"] = syncs
@@ -213,32 +211,8 @@ def _copy_into(static, batch) -> None:
             dst.copy_(src, non_blocking=True)
 
 
-def _graphed_step(net, loss_fn, batches: list, note: str) -> Prepared:
-    """The whole training step captured in one CUDA graph (after a warm-up on a side stream)."""
-    optimizer = torch.optim.AdamW(net.parameter_groups(lr=5e-4, router_lr=5e-3), capturable=True)
-    static = _static_copy(batches[0])
-
-    def step():
-        optimizer.zero_grad(set_to_none=False)
-        loss_fn(*static).backward()
-        optimizer.step()
-
-    graph = _capture(step)
-    rotation = itertools.cycle(batches)
-
-    def replay():
-        _copy_into(static, next(rotation))
-        graph.replay()
-
-    prepared = Prepared(replay, note=note)
-    prepared.counters = lambda: {"host_syncs": count_cuda_syncs(replay),
-                                 "host_syncs_method": "torch.cuda.set_sync_debug_mode warnings (graph replay)",
-                                 "launches": count_kernels(replay),
-                                 "launches_method": "CUDA kernels in torch.profiler (graph replay)"}
-    return prepared
-
-
 def _graphed_inference(forward, batches: list, note: str) -> Prepared:
+    """The student's forward captured in a CUDA graph, replayed on static copies of the inputs."""
     static = _static_copy(batches[0])
 
     def infer():
@@ -256,8 +230,8 @@ def _graphed_inference(forward, batches: list, note: str) -> Prepared:
 
 
 def _capture(fn: Callable[[], None]):
-    """``fn`` warmed up on a side stream, then captured; a step that cannot be captured (a host
-    synchronisation inside it) is a Skip with the reason."""
+    """``fn`` warmed up on a side stream, then captured; a forward that cannot be captured (a
+    host synchronisation inside it) is a Skip with the reason."""
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     try:
@@ -270,9 +244,7 @@ def _capture(fn: Callable[[], None]):
             fn()
     except Exception as err:  # noqa: BLE001
         torch.cuda.synchronize()
-        text = str(err).strip().splitlines()
-        raise Skip(f"the step cannot be captured in a CUDA graph yet ({type(err).__name__}: "
-                   f"{text[0][:200] if text else ''})") from None
+        raise Skip(f"the forward cannot be captured in a CUDA graph yet ({_first_line(err)})") from None
     return graph
 
 
