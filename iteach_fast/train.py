@@ -174,15 +174,20 @@ class Step:
             net, raw, optim, scaler, cfg, ctx, dtype)
         self.params = [p for p in raw.parameters() if p.requires_grad]
         self.autocast_cache = True
-        self.forward_loss = self._forward_loss
+        self.model, self.loss, self.forward_loss = net, raw.loss, self._forward_loss
         if cfg.compile:  # one graph per batch shape (length buckets), backward through AOTAutograd
-            self.forward_loss = torch.compile(self._forward_loss, fullgraph=True, dynamic=False,
-                                              backend=COMPILE_BACKEND)
+            opts = dict(fullgraph=True, dynamic=False, backend=COMPILE_BACKEND)
+            if ctx.parallel:  # Dynamo compiles a DDP module's inner module (split at its gradient buckets);
+                # DDP's own bookkeeping around it stays eager, so the module cannot be one full graph
+                self.model = torch.compile(net, **{**opts, "fullgraph": False})
+                self.loss = torch.compile(raw.loss, **opts)
+            else:
+                self.forward_loss = torch.compile(self._forward_loss, **opts)
 
     def _forward_loss(self, complete, incomplete, lengths, labels, present, scales) -> torch.Tensor:
         with autocast(self.ctx.device, self.dtype, self.autocast_cache):
-            t_out, s_out = self.net(complete, incomplete, lengths, present)
-            losses = self.raw.loss(t_out, s_out, labels, lengths, present)
+            t_out, s_out = self.model(complete, incomplete, lengths, present)
+            losses = self.loss(t_out, s_out, labels, lengths, present)
         emo_t, emo_s = losses["emo_teacher"] * scales[0], losses["emo_student"] * scales[0]
         rec = losses["rec"] * scales[1]
         return torch.stack([emo_t + emo_s + rec, emo_t + emo_s, rec, emo_t, emo_s])
