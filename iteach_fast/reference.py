@@ -19,6 +19,8 @@ See docs/maths.md for the maths, and its "Local numerics" section for the prefix
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from .padding import masked_avg_pool, masked_max_pool, valid_mask, zero_invalid
@@ -82,6 +84,13 @@ def _oom_hint(err: Exception, what: str, shape: tuple) -> Exception:
         f"never materialises it, or shorter conversations. ({err})")
 
 
+def _exact(device: torch.device):
+    """Autocast off: the reference computes in the accumulation dtype it chose, whatever the caller's autocast."""
+    if device.type in ("cpu", "cuda"):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
 def _is_oom(err: RuntimeError) -> bool:
     # CUDA raises torch.OutOfMemoryError; the CPU allocator a plain RuntimeError
     return isinstance(err, torch.OutOfMemoryError) or "can't allocate memory" in str(err)
@@ -105,7 +114,8 @@ def ecce_bias(zp: torch.Tensor, lengths: torch.Tensor, dist: int, causal: bool =
     B, L, H = zp.shape
     acc = zero_invalid(zp.to(accumulation_dtype(zp.dtype)), valid_mask(lengths, L)[..., None])
     try:
-        return band_means(prefix_table(acc, dist), dist, causal, lengths).to(zp.dtype)
+        with _exact(zp.device):
+            return band_means(prefix_table(acc, dist), dist, causal, lengths).to(zp.dtype)
     except RuntimeError as err:
         if _is_oom(err):
             raise _oom_hint(err, "ecce_bias", (B, H, L)) from err
@@ -118,7 +128,8 @@ def ecce_attention(q, k, v, prefix, lengths, dist: int, scale: float, causal: bo
     after the query) excluded, rows beyond ``lengths`` (and whole length-0 conversations) 0."""
     B, H, L, _ = q.shape
     try:
-        return _attention(q, k, v, prefix, lengths, dist, scale, causal)
+        with _exact(q.device):
+            return _attention(q, k, v, prefix, lengths, dist, scale, causal)
     except RuntimeError as err:
         if _is_oom(err):
             raise _oom_hint(err, "ecce_attention", (B, H, L)) from err
@@ -146,7 +157,7 @@ def _attention(q, k, v, prefix, lengths, dist, scale, causal):
         keys = keys & (idx[None, :] <= idx[:, None])
     # A finite fill (not -inf): a length-0 row then softmaxes to a harmless uniform row,
     # which the output mask below zeroes, instead of to NaN.
-    S = S.masked_fill(~keys, torch.finfo(acc).min)
+    S = S.masked_fill(~keys, torch.finfo(S.dtype).min)  # S's dtype: half under autocast
     A = torch.softmax(S, dim=-1)
     # written into q's layout (the contract: out.transpose(1, 2) of a (B, L, H, Dh) view is contiguous)
     return out.copy_(torch.where(rows, torch.matmul(A, v), zero))
