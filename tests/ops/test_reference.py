@@ -275,6 +275,15 @@ def test_strided_views_are_read_in_place_and_out_has_qs_layout():
     assert out.stride() == q.stride() and out.transpose(1, 2).is_contiguous()
 
 
+@pytest.mark.parametrize("op", ["ecce_bias", "ecce_attention"])
+def test_autocast_does_not_reach_inside_the_reference(op):
+    """Under a caller's bfloat16 autocast the reference still computes in float32 (same answer, no overflow)."""
+    case = testing.make_inputs(op, B=2, L=9, lengths=[9, 0], dist=4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = case.call("reference")
+    assert torch.equal(out, case.call("reference"))
+
+
 def test_maxpool_ties_route_gradient_to_the_first_index():
     x = torch.tensor([[[1.0], [2.0], [2.0], [0.0]]], dtype=torch.float64, requires_grad=True)
     logits = torch.tensor([[[-1e9, -1e9, -1e9, 0.0]] * 4], dtype=torch.float64)  # w = max-pool only
