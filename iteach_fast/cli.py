@@ -29,7 +29,7 @@ from .distributed import DistributedError, rank_tag
 from .evaluate import data_gaps, load_for_eval
 from .masking import EVAL_RATES
 from .protocols import DEMO_DEFAULTS, demo, ime, ume
-from .reproduce import DEFAULT_SEEDS, QUICK, VARIED, reproduce
+from .reproduce import DEFAULT_SEEDS, QUICK, QUICK_SEEDS, VARIED, reproduce
 from .runtime import resolve_device
 from .train import RESUME_SETTINGS, train
 
@@ -166,7 +166,8 @@ def cmd_reproduce(args) -> int:
     defaults = {**(QUICK if args.quick else {}), "out_dir": os.path.join("runs", "reproduce")}
     cfg = config_from_args(args, defaults)
     command = "iteach-fast " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["reproduce"] else None
-    res = reproduce(args.what, cfg, seeds=args.seeds, folds=args.folds, jobs=args.jobs, devices=args.devices,
+    seeds = args.seeds or (QUICK_SEEDS if args.quick else DEFAULT_SEEDS)
+    res = reproduce(args.what, cfg, seeds=seeds, folds=args.folds, jobs=args.jobs, devices=args.devices,
                     command=command, log=lambda *a: print(*a, flush=True))
     return 1 if res["failures"] else 0
 
@@ -324,11 +325,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("what", nargs="+", choices=EXPERIMENTS + ("all",), metavar="WHAT",
                    help=f"one or more of {', '.join(EXPERIMENTS)}, or all")
     r.add_argument("--quick", action="store_true",
-                   help="the small synthetic set and model, 10 epochs (" + ", ".join(
+                   help="the small synthetic set and model, 10 epochs, seed 0 (" + ", ".join(
                        f"{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in QUICK.items())
-                   + "); flags still override")
+                   + "); flags and --seeds still override")
     r.add_argument("--seeds", type=_list_of(int), default=None, metavar="S,S,..",
-                   help=f"seeds of the runs (default {','.join(map(str, DEFAULT_SEEDS))}: the paper's three runs)")
+                   help=f"seeds of the runs (default {','.join(map(str, DEFAULT_SEEDS))}: the paper's three runs; "
+                        f"--quick: {','.join(map(str, QUICK_SEEDS))})")
     r.add_argument("--folds", type=_list_of(int), default=None, metavar="K,K,..",
                    help="IEMOCAP's held-out sessions (default 1,2,3,4,5); other datasets have one split")
     r.add_argument("--jobs", type=int, default=1, help="runs trained at once, as processes (default 1)")
