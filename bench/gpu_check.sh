@@ -136,7 +136,8 @@ run_bench() {  # run_bench NAME LIMIT MIN ARGS...: python -m bench.run into the 
 run_bench headline 150 45 --preset headline
 step syncs 45 20 $PYTHON -m bench.syncs "${SYNC_ARGS[@]}"
 if [ -f bench/kernel_resources.py ]; then
-    step kernel-resources 60 20 $PYTHON -m bench.kernel_resources --arch "$ARCH" --out "$OUT" --name kernel-resources
+    TIMEOUT_STATUS=stopped step kernel-resources 90 20 $PYTHON -m bench.kernel_resources --arch "$ARCH" --out "$OUT" \
+        --name kernel-resources
 else
     skip kernel-resources "bench/kernel_resources.py is not in this checkout"
 fi

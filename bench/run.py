@@ -160,6 +160,10 @@ def _describe(row: dict) -> str:
         extra += f", {row['host_syncs']} host syncs"
     if row.get("launches") is not None:
         extra += f", {row['launches']} launches"
+    if row.get("state_bytes") is not None:
+        extra += f", state {row['state_bytes'] / 2**20:.2f} MiB"
+    if row.get("samples_per_s") is not None:
+        extra += f", {row['samples_per_s']:.1f} conversations/s"
     spread = f" (p20 {row['p20_ms']:.3f}, p80 {row['p80_ms']:.3f})" if row.get("p20_ms") is not None else ""
     return f"{head}: {row['median_ms']:.3f} ms{spread}{extra}"
 
