@@ -145,7 +145,8 @@ def make_batch(dataset, idx: list, rate: float, generator: torch.Generator, ctx:
     mine = ctx.shard(range(len(convs)))
     rows = shape[0] if shape else max(len(mine), 1)
     batch = collate([convs[i] for i in mine] + [_empty_conversation(convs[0])] * (rows - len(mine)))
-    length = shape[1] if shape else batch["labels"].shape[1]
+    # at least one position: a share of only zero-length conversations still runs every layer
+    length = shape[1] if shape else max(batch["labels"].shape[1], 1)
     batch.update({k: _pad(batch[k], length) for k in (*MODALITIES, "labels")})
     present = torch.zeros(rows, length, 3, dtype=torch.bool)
     present[: len(mine)] = _pad(present_g[mine], length)

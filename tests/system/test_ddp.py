@@ -24,7 +24,9 @@ from iteach_fast import train as training
 from iteach_fast.config import TrainConfig
 from iteach_fast.model import ITEACHNet
 
-FLAGS = ["--syn-conversations", "12", "--syn-min-len", "3", "--syn-max-len", "8", "--syn-dims", "6,4,5",
+# 9 training conversations in global batches of 4: the last batch has one, so rank 1 trains on
+# a zero-length conversation there (every rank joins every step)
+FLAGS = ["--syn-conversations", "13", "--syn-min-len", "3", "--syn-max-len", "8", "--syn-dims", "6,4,5",
          "--dim", "8", "--heads", "2", "--max-len", "8", "--dist", "4", "--conv-kernel", "3",
          "--teacher-layers", "1", "--student-layers", "1", "--batch-size", "4", "--select-rates", "0,0.5",
          "--strategy", "random", "--no-progress", "--threads", "1", "--device", "cpu"]
@@ -137,8 +139,8 @@ def test_a_rank_that_raises_ends_the_job_and_resuming_gives_the_uninterrupted_re
     train = ["train", *FLAGS, "--epochs", "2"]
     straight = launch(tmp_path, "straight", lambda r: [*train, "--out-dir", str(tmp_path / "a")])
     assert [code for code, _, _ in straight] == [0, 0], straight
-    # rank 1 fails at the first step of epoch 2 (2 steps per epoch: 8 training conversations, 4 a batch)
-    failed = launch(tmp_path, "failed", lambda r: [*train, "--out-dir", str(tmp_path / "b")], raise_at=3)
+    # rank 1 fails at the first step of epoch 2 (3 steps per epoch)
+    failed = launch(tmp_path, "failed", lambda r: [*train, "--out-dir", str(tmp_path / "b")], raise_at=4)
     (code0, log0, _), (code1, log1, _) = failed
     assert code0 != 0 and code1 != 0, failed
     assert "[rank 1]: error: injected failure on rank 1" in log1
