@@ -408,6 +408,8 @@ find_label_file = _find_label_file
 find_feature_root = _find_feature_root
 load_label_pickle = _load_pickle
 utterance_feature = _utterance_feature
+dialogue_labels = _dialogue_labels
+check_disjoint = _check_disjoint
 
 
 def load_gcnet(name: str, data_root: str, fold: int = 1, seed: int = 0, select_on: str = "valid",

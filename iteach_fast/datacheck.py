@@ -8,11 +8,12 @@
   ``<dialogue>_{F|M}{i:03d}``; CMU-MOSI / MOSEI: the synthetic train / valid / test split as
   ``trainVids`` / ``valVids`` / ``testVids``, labels in [-3, 3].
 * :func:`check_data` — a GCNet-layout folder checked file by file with the loader's own
-  readers (:mod:`iteach_fast.data`), every problem listed rather than the first: missing or
-  unreadable feature files, feature dims per modality, NaN / inf, empty conversations,
-  labels out of range, IEMOCAP sessions without a dialogue; files that match no utterance are
-  named as warnings (GCNet's IEMOCAP feature folders also hold the six-class set's
-  utterances), and the class balance of each session / split is summarised.
+  readers and label checks (:mod:`iteach_fast.data`), every problem listed rather than the
+  first: missing or unreadable feature files, feature dims per modality, NaN / inf, empty
+  conversations, labels out of range, a dialogue in two MOSI splits, IEMOCAP sessions
+  without a dialogue; files that match no utterance are named as warnings (GCNet's IEMOCAP
+  feature folders also hold the six-class set's utterances), and the class balance of each
+  session / split is summarised.
 """
 from __future__ import annotations
 
@@ -33,6 +34,8 @@ from .data import (
     GCNET_DATASETS,
     GCNET_FEATURES,
     DataError,
+    check_disjoint,
+    dialogue_labels,
     find_feature_root,
     find_label_file,
     load_label_pickle,
@@ -166,7 +169,7 @@ def check_data(dataset: str, data_root: str, label_file: str | None = None,
         return report
     ids, labels, speakers = table[0], table[1], table[2]
     split_lists = dict(zip(("train", "test") if kind == "iemocap" else ("train", "valid", "test"), table[4:]))
-    vids = _check_dialogues(report, path, ids, labels, speakers, split_lists, num_classes)
+    vids = _check_dialogues(report, path, ids, labels, speakers, split_lists, num_classes, kind)
     groups = _sessions(report, path, vids) if kind == "iemocap" else {
         name: [v for v in sorted(vs) if v in vids] for name, vs in split_lists.items()}
     n_utt = sum(len(ids[v]) for v in vids)
@@ -184,20 +187,20 @@ def check_data(dataset: str, data_root: str, label_file: str | None = None,
     return report
 
 
-def _check_dialogues(report, path, ids, labels, speakers, split_lists, num_classes) -> list:
-    """The dialogues usable for training (listed in a split, with consistent entries); the rest reported."""
-    seen, usable = {}, []
-    for name, vs in split_lists.items():
-        for vid in vs:
-            if vid in seen:
-                report.problems.append(f"{path}: dialogue {vid!r} is listed in both {seen[vid]} and {name}")
-                continue
-            seen[vid] = name
-    for vid in sorted(seen, key=str):
+def _check_dialogues(report, path, ids, labels, speakers, split_lists, num_classes, kind) -> list:
+    """The dialogues usable for training (listed in a split, with consistent entries and labels
+    as the loader checks them); the rest reported. IEMOCAP's folds ignore the pickle's split,
+    MOSI / MOSEI's splits must be disjoint."""
+    if kind == "mosi":
+        try:
+            check_disjoint(path, split_lists)
+        except DataError as err:
+            report.problems.append(str(err))
+    usable = []
+    for vid in sorted({v for vs in split_lists.values() for v in vs}, key=str):
         entries = [t.get(vid) if isinstance(t, dict) else None for t in (ids, labels, speakers)]
         if any(e is None for e in entries):
-            report.problems.append(f"{path}: dialogue {vid!r} (in {seen[vid]}) has no videoIDs / videoLabels / "
-                                   "videoSpeakers entry")
+            report.problems.append(f"{path}: dialogue {vid!r} has no videoIDs / videoLabels / videoSpeakers entry")
             continue
         if not len(entries[0]) == len(entries[1]) == len(entries[2]):
             report.problems.append(f"{path}: dialogue {vid!r} has {len(entries[0])} utterance ids, "
@@ -206,13 +209,10 @@ def _check_dialogues(report, path, ids, labels, speakers, split_lists, num_class
         if len(entries[0]) == 0:
             report.problems.append(f"{path}: dialogue {vid!r} is empty (no utterances)")
             continue
-        lab = np.asarray(entries[1], dtype=np.float64)
-        if not np.isfinite(lab).all():
-            report.problems.append(f"{path}: dialogue {vid!r} has NaN or inf labels")
-            continue
-        if num_classes > 1 and (((lab < 0) | (lab >= num_classes)) | (lab != np.round(lab))).any():
-            report.problems.append(f"{path}: dialogue {vid!r} has labels outside the classes 0..{num_classes - 1}: "
-                                   f"{sorted(set(lab[(lab < 0) | (lab >= num_classes)].tolist()))}")
+        try:
+            lab = dialogue_labels(path, vid, entries[1], entries[0], num_classes)
+        except DataError as err:
+            report.problems.append(str(err))
             continue
         if num_classes == 1 and (np.abs(lab) > 3).any():
             report.warnings.append(f"{path}: dialogue {vid!r} has labels outside [-3, 3]")

@@ -69,6 +69,14 @@ def test_export_mosi_keeps_the_synthetic_splits(tmp_path):
     assert s.task == "regression" and info["splits"] == {"train": 8, "valid": 1, "test": 3}
     report = check_data("cmumosi", str(tmp_path / "mosi"))
     assert report.ok and "negative / zero / positive" in report.text()
+    with open(info["label_file"], "rb") as f:
+        table = list(pickle.load(f))
+    table[4] = table[4] + table[6][:1]  # a test video also in train
+    with open(info["label_file"], "wb") as f:
+        pickle.dump(tuple(table), f)
+    report = check_data("cmumosi", str(tmp_path / "mosi"))
+    assert not report.ok and "CMUMOSI_features_raw_2way.pkl: 1 dialogue(s) are in both the train and the test" \
+        in report.problems[0]
     with pytest.raises(ValueError, match="not empty.*--overwrite"):
         export_synthetic(str(tmp_path / "mosi"), "cmumosi")
 
@@ -123,7 +131,7 @@ DEFECTS = {
     "empty conversation": (lambda root, t, uid, vid: ([t[k].__setitem__(vid, []) for k in range(3)], _dump(root, t)),
                            lambda root, uid, vid: f"IEMOCAP_features_raw_4way.pkl: dialogue '{vid}' is empty"),
     "label out of range": (lambda root, t, uid, vid: (t[1].__setitem__(vid, [7] * len(t[1][vid])), _dump(root, t)),
-                           lambda root, uid, vid: f"dialogue '{vid}' has labels outside the classes 0..3"),
+                           lambda root, uid, vid: f"dialogue '{vid}', utterance .*: label 7 lies outside the class"),
     "missing folder": (lambda root, t, uid, vid: shutil.rmtree(os.path.join(root, "features", AUDIO)),
                        lambda root, uid, vid: "audio feature folder not found; tried .*wav2vec-large-c-UTT"),
     "no session 2": (lambda root, t, uid, vid: (
