@@ -49,6 +49,7 @@ class ModelConfig:
     ecce: EcceMode = "local+global"
     dropout: float = 0.0
     backend: Backend = "auto"  # the fused operators' backend
+    causal: bool = False  # real-time ERC: every output i sees utterances <= i only (streamable)
 
     def validate(self) -> ModelConfig:
         problems = _type_problems(self)

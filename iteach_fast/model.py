@@ -6,8 +6,12 @@
     losses = net.loss(teacher_out, student_out, labels, lengths, present)  # eq. 12-15
     optim = torch.optim.AdamW(net.parameter_groups())                      # 5e-4, router 5e-3
 
-The fused operators are reached only through :mod:`iteach_fast.modules` (hence
-:mod:`iteach_fast.ops`); ``backend`` is passed down to every module.
+The inputs are validated once, at the model's boundary (shapes and dtypes on the host; the
+lengths without a host-device synchronisation, see :func:`iteach_fast.modules.check_lengths`);
+every module below trusts them, and neither forward, loss nor backward reads a value back to
+the host, so a training step can be compiled whole or captured as a CUDA graph. ``backend``
+is passed down to every module. ``causal=True`` builds the real-time variant, which
+:meth:`ITEACHModel.stream` runs one utterance at a time (:mod:`iteach_fast.streaming`).
 """
 from __future__ import annotations
 
@@ -20,13 +24,15 @@ from torch import nn
 
 from .choices import MIXERS, MODALITIES, check_choice
 from .config import ModelConfig
-from .modules import ECCE, EncoderLayer, lengths_or_full, set_backend
-from .padding import valid_mask
+from .modules import ECCE, EncoderLayer, Padded, padded, set_backend
+from .streaming import StreamingSession
 
-__all__ = ["ModelOutput", "ITEACHModel", "ITEACHNet", "REC_WEIGHTS", "roles"]
+__all__ = ["ModelOutput", "ITEACHModel", "ITEACHNet", "REC_WEIGHTS", "IGNORE_INDEX", "roles"]
 
 #: eq. 14: weights of ||H'_l - H_l||^2 for l = 1, 2, 3 (H_1 is the last layer's feature)
 REC_WEIGHTS = (0.5, 0.1, 0.05)
+#: a class label that marks a valid utterance as unlabelled: left out of L_emo's sum and count
+IGNORE_INDEX = -100
 #: layers of a model by mixer where the framework does not fix them (the paper's 3 x TF, 4 x NAS)
 MIXER_LAYERS = {"tf": 3, "nas": 4}
 
@@ -55,10 +61,11 @@ class ModelOutput(NamedTuple):
 
 class ITEACHModel(nn.Module):
     """One teacher or student model (eq. 1-4): per-modality input projection
-    ``X_m = Linear(d_m, D)``, per-modality ECCE (its ``zp_m`` computed once from ``X_m`` and
-    shared by every layer of that modality), ``num_layers`` Encoder Layers, and a classifier
-    ``Linear(D, C)`` on the last hidden feature ``H_1``. ``num_classes=1`` makes it a
-    regressor (CMU-MOSI / MOSEI) with output ``(B, L)``.
+    ``X_m = Linear(d_m, D)``, per-modality ECCE (its band-mean table computed once from
+    ``X_m`` and shared by every layer of that modality), ``num_layers`` Encoder Layers, and a
+    classifier ``Linear(D, C)`` on the last hidden feature ``H_1``. ``num_classes=1`` makes it
+    a regressor (CMU-MOSI / MOSEI) with output ``(B, L)``. ``causal=True``: every output ``i``
+    depends on utterances ``<= i`` only (:meth:`stream` runs it utterance by utterance).
 
     Missing modalities arrive as zeros (GCNet's convention); ``present (B, L, 3)`` bool is
     validated but not otherwise needed here.
@@ -67,7 +74,7 @@ class ITEACHModel(nn.Module):
     def __init__(self, input_dims, num_classes: int, num_layers: int, mixer: str = "tf", dim: int = 128,
                  heads: int = 8, ffn_ratio: float = 4.0, max_len: int = 110, dist: int = 30, conv_kernel: int = 7,
                  pool_size: int = 3, ecce: str = "local+global", dropout: float = 0.0, backend: str = "auto",
-                 mlp_ratio: float = 1.0):
+                 mlp_ratio: float = 1.0, causal: bool = False):
         super().__init__()
         input_dims = tuple(int(d) for d in input_dims)
         if len(input_dims) != 3 or min(input_dims) < 1:
@@ -76,14 +83,16 @@ class ITEACHModel(nn.Module):
             raise ValueError(f"num_classes must be >= 1 (1 = regression), got {num_classes}")
         if num_layers < 1:
             raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        if max_len < 1:
+            raise ValueError(f"max_len must be >= 1, got {max_len}")
         check_choice("mixer", mixer, MIXERS)
         self.input_dims, self.num_classes, self.num_layers = input_dims, num_classes, num_layers
-        self.mixer, self.dim, self.max_len = mixer, dim, max_len
+        self.mixer, self.dim, self.max_len, self.causal = mixer, dim, max_len, bool(causal)
         self.proj = nn.ModuleList(nn.Linear(d, dim) for d in input_dims)
-        self.ecce = nn.ModuleList(ECCE(dim, heads, conv_kernel, dist, ecce, backend) for _ in input_dims)
+        self.ecce = nn.ModuleList(ECCE(dim, heads, conv_kernel, dist, ecce, backend, causal) for _ in input_dims)
         self.dropout = nn.Dropout(dropout)
         self.layers = nn.ModuleList(
-            EncoderLayer(dim, heads, mixer, ffn_ratio, max_len, dist, pool_size, mlp_ratio, dropout, backend)
+            EncoderLayer(dim, heads, mixer, ffn_ratio, max_len, dist, pool_size, mlp_ratio, dropout, backend, causal)
             for _ in range(num_layers))
         self.classifier = nn.Linear(dim, num_classes)
 
@@ -95,7 +104,11 @@ class ITEACHModel(nn.Module):
         """Switch every fused operator to ``backend`` ("auto", "reference", "triton", "cpp")."""
         return set_backend(self, backend)
 
-    def _validate(self, inputs, lengths, present):
+    def check_inputs(self, inputs, lengths, present) -> Padded:
+        """Validate ``(text, audio, visual)``, ``lengths`` and ``present`` once; returns the
+        :class:`~iteach_fast.modules.Padded` every module then trusts. Shapes and dtypes are
+        read on the host; the lengths' values without a synchronisation (a CPU tensor on the
+        host, a device tensor by a device-side assert)."""
         for name, x in zip(MODALITIES, inputs):
             if not isinstance(x, torch.Tensor):
                 raise TypeError(f"{name} must be a torch.Tensor (B, L, d), got {type(x).__name__}")
@@ -115,38 +128,44 @@ class ITEACHModel(nn.Module):
         if self.mixer == "nas" and L > self.max_len:
             raise ValueError(f"conversations of padded length L={L} exceed max_len={self.max_len} "
                              f"(the NAS MLP mixer's token dimension); build the model with max_len >= {L}")
-        lengths = lengths_or_full(lengths, B, L, inputs[0].device)
         if present is not None:
             if not isinstance(present, torch.Tensor) or present.dtype != torch.bool:
                 raise TypeError("present must be a bool tensor (B, L, 3), got "
                                 f"{getattr(present, 'dtype', type(present).__name__)}")
             if tuple(present.shape) != (B, L, 3):
                 raise ValueError(f"present must have shape ({B}, {L}, 3), got {tuple(present.shape)}")
-        return lengths
+        if isinstance(lengths, Padded) and tuple(lengths.valid.shape) != (B, L, 1):
+            raise ValueError(f"lengths was validated for (B, L) = {tuple(lengths.valid.shape[:2])}, "
+                             f"the inputs have {(B, L)}")
+        return padded(lengths, B, L, inputs[0].device)
 
     def forward(self, text: torch.Tensor, audio: torch.Tensor, visual: torch.Tensor, lengths=None,
                 present: torch.Tensor | None = None) -> ModelOutput:
         """``text (B, L, d_t)``, ``audio (B, L, d_a)``, ``visual (B, L, d_v)``, ``lengths (B,)``
         -> :class:`ModelOutput`. Every output is exactly 0 at invalid positions."""
         inputs = (text, audio, visual)
-        lengths = self._validate(inputs, lengths, present)
-        L = text.shape[1]
-        valid = valid_mask(lengths, L)[..., None]
+        pad = self.check_inputs(inputs, lengths, present)
+        valid = pad.valid
         zero = torch.zeros((), dtype=text.dtype, device=text.device)
         # eq. 1-2: X_m, then ECCE once per modality; padding zeroed (the projection bias would not be)
         xs = [torch.where(valid, self.dropout(proj(torch.where(valid, x, zero))), zero)
               for proj, x in zip(self.proj, inputs)]
-        zps = tuple(ecce(x, lengths) for ecce, x in zip(self.ecce, xs))
+        prefixes = tuple(ecce(x, pad) for ecce, x in zip(self.ecce, xs))
         t, a, v = xs
         hidden = []
         for layer in self.layers:  # eq. 3-4
-            t, a, v = layer(t, a, v, zps, lengths)
+            t, a, v = layer(t, a, v, prefixes, pad)
             hidden.append(t)
         hidden.reverse()  # H_1 is the feature closest to the classifier
         logits = torch.where(valid, self.classifier(hidden[0]), zero)
         if self.regression:
             logits = logits.squeeze(-1)
         return ModelOutput(logits, hidden)
+
+    def stream(self, batch_size: int = 1) -> StreamingSession:
+        """A :class:`~iteach_fast.streaming.StreamingSession` on this (causal) model: push one
+        utterance per conversation at a time, get its prediction at once."""
+        return StreamingSession(self, batch_size)
 
 
 class ITEACHNet(nn.Module):
@@ -162,7 +181,8 @@ class ITEACHNet(nn.Module):
     ``teacher_layers`` / ``student_layers`` / ``teacher_mixer`` / ``student_mixer`` left as
     None take the framework's defaults above; given, they override them (e.g. the ablation
     ``student_mixer="tf"``). Every keyword is a :class:`~iteach_fast.config.ModelConfig` field
-    (the net is built from one: :meth:`from_config`), and the rest go to both models.
+    (the net is built from one: :meth:`from_config`), and the rest go to both models
+    (``causal=True``: both are causal).
     """
 
     def __init__(self, input_dims, num_classes: int, framework: str = "its", teacher_layers: int | None = None,
@@ -198,17 +218,23 @@ class ITEACHNet(nn.Module):
     def regression(self) -> bool:
         return self.student.regression
 
+    @property
+    def causal(self) -> bool:
+        return self.student.causal
+
     def set_backend(self, backend: str) -> ITEACHNet:
         return set_backend(self, backend)
 
     def forward(self, complete, incomplete, lengths=None, present: torch.Tensor | None = None):
         """``complete`` / ``incomplete``: ``(text, audio, visual)`` tuples; the teacher sees the
         complete data, the student the incomplete one (missing modalities zeroed).
-        Returns ``(teacher_out, student_out)``, two :class:`ModelOutput`s."""
+        Returns ``(teacher_out, student_out)``, two :class:`ModelOutput`s. The lengths are
+        checked once for both."""
         for name, inp in (("complete", complete), ("incomplete", incomplete)):
             if not isinstance(inp, (tuple, list)) or len(inp) != 3:
                 raise TypeError(f"{name} must be a (text, audio, visual) tuple of tensors")
-        return self.teacher(*complete, lengths, None), self.student(*incomplete, lengths, present)
+        pad = self.teacher.check_inputs(complete, lengths, None)
+        return self.teacher(*complete, pad, None), self.student(*incomplete, pad, present)
 
     @torch.no_grad()
     def predict(self, incomplete, lengths=None, present: torch.Tensor | None = None) -> torch.Tensor:
@@ -216,48 +242,102 @@ class ITEACHNet(nn.Module):
         on incomplete input, without gradients; 0 at invalid rows. Call ``eval()`` first."""
         return self.student(*incomplete, lengths, present).logits
 
+    def stream(self, batch_size: int = 1, model: str = "student") -> StreamingSession:
+        """A :class:`~iteach_fast.streaming.StreamingSession` on the student (``model="teacher"``:
+        the teacher, which expects complete inputs) of a causal net."""
+        check_choice("model", model, ("student", "teacher"))
+        return StreamingSession(getattr(self, model), batch_size)
+
     # ------------------------------------------------------------------ losses (eq. 12-15)
 
-    def emotion_loss(self, logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy (classification, eq. 12) or squared error (regression, eq. 13), the mean
-        over valid utterances; 0 when there are none."""
-        n = valid.sum().clamp_min(1)
-        if self.regression:
-            err = (logits.float() - labels.float()) ** 2
-            return torch.where(valid, err, torch.zeros_like(err)).sum() / n
-        # only valid rows reach cross_entropy: the padding's labels may be anything (e.g. -1)
-        return F.cross_entropy(logits[valid].float(), labels[valid].long(), reduction="sum") / n
-
-    def loss(self, teacher_out: ModelOutput, student_out: ModelOutput, labels: torch.Tensor, lengths,
-             present: torch.Tensor) -> dict:
-        """The joint objective (eq. 12-15), as a dict ``total, emo, rec, emo_teacher, emo_student``.
-
-        ``L_emo = CE(teacher) + CE(student)`` (MSE for a regressor), each the mean over valid
-        utterances. ``L_rec = Σ_l w_l · mse(H'_l, H_l)`` with ``w = (0.5, 0.1, 0.05)`` over the
-        last three hidden features, on the valid utterances whose student input lost at least
-        one modality (``present`` not all true), averaged over those utterances and ``D``; the
-        teacher's features are detached (eq. 14: no gradient to the teacher). 0 when no
-        utterance lost anything. ``total = emo + rec`` (eq. 15).
-        """
-        B, L = student_out.hidden[0].shape[:2]
-        device = student_out.hidden[0].device
-        lengths = lengths_or_full(lengths, B, L, device)
-        valid = valid_mask(lengths, L)
-        if tuple(labels.shape) != (B, L):
-            raise ValueError(f"labels must have shape ({B}, {L}), got {tuple(labels.shape)}")
+    def _targets(self, labels, lengths, present, shape=None):
+        """``(labels, counted, lost)`` after checking: ``counted (B, L)`` the utterances L_emo
+        averages over (valid and, for classification, not ``IGNORE_INDEX``), ``lost (B, L)`` the
+        valid utterances whose student input lost a modality (L_rec's targets)."""
+        if not isinstance(labels, torch.Tensor) or labels.dim() != 2 or (shape is not None and labels.shape != shape):
+            want = f"({shape[0]}, {shape[1]})" if shape is not None else "(B, L)"
+            raise ValueError(f"labels must be a tensor of shape {want}, got "
+                             f"{tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__}")
+        if not self.regression and (labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool):
+            raise TypeError(f"labels must be integer class ids for a classifier (or {IGNORE_INDEX}: unlabelled), "
+                            f"got dtype {labels.dtype}; a float label such as 2.7 is not truncated")
+        B, L = labels.shape
         if not isinstance(present, torch.Tensor) or present.dtype != torch.bool or tuple(present.shape) != (B, L, 3):
             raise ValueError(f"present must be a bool tensor of shape ({B}, {L}, 3): it says which utterances "
                              f"lost a modality (the distillation targets of L_rec)")
-        emo_t = self.emotion_loss(teacher_out.logits, labels, valid)
-        emo_s = self.emotion_loss(student_out.logits, labels, valid)
+        valid = padded(lengths, B, L, labels.device).valid[..., 0]
+        counted = valid if self.regression else valid & (labels != IGNORE_INDEX)
+        return labels, counted, valid & ~present.all(dim=-1)
 
-        lost = (valid & ~present.all(dim=-1))[..., None]  # (B, L, 1)
+    def loss_counts(self, labels: torch.Tensor, lengths, present: torch.Tensor) -> dict:
+        """What :meth:`loss` averages over, as int64 tensors: ``"valid"``, the labelled valid
+        utterances (L_emo's denominator), and ``"lost"``, the valid utterances whose student
+        input lost a modality (L_rec's, times D). For data-parallel training, sum these over
+        the ranks (one all-reduce) and pass them as ``counts=``."""
+        _, counted, lost = self._targets(labels, lengths, present)
+        return {"valid": counted.sum(), "lost": lost.sum()}
+
+    def _emotion_loss(self, logits: torch.Tensor, labels: torch.Tensor, counted: torch.Tensor, n) -> torch.Tensor:
+        """Cross-entropy (eq. 12) or squared error (eq. 13) summed over the ``counted`` utterances,
+        divided by ``n``; masked reductions only (no boolean indexing: nothing reads back to the host)."""
+        zero = torch.zeros((), dtype=torch.float32, device=logits.device)
+        if self.regression:
+            # the padding's labels may be anything (even NaN): replaced before the difference,
+            # so that no NaN reaches a gradient through 0 * NaN
+            target = torch.where(counted, labels.float(), zero)
+            err = (logits.float() - target) ** 2
+        else:
+            C = logits.shape[-1]
+            target = torch.where(counted, labels.long(), 0)
+            # on the device, no synchronisation: a CPU run raises here, a CUDA run at its next sync
+            torch._assert_async(((target >= 0) & (target < C)).all(),
+                                f"labels must be class ids in [0, {C}) at valid positions (or {IGNORE_INDEX}: "
+                                f"unlabelled)")
+            err = F.cross_entropy(logits.float().flatten(0, 1), target.flatten(), reduction="none")
+            err = err.view(counted.shape)
+        return torch.where(counted, err, zero).sum() / n
+
+    def loss(self, teacher_out: ModelOutput, student_out: ModelOutput, labels: torch.Tensor, lengths,
+             present: torch.Tensor, counts: dict | None = None) -> dict:
+        """The joint objective (eq. 12-15), as a dict ``total, emo, rec, emo_teacher, emo_student``.
+
+        ``L_emo = CE(teacher) + CE(student)`` (MSE for a regressor), each the mean over the
+        valid utterances. A classifier's ``labels`` are integer class ids (a float tensor is a
+        ``TypeError``: 2.7 is not silently truncated); ``IGNORE_INDEX`` (-100) marks a valid
+        utterance as unlabelled, left out of both the sum and the count; any other id outside
+        ``[0, C)`` at a valid position fails (a device-side assert). The padding's labels are
+        never read.
+        ``L_rec = Σ_l w_l · mse(H'_l, H_l)`` with ``w = (0.5, 0.1, 0.05)`` over the last three
+        hidden features, on the valid utterances whose student input lost at least one
+        modality (``present`` not all true), averaged over those utterances and ``D``; the
+        teacher's features are detached (eq. 14: no gradient to the teacher). 0 when no
+        utterance lost anything. ``total = emo + rec`` (eq. 15).
+
+        ``counts``: the denominators ``{"valid": N, "lost": M}`` (see :meth:`loss_counts`)
+        when they are not this batch's own — under data parallelism, the global batch's, so
+        that each rank's loss is its share of the global mean (DDP then averages the gradients
+        over ranks: scale by the world size, or sum, to get the single-process gradient).
+        Everything is computed with masked reductions: no host synchronisation.
+        """
+        B, L = student_out.hidden[0].shape[:2]
+        labels, counted, lost = self._targets(labels, lengths, present, (B, L))
+        if counts is None:
+            counts = {"valid": counted.sum(), "lost": lost.sum()}
+        elif not isinstance(counts, dict) or not {"valid", "lost"} <= set(counts):
+            raise ValueError('counts must be a dict {"valid": N, "lost": M} (see ITEACHNet.loss_counts)')
+        n_valid, n_lost = (c.clamp_min(1) if isinstance(c, torch.Tensor) else max(int(c), 1)
+                           for c in (counts["valid"], counts["lost"]))
+        emo_t = self._emotion_loss(teacher_out.logits, labels, counted, n_valid)
+        emo_s = self._emotion_loss(student_out.logits, labels, counted, n_valid)
+
+        lost = lost[..., None]  # (B, L, 1)
         D = student_out.hidden[0].shape[-1]
-        denom = (lost.sum() * D).clamp_min(1)
-        rec = student_out.hidden[0].new_zeros((), dtype=torch.float32)
+        zero = torch.zeros((), dtype=torch.float32, device=lost.device)
+        rec = zero
         for w, h_s, h_t in zip(REC_WEIGHTS, student_out.hidden, teacher_out.hidden):
             sq = (h_s.float() - h_t.detach().float()) ** 2
-            rec = rec + w * torch.where(lost, sq, torch.zeros_like(sq)).sum() / denom
+            rec = rec + w * torch.where(lost, sq, zero).sum()
+        rec = rec / (n_lost * D)
         emo = emo_t + emo_s
         return {"total": emo + rec, "emo": emo, "rec": rec, "emo_teacher": emo_t, "emo_student": emo_s}
 

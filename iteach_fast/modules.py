@@ -3,15 +3,26 @@
 Every module takes ``lengths`` (int ``(B,)``, or None for "all valid") and keeps the
 package-wide contract: outputs at invalid positions (``i >= lengths[b]``) are exactly 0,
 invalid positions never influence valid ones, and a length-0 conversation gives zeros,
-never NaN. The fused operators come only from :mod:`iteach_fast.ops`; each module holds a
-``backend`` attribute (``"auto"`` by default) that it passes through to them —
-:func:`set_backend` changes it for a whole model.
+never NaN. Each module holds a ``backend`` attribute (``"auto"`` by default) that it passes
+to the fused operators; :func:`set_backend` changes it for a whole model.
+
+**Validate once, then trust.** Called on its own, a module validates its inputs. Inside the
+model, the lengths are checked once at the boundary (:func:`padded`, without a host-device
+synchronisation) and handed down as a :class:`Padded` — the lengths with their valid mask —
+which every module trusts; the modules then call the unchecked operators of
+:mod:`iteach_fast.dispatch`. Nothing in a forward or backward reads a value back to the host.
+
+**Causal mode** (``causal=True``, real-time ERC): every output ``i`` depends on positions
+``<= i`` only — ECCE's conv padded on the left, causal attention and ECCE band, pools over
+``[i - p + 1, i]``, and the MLP token mixer's weights masked lower-triangular in the forward
+(docs/maths.md, "Causal mode"). :mod:`iteach_fast.streaming` runs such a model one utterance
+at a time.
 
 Modules, bottom up:
 
-- :class:`ECCE` — local context (eq. 5) and its per-head projection ``zp``, from which
-  the global context-changing bias ``E`` (eq. 6, Algorithm 1) is built inside the fused
-  attention; :meth:`ECCE.bias` materialises ``E`` for inspection.
+- :class:`ECCE` — local context (eq. 5), its per-head projection ``zp`` and the band-mean
+  table from which the fused attention builds the global bias ``E`` (eq. 6, Algorithm 1);
+  :meth:`ECCE.bias` materialises ``E`` for inspection.
 - Token mixers (Appendix C): :class:`ECCEAttention` (eq. 10-11, C.1-C.2),
   :class:`MLPTokenMixer` (C.3), :class:`AvgPoolTokenMixer` (C.4),
   :class:`MaxPoolTokenMixer` (C.5), and the router-weighted :class:`RoutedTokenMixer`
@@ -21,30 +32,99 @@ Modules, bottom up:
 """
 from __future__ import annotations
 
+import math
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import ops
+from . import dispatch, ops
 from .choices import ECCE_MODES, MIXERS, check_choice
 from .padding import masked_avg_pool, masked_max_pool, valid_mask, zero_invalid
 
 __all__ = [
-    "ECCE", "ECCEAttention", "MLPTokenMixer", "AvgPoolTokenMixer", "MaxPoolTokenMixer",
-    "RoutedTokenMixer", "ITEACHEncoder", "CrossAttention", "EncoderLayer",
-    "set_backend", "lengths_or_full",
+    "Padded", "padded", "check_lengths", "ECCE", "ECCEAttention", "MLPTokenMixer", "AvgPoolTokenMixer",
+    "MaxPoolTokenMixer", "RoutedTokenMixer", "ITEACHEncoder", "CrossAttention", "EncoderLayer", "set_backend",
 ]
 
 
-# ----------------------------------------------------------------------------- helpers
+# ----------------------------------------------------------------------------- validation, once
 
-# ``lengths`` as int64 ``(B,)`` on a device, None meaning all L; errors name ``lengths``
-lengths_or_full = ops.check_lengths
+class Padded(NamedTuple):
+    """A padded batch's validated ``lengths`` (int64 ``(B,)`` on the inputs' device, values in
+    ``[0, L]``) and its ``valid`` mask ``(B, L, 1)`` bool. A module that receives one as its
+    ``lengths`` trusts it: build it with :func:`padded`."""
+    lengths: torch.Tensor
+    valid: torch.Tensor
 
 
-def _rows(lengths: torch.Tensor, L: int) -> torch.Tensor:
-    """``(B, L, 1)`` bool, broadcastable over features: position ``i`` is valid iff ``i < lengths[b]``."""
-    return valid_mask(lengths, L)[..., None]
+def check_lengths(lengths, B: int, L: int, device: torch.device) -> torch.Tensor:
+    """``lengths`` as int64 ``(B,)`` on ``device`` (None: every conversation has length ``L``),
+    checked without a host-device synchronisation.
+
+    A CPU tensor or a list (what the data loader hands in) is checked on the host, with a
+    ``ValueError`` naming the values. A tensor already on an accelerator, or any tensor under
+    ``torch.compile``, is checked on the device (``torch._assert_async``): an out-of-range value
+    then fails as a device-side assert at the next synchronisation, carrying the same message,
+    instead of being read back to the host here.
+    """
+    if lengths is None:
+        return torch.full((B,), L, dtype=torch.int64, device=device)
+    if isinstance(lengths, (str, bytes)):
+        raise TypeError(f"lengths must be an integer tensor of shape ({B},) or None, got {type(lengths).__name__}")
+    if not isinstance(lengths, torch.Tensor):
+        try:
+            lengths = torch.as_tensor(lengths)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise TypeError(f"lengths must be an integer tensor of shape ({B},) or None, "
+                            f"got {type(lengths).__name__} ({err})") from None
+    if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
+        raise TypeError(f"lengths must be an integer tensor of shape ({B},), got dtype {lengths.dtype}")
+    if lengths.shape != (B,):
+        raise ValueError(f"lengths must have shape ({B},) (one length per conversation), got {tuple(lengths.shape)}")
+    if lengths.device.type == "cpu" and not torch.compiler.is_compiling():
+        host = lengths.detach().numpy()  # a CPU tensor's memory: no dispatched op, no synchronisation
+        if host.size and (host.min() < 0 or host.max() > L):
+            raise ValueError(f"lengths must lie in [0, L={L}], got values in [{host.min()}, {host.max()}]")
+    else:
+        torch._assert_async(((lengths >= 0) & (lengths <= L)).all(), f"lengths must lie in [0, L={L}]")
+    return lengths.to(device=device, dtype=torch.int64, non_blocking=True)
+
+
+def padded(lengths, B: int, L: int, device: torch.device) -> Padded:
+    """``lengths`` checked (:func:`check_lengths`) with its valid mask; a :class:`Padded` is
+    returned as it is (validated once, trusted after)."""
+    if isinstance(lengths, Padded):
+        return lengths
+    lengths = check_lengths(lengths, B, L, device)
+    return Padded(lengths, valid_mask(lengths, L)[..., None])
+
+
+def _check_x(name: str, x, dim: int) -> None:
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor (B, L, {dim}), got "
+                        f"{getattr(x, 'dtype', type(x).__name__)}")
+    if x.dim() != 3 or x.shape[-1] != dim:
+        raise ValueError(f"{name} must have shape (B, L, {dim}), got {tuple(x.shape)}")
+
+
+def _check_prefix(prefix, x: torch.Tensor, heads: int) -> None:
+    """A band-mean table for ``x (B, L, D)``, or None; checked where a module runs on its own."""
+    if prefix is None:
+        return
+    B, L, _ = x.shape
+    if not isinstance(prefix, torch.Tensor) or tuple(prefix.shape) != (B, heads, 3, L):
+        raise ValueError(f"prefix must be the (B, H, 3, L) = ({B}, {heads}, 3, {L}) table ECCE returns (or None), "
+                         f"got {getattr(prefix, 'shape', type(prefix).__name__)}")
+
+
+def _standalone(x: torch.Tensor, lengths, dim: int, name: str = "x") -> Padded:
+    """The :class:`Padded` of a module call: trusted if given one, else ``x`` and ``lengths`` checked."""
+    if isinstance(lengths, Padded):
+        return lengths
+    _check_x(name, x, dim)
+    return padded(lengths, x.shape[0], x.shape[1], x.device)
 
 
 def set_backend(module: nn.Module, backend: str) -> nn.Module:
@@ -59,8 +139,13 @@ def set_backend(module: nn.Module, backend: str) -> nn.Module:
 
 
 def _check_heads(dim: int, heads: int) -> None:
-    if dim % heads:
-        raise ValueError(f"dim ({dim}) must be divisible by heads ({heads})")
+    if dim < 1 or heads < 1 or dim % heads:
+        raise ValueError(f"dim ({dim}) must be a positive multiple of heads ({heads})")
+
+
+def _check_pool(pool_size: int) -> None:
+    if pool_size < 1 or pool_size % 2 == 0:
+        raise ValueError(f"pool_size must be odd and positive, got {pool_size}")
 
 
 # ----------------------------------------------------------------------------- ECCE
@@ -68,149 +153,189 @@ def _check_heads(dim: int, heads: int) -> None:
 class ECCE(nn.Module):
     """Emotion Context Changing Encoder (paper §3.3, eq. 5-6, Algorithm 1; docs/maths.md).
 
-    Local (eq. 5): ``Z = Conv1d(D, D, kernel_size, padding=kernel_size//2)`` along the
-    utterance axis, invalid positions zeroed before (so padding never leaks in) and after.
+    Local (eq. 5): ``Z = Conv1d(D, D, kernel_size)`` along the utterance axis, centred
+    (``causal``: padded on the left only, so ``Z[t]`` sees ``t - kernel_size + 1 .. t``),
+    invalid positions zeroed before it (padding never leaks in).
     Global (eq. 6): ``E[b,h,i,j] = mean_{k=min(i,j)..max(i,j)} Z[b,k] @ W_fc[:,h]`` on the
-    band ``|i-j| < dist``. Since the projection is linear, ``forward`` returns only
-    ``zp = Z @ W_fc`` ``(B, L, H)``; the fused attention builds ``E`` from it without
-    materialising ``L x L``. ``W_fc`` has no bias: Algorithm 1's bias lands on every entry of
-    a softmax row and cannot change the attention (docs/maths.md).
+    band ``|i-j| < dist`` (``causal``: ``i - dist < j <= i``). The projection is linear, so
+    ``forward`` returns the band-mean table of ``zp = Z @ W_fc`` (``ops.ecce_prefix``), from
+    which the fused attention builds ``E`` without materialising ``L x L``; one table per
+    modality and forward serves every attention of that modality. ``W_fc`` has no bias:
+    Algorithm 1's bias lands on every entry of a softmax row and cannot change the attention.
 
     ``mode``: ``"local+global"`` (the paper), ``"global"`` (no conv, ``Z = X``), ``"off"``
-    (``zp = 0``, hence ``E = 0``: plain attention).
+    (no bias: plain attention; ``forward`` returns None).
     """
 
     def __init__(self, dim: int, heads: int, kernel_size: int = 7, dist: int = 30,
-                 mode: str = "local+global", backend: str = "auto"):
+                 mode: str = "local+global", backend: str = "auto", causal: bool = False):
         super().__init__()
         check_choice("mode", mode, ECCE_MODES)
         if kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(f"kernel_size must be odd and positive (a window centred on each utterance), "
-                             f"got {kernel_size}")
+            raise ValueError(f"kernel_size must be odd and positive, got {kernel_size}")
         if dist < 1:
             raise ValueError(f"dist must be >= 1, got {dist}")
         self.dim, self.heads, self.dist, self.mode, self.backend = dim, heads, dist, mode, backend
-        self.conv = nn.Conv1d(dim, dim, kernel_size, padding=kernel_size // 2) if mode == "local+global" else None
+        self.kernel_size, self.causal = kernel_size, bool(causal)
+        # causal: pad k - 1 on both sides and keep the first L outputs (output t sees t-k+1..t)
+        pad = kernel_size - 1 if causal else kernel_size // 2
+        self.conv = nn.Conv1d(dim, dim, kernel_size, padding=pad) if mode == "local+global" else None
         self.fc = nn.Linear(dim, heads, bias=False) if mode != "off" else None
 
-    def forward(self, x: torch.Tensor, lengths=None) -> torch.Tensor:
-        """``x (B, L, D)`` -> ``zp (B, L, H)``, the per-head local context (0 at invalid positions)."""
-        if x.dim() != 3 or x.shape[-1] != self.dim:
-            raise ValueError(f"x must have shape (B, L, {self.dim}), got {tuple(x.shape)}")
+    def local(self, x: torch.Tensor, pad: Padded) -> torch.Tensor:
+        """``Z (B, L, D)``, the local context (eq. 5); unspecified at invalid positions."""
+        z = zero_invalid(x, pad.valid)
+        if self.conv is None:
+            return z
+        return self.conv(z.transpose(1, 2))[..., :x.shape[1]].transpose(1, 2)
+
+    def tables(self, x: torch.Tensor, lengths=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(zp (B, L, H), prefix (B, H, 3, L) or None)``: the projected local context (0 at
+        invalid positions) and its band-mean table (None when ``mode="off"``)."""
+        pad = _standalone(x, lengths, self.dim)
         B, L, _ = x.shape
-        if self.mode == "off":
-            return x.new_zeros(B, L, self.heads)
-        valid = _rows(lengths_or_full(lengths, B, L, x.device), L)
-        z = zero_invalid(x, valid)
-        if self.conv is not None:
-            z = zero_invalid(self.conv(z.transpose(1, 2)).transpose(1, 2), valid)
-        return zero_invalid(self.fc(z), valid)
+        if self.fc is None:
+            return x.new_zeros(B, L, self.heads), None
+        z = self.local(x, pad)
+        # the projection in z's dtype, as nn.Linear would under autocast
+        return dispatch.ecce_prefix(z, self.fc.weight.T.to(z.dtype), pad.lengths, self.dist, self.backend)
+
+    def forward(self, x: torch.Tensor, lengths=None) -> torch.Tensor | None:
+        """``x (B, L, D)`` -> the band-mean table ``(B, H, 3, L)`` for :class:`ECCEAttention`
+        (with the same lengths), or None when ECCE is off."""
+        return self.tables(x, lengths)[1]
+
+    def project(self, x: torch.Tensor, lengths=None) -> torch.Tensor:
+        """``zp (B, L, H)``, the per-head local context (0 at invalid positions)."""
+        return self.tables(x, lengths)[0]
 
     def bias(self, x: torch.Tensor, lengths=None) -> torch.Tensor:
         """The materialised global bias ``E (B, H, L, L)`` (for heatmaps, paper Fig. 5)."""
-        return ops.ecce_bias(self(x, lengths), lengths, self.dist, backend=self.backend)
+        pad = _standalone(x, lengths, self.dim)
+        return ops.ecce_bias(self.project(x, pad), pad.lengths, self.dist, self.causal, backend=self.backend)
 
 
 # ----------------------------------------------------------------------------- token mixers
+
+def _heads(t: torch.Tensor, heads: int) -> torch.Tensor:
+    """``(B, L, D)`` -> a ``(B, H, L, Dh)`` view (no copy)."""
+    B, L, D = t.shape
+    return t.view(B, L, heads, D // heads).transpose(1, 2)
+
 
 class ECCEAttention(nn.Module):
     """ECCE-guided multi-head self-attention, the MixMap (eq. 10-11, C.1-C.2):
     ``S = (X W_q)(X W_k)^T / sqrt(Dh) + E``, ``out = softmax(S)(X W_v)``, then ``W_o``.
 
-    The teacher's "TF" mixer and the student's AttentionMixer. ``E`` comes in as ``zp``
-    (see :class:`ECCE`) and is expanded inside ``ops.ecce_attention``. ``dropout`` acts on
-    the output (the fused kernel has no attention-probability dropout).
+    The teacher's "TF" mixer and the student's AttentionMixer. ``E`` arrives as ECCE's
+    band-mean table ``prefix`` (None: no bias) and is expanded inside the fused attention,
+    which reads the projections' ``(B, L, H, Dh)`` views in place (no copies). ``causal``:
+    query ``i`` sees keys ``j <= i``. ``dropout`` acts on the output (the fused kernel has no
+    attention-probability dropout).
     """
 
-    def __init__(self, dim: int, heads: int, dist: int = 30, dropout: float = 0.0, backend: str = "auto"):
+    def __init__(self, dim: int, heads: int, dist: int = 30, dropout: float = 0.0, backend: str = "auto",
+                 causal: bool = False):
         super().__init__()
         _check_heads(dim, heads)
-        self.dim, self.heads, self.dist, self.backend = dim, heads, dist, backend
+        self.dim, self.heads, self.dist, self.backend, self.causal = dim, heads, dist, backend, bool(causal)
+        self.scale = 1.0 / math.sqrt(dim // heads)
         self.q = nn.Linear(dim, dim)
         self.k = nn.Linear(dim, dim)
         self.v = nn.Linear(dim, dim)
         self.out = nn.Linear(dim, dim)  # W_o
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, zp: torch.Tensor | None = None, lengths=None) -> torch.Tensor:
-        """``x (B, L, D)``, ``zp (B, L, H)`` (None: no ECCE bias) -> ``(B, L, D)``."""
+    def forward(self, x: torch.Tensor, prefix: torch.Tensor | None = None, lengths=None) -> torch.Tensor:
+        """``x (B, L, D)``, ``prefix`` ECCE's table for the same lengths (None: no ECCE bias) -> ``(B, L, D)``."""
+        if not isinstance(lengths, Padded):
+            _check_prefix(prefix, x, self.heads)
+        pad = _standalone(x, lengths, self.dim)
         B, L, D = x.shape
-        lengths = lengths_or_full(lengths, B, L, x.device)
-        valid = _rows(lengths, L)
-        x = zero_invalid(x, valid)
-        if zp is None:
-            zp = x.new_zeros(B, L, self.heads)
-
-        def heads(t):  # (B, L, D) -> (B, H, L, Dh)
-            return t.view(B, L, self.heads, D // self.heads).transpose(1, 2)
-
-        q, k, v = heads(self.q(x)), heads(self.k(x)), heads(self.v(x))
-        # zp in q's dtype: under autocast the projections may run in half precision while x does not
-        o = ops.ecce_attention(q, k, v, zp.to(q.dtype), lengths, self.dist, backend=self.backend)
-        o = self.out(o.transpose(1, 2).reshape(B, L, D))
-        return zero_invalid(self.dropout(o), valid)  # W_o's bias would otherwise land on the padding
+        x = zero_invalid(x, pad.valid)  # padding never reaches a projection's weight gradient
+        q, k, v = (_heads(proj(x), self.heads) for proj in (self.q, self.k, self.v))
+        o = dispatch.ecce_attention(q, k, v, prefix, pad.lengths, self.dist, self.scale, self.causal, self.backend)
+        o = self.out(o.transpose(1, 2).reshape(B, L, D))  # a view when o has q's layout
+        return zero_invalid(self.dropout(o), pad.valid)  # W_o's bias would otherwise land on the padding
 
 
 class MLPTokenMixer(nn.Module):
     """MLP over the token axis (Appendix C, eq. C.3): ``MLP(X^T)^T`` with
     ``Linear(L_max -> L_max*ratio) . GELU . Linear(-> L_max)``.
 
-    Inputs shorter than ``max_len`` are zero-padded to it; invalid tokens are 0 on input
-    (so they contribute nothing) and on output.
+    Inputs shorter than ``max_len`` act as zero-padded to it (the weights' first ``L``
+    columns / rows are used); invalid tokens are 0 on input and on output.
+
+    ``causal``: hidden unit ``k`` belongs to position ``floor(k / ratio)``; it reads tokens up
+    to its position, and output ``i`` reads hidden units of positions ``<= i`` — both weight
+    matrices are masked (lower-triangular) in every forward, so training cannot break it.
     """
 
-    def __init__(self, max_len: int, ratio: float = 1.0, dropout: float = 0.0):
+    def __init__(self, max_len: int, ratio: float = 1.0, dropout: float = 0.0, causal: bool = False):
         super().__init__()
         if max_len < 1:
             raise ValueError(f"max_len must be >= 1, got {max_len}")
         hidden = max(1, int(round(max_len * ratio)))
-        self.max_len = max_len
+        self.max_len, self.ratio, self.causal = max_len, ratio, bool(causal)
         self.fc1 = nn.Linear(max_len, hidden)
         self.fc2 = nn.Linear(hidden, max_len)
         self.dropout = nn.Dropout(dropout)
+        if causal:
+            owner = (torch.arange(hidden, dtype=torch.float64) / ratio).floor().clamp_max(max_len - 1).long()
+            position = torch.arange(max_len)
+            #: the position each hidden unit belongs to, and the two lower-triangular masks
+            self.register_buffer("owner", owner, persistent=False)
+            self.register_buffer("mask1", position[None, :] <= owner[:, None], persistent=False)  # (hidden, L)
+            self.register_buffer("mask2", owner[None, :] <= position[:, None], persistent=False)  # (L, hidden)
 
-    def forward(self, x: torch.Tensor, zp: torch.Tensor | None = None, lengths=None) -> torch.Tensor:
-        """``x (B, L, D)`` with ``L <= max_len`` -> ``(B, L, D)``; ``zp`` is ignored."""
+    def weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(W1 (hidden, max_len), W2 (max_len, hidden))``, masked when ``causal``."""
+        if not self.causal:
+            return self.fc1.weight, self.fc2.weight
+        zero = torch.zeros((), dtype=self.fc1.weight.dtype, device=self.fc1.weight.device)
+        return torch.where(self.mask1, self.fc1.weight, zero), torch.where(self.mask2, self.fc2.weight, zero)
+
+    def forward(self, x: torch.Tensor, prefix: torch.Tensor | None = None, lengths=None) -> torch.Tensor:
+        """``x (B, L, D)`` with ``L <= max_len`` -> ``(B, L, D)``; ``prefix`` is ignored."""
         B, L, D = x.shape
         if L > self.max_len:
             raise ValueError(f"MLPTokenMixer was built for max_len={self.max_len} utterances, got a padded "
                              f"length L={L}; build the model with max_len >= {L}")
-        valid = _rows(lengths_or_full(lengths, B, L, x.device), L)
-        xt = F.pad(zero_invalid(x, valid).transpose(1, 2), (0, self.max_len - L))  # (B, D, L_max)
-        y = self.fc2(self.dropout(F.gelu(self.fc1(xt))))[..., :L].transpose(1, 2)
-        return zero_invalid(self.dropout(y), valid)
+        pad = _standalone(x, lengths, D)
+        w1, w2 = self.weights()
+        xt = zero_invalid(x, pad.valid).transpose(1, 2)  # (B, D, L)
+        h = self.dropout(F.gelu(F.linear(xt, w1[:, :L], self.fc1.bias)))
+        y = F.linear(h, w2[:L], self.fc2.bias[:L]).transpose(1, 2)
+        return zero_invalid(self.dropout(y), pad.valid)
 
 
 class AvgPoolTokenMixer(nn.Module):
-    """Masked average pool (Appendix C, eq. C.4): mean over ``[i - p//2, i + p//2] ∩ valid``.
-    Same pooling code as the reference ``routed_mixture`` (``reference.masked_avg_pool``)."""
+    """Masked average pool (Appendix C, eq. C.4): mean over ``[i - p//2, i + p//2] ∩ valid``
+    (``causal``: ``[i - p + 1, i] ∩ valid``). Same pooling code as the reference ``routed_mixture``."""
 
-    def __init__(self, pool_size: int = 3):
+    def __init__(self, pool_size: int = 3, causal: bool = False):
         super().__init__()
-        if pool_size < 1 or pool_size % 2 == 0:
-            raise ValueError(f"pool_size must be odd and positive, got {pool_size}")
-        self.pool_size = pool_size
+        _check_pool(pool_size)
+        self.pool_size, self.causal = pool_size, bool(causal)
 
-    def forward(self, x: torch.Tensor, zp: torch.Tensor | None = None, lengths=None) -> torch.Tensor:
-        B, L, _ = x.shape
-        valid = _rows(lengths_or_full(lengths, B, L, x.device), L)
-        return zero_invalid(masked_avg_pool(x, valid, self.pool_size), valid)
+    def forward(self, x: torch.Tensor, prefix: torch.Tensor | None = None, lengths=None) -> torch.Tensor:
+        pad = _standalone(x, lengths, x.shape[-1])
+        return zero_invalid(masked_avg_pool(x, pad.valid, self.pool_size, self.causal), pad.valid)
 
 
 class MaxPoolTokenMixer(nn.Module):
-    """Masked max pool (Appendix C, eq. C.5): max over ``[i - p//2, i + p//2] ∩ valid``.
-    Same pooling code as the reference ``routed_mixture`` (``reference.masked_max_pool``)."""
+    """Masked max pool (Appendix C, eq. C.5): max over ``[i - p//2, i + p//2] ∩ valid``
+    (``causal``: ``[i - p + 1, i] ∩ valid``). Same pooling code as the reference ``routed_mixture``."""
 
-    def __init__(self, pool_size: int = 3):
+    def __init__(self, pool_size: int = 3, causal: bool = False):
         super().__init__()
-        if pool_size < 1 or pool_size % 2 == 0:
-            raise ValueError(f"pool_size must be odd and positive, got {pool_size}")
-        self.pool_size = pool_size
+        _check_pool(pool_size)
+        self.pool_size, self.causal = pool_size, bool(causal)
 
-    def forward(self, x: torch.Tensor, zp: torch.Tensor | None = None, lengths=None) -> torch.Tensor:
-        B, L, _ = x.shape
-        valid = _rows(lengths_or_full(lengths, B, L, x.device), L)
-        return zero_invalid(masked_max_pool(x, valid, self.pool_size), valid)  # -inf at invalid rows -> 0
+    def forward(self, x: torch.Tensor, prefix: torch.Tensor | None = None, lengths=None) -> torch.Tensor:
+        pad = _standalone(x, lengths, x.shape[-1])
+        # -inf at invalid rows -> 0
+        return zero_invalid(masked_max_pool(x, pad.valid, self.pool_size, self.causal), pad.valid)
 
 
 class RoutedTokenMixer(nn.Module):
@@ -218,35 +343,34 @@ class RoutedTokenMixer(nn.Module):
     ``out[i] = Σ_o w[i,o] · o(X)[i]`` over (attention, mlp, avgpool, maxpool).
 
     The attention and MLP mixers run here; the two pools and the mixture are fused in
-    ``ops.routed_mixture``. The router's parameters live under ``router.`` so that
+    ``routed_mixture``. The router's parameters live under ``router.`` so that
     :meth:`ITEACHNet.parameter_groups` can give them their own learning rate.
     """
 
     def __init__(self, dim: int, heads: int, max_len: int = 110, dist: int = 30, pool_size: int = 3,
-                 mlp_ratio: float = 1.0, dropout: float = 0.0, backend: str = "auto"):
+                 mlp_ratio: float = 1.0, dropout: float = 0.0, backend: str = "auto", causal: bool = False):
         super().__init__()
-        if pool_size < 1 or pool_size % 2 == 0:
-            raise ValueError(f"pool_size must be odd and positive, got {pool_size}")
-        self.pool_size, self.backend = pool_size, backend
+        _check_pool(pool_size)
+        self.dim, self.pool_size, self.backend, self.causal = dim, pool_size, backend, bool(causal)
         self.router = nn.Linear(dim, 4)
-        self.attention = ECCEAttention(dim, heads, dist, dropout, backend)
-        self.mlp = MLPTokenMixer(max_len, mlp_ratio, dropout)
+        self.attention = ECCEAttention(dim, heads, dist, dropout, backend, causal)
+        self.mlp = MLPTokenMixer(max_len, mlp_ratio, dropout, causal)
 
-    def forward(self, x: torch.Tensor, zp: torch.Tensor | None = None, lengths=None) -> torch.Tensor:
-        B, L, _ = x.shape
-        lengths = lengths_or_full(lengths, B, L, x.device)
-        x = zero_invalid(x, _rows(lengths, L))
-        logits, y_attn, y_mlp = self.router(x), self.attention(x, zp, lengths), self.mlp(x, None, lengths)
+    def forward(self, x: torch.Tensor, prefix: torch.Tensor | None = None, lengths=None) -> torch.Tensor:
+        if not isinstance(lengths, Padded):
+            _check_prefix(prefix, x, self.attention.heads)
+        pad = _standalone(x, lengths, self.dim)
+        x = zero_invalid(x, pad.valid)
+        logits, y_attn, y_mlp = self.router(x), self.attention(x, prefix, pad), self.mlp(x, None, pad)
         # one dtype for the fused op: under autocast the Linear outputs may be half while x is float32
         dt = y_attn.dtype
-        return ops.routed_mixture(logits.to(dt), x.to(dt), y_attn, y_mlp.to(dt), lengths, self.pool_size,
-                                  backend=self.backend)
+        return dispatch.routed_mixture(logits.to(dt), x.to(dt), y_attn, y_mlp.to(dt), pad.lengths, self.pool_size,
+                                       self.causal, self.backend)
 
     def routing_weights(self, x: torch.Tensor, lengths=None) -> torch.Tensor:
         """The per-token mixer weights ``softmax(router(X)) (B, L, 4)`` (0 at invalid rows), for analysis."""
-        B, L, _ = x.shape
-        valid = _rows(lengths_or_full(lengths, B, L, x.device), L)
-        return zero_invalid(torch.softmax(self.router(zero_invalid(x, valid)), dim=-1), valid)
+        pad = _standalone(x, lengths, self.dim)
+        return zero_invalid(torch.softmax(self.router(zero_invalid(x, pad.valid)), dim=-1), pad.valid)
 
 
 # ----------------------------------------------------------------------------- blocks
@@ -261,43 +385,44 @@ class ITEACHEncoder(nn.Module):
 
     def __init__(self, dim: int, heads: int, mixer: str = "tf", ffn_ratio: float = 4.0, max_len: int = 110,
                  dist: int = 30, pool_size: int = 3, mlp_ratio: float = 1.0, dropout: float = 0.0,
-                 backend: str = "auto"):
+                 backend: str = "auto", causal: bool = False):
         super().__init__()
         check_choice("mixer", mixer, MIXERS)
-        self.mixer_kind = mixer
+        self.dim, self.heads, self.mixer_kind, self.causal = dim, heads, mixer, bool(causal)
         self.norm1 = nn.LayerNorm(dim)
         if mixer == "tf":
-            self.mixer = ECCEAttention(dim, heads, dist, dropout, backend)
+            self.mixer = ECCEAttention(dim, heads, dist, dropout, backend, causal)
         else:
-            self.mixer = RoutedTokenMixer(dim, heads, max_len, dist, pool_size, mlp_ratio, dropout, backend)
+            self.mixer = RoutedTokenMixer(dim, heads, max_len, dist, pool_size, mlp_ratio, dropout, backend, causal)
         self.norm2 = nn.LayerNorm(dim)
         hidden = max(1, int(round(dim * ffn_ratio)))
         self.ffn = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout),
                                  nn.Linear(hidden, dim), nn.Dropout(dropout))
 
-    def forward(self, x: torch.Tensor, zp: torch.Tensor | None = None, lengths=None) -> torch.Tensor:
-        """``x (B, L, D)``, ``zp (B, L, H)`` -> ``(B, L, D)``."""
-        B, L, _ = x.shape
-        lengths = lengths_or_full(lengths, B, L, x.device)
-        valid = _rows(lengths, L)
-        x = zero_invalid(x, valid)
-        x = x + self.mixer(self.norm1(x), zp, lengths)  # the mixer zeroes its own padding
-        return zero_invalid(x + self.ffn(self.norm2(x)), valid)  # LN's beta and the FFN biases would not
+    def forward(self, x: torch.Tensor, prefix: torch.Tensor | None = None, lengths=None) -> torch.Tensor:
+        """``x (B, L, D)``, ``prefix`` ECCE's table (or None) -> ``(B, L, D)``."""
+        if not isinstance(lengths, Padded):
+            _check_prefix(prefix, x, self.heads)
+        pad = _standalone(x, lengths, self.dim)
+        x = zero_invalid(x, pad.valid)
+        x = x + self.mixer(self.norm1(x), prefix, pad)  # the mixer zeroes its own padding
+        return zero_invalid(x + self.ffn(self.norm2(x)), pad.valid)  # LN's beta and the FFN biases would not
 
 
 class CrossAttention(nn.Module):
     """Multi-head cross-attention (eq. 7): ``softmax(q k^T / sqrt(C)) v`` with pre-LayerNorms
-    on the query stream and on the key/value stream; keys beyond ``lengths`` masked.
+    on the query stream and on the key/value stream; keys beyond ``lengths`` masked
+    (``causal``: and keys after the query).
 
     Returns the attention output only (the caller adds the residual). Rows beyond
     ``lengths`` are 0; a length-0 conversation gives 0, not NaN (the key mask is a finite
     fill, so a fully masked row softmaxes to a harmless uniform row that is then zeroed).
     """
 
-    def __init__(self, dim: int, heads: int, dropout: float = 0.0):
+    def __init__(self, dim: int, heads: int, dropout: float = 0.0, causal: bool = False):
         super().__init__()
         _check_heads(dim, heads)
-        self.dim, self.heads, self.attn_dropout = dim, heads, dropout
+        self.dim, self.heads, self.attn_dropout, self.causal = dim, heads, dropout, bool(causal)
         self.norm_q = nn.LayerNorm(dim)
         self.norm_kv = nn.LayerNorm(dim)
         self.q = nn.Linear(dim, dim)
@@ -307,51 +432,60 @@ class CrossAttention(nn.Module):
 
     def forward(self, query: torch.Tensor, kv: torch.Tensor, lengths=None) -> torch.Tensor:
         """``query (B, L, D)`` (the text stream), ``kv (B, L, D)`` (audio or visual) -> ``(B, L, D)``."""
+        if not isinstance(lengths, Padded):
+            _check_x("kv", kv, self.dim)
+            if kv.shape != query.shape:
+                raise ValueError(f"kv must have the query's shape {tuple(query.shape)}, got {tuple(kv.shape)}")
+        pad = _standalone(query, lengths, self.dim, "query")
         B, L, D = query.shape
-        if kv.shape != query.shape:
-            raise ValueError(f"kv must have the query's shape {tuple(query.shape)}, got {tuple(kv.shape)}")
-        valid = _rows(lengths_or_full(lengths, B, L, query.device), L)
-        q_in, kv_in = self.norm_q(zero_invalid(query, valid)), self.norm_kv(zero_invalid(kv, valid))
-        Dh = D // self.heads
-
-        def heads(t):
-            return t.view(B, L, self.heads, Dh).transpose(1, 2)
-
-        q, k, v = heads(self.q(q_in)), heads(self.k(kv_in)), heads(zero_invalid(self.v(kv_in), valid))
-        key_bias = torch.zeros(B, 1, 1, L, dtype=q.dtype, device=q.device)
-        key_bias = key_bias.masked_fill(~valid[:, None, None, :, 0], torch.finfo(q.dtype).min)
+        q_in, kv_in = self.norm_q(zero_invalid(query, pad.valid)), self.norm_kv(zero_invalid(kv, pad.valid))
+        q, k = _heads(self.q(q_in), self.heads), _heads(self.k(kv_in), self.heads)
+        v = _heads(zero_invalid(self.v(kv_in), pad.valid), self.heads)
+        keep = pad.valid[:, None, None, :, 0]  # (B, 1, 1, L): valid keys
+        if self.causal:
+            idx = torch.arange(L, device=query.device)
+            keep = keep & (idx[None, :] <= idx[:, None])  # (B, 1, L, L): and j <= i
+        zero = torch.zeros((), dtype=q.dtype, device=q.device)
+        key_bias = torch.where(keep, zero, torch.finfo(q.dtype).min)
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=key_bias,
                                            dropout_p=self.attn_dropout if self.training else 0.0)
-        return zero_invalid(self.out(o.transpose(1, 2).reshape(B, L, D)), valid)
+        return zero_invalid(self.out(o.transpose(1, 2).reshape(B, L, D)), pad.valid)
 
 
 class EncoderLayer(nn.Module):
     """One Encoder Layer (§3.4.1, Fig. 2): each modality through its own ITEACH Encoder,
-    guided by its own ``zp_m``; then the text stream fuses audio and visual in turn:
+    guided by its own ECCE table; then the text stream fuses audio and visual in turn:
     ``T <- T + CA(q=T, kv=A)``, ``T <- T + CA(q=T, kv=V)``. The fused ``T`` is this layer's
     hidden feature ``H`` and the next layer's text input.
     """
 
     def __init__(self, dim: int, heads: int, mixer: str = "tf", ffn_ratio: float = 4.0, max_len: int = 110,
                  dist: int = 30, pool_size: int = 3, mlp_ratio: float = 1.0, dropout: float = 0.0,
-                 backend: str = "auto"):
+                 backend: str = "auto", causal: bool = False):
         super().__init__()
         kw = dict(mixer=mixer, ffn_ratio=ffn_ratio, max_len=max_len, dist=dist, pool_size=pool_size,
-                  mlp_ratio=mlp_ratio, dropout=dropout, backend=backend)
+                  mlp_ratio=mlp_ratio, dropout=dropout, backend=backend, causal=causal)
+        self.dim, self.heads, self.causal = dim, heads, bool(causal)
         self.enc_t = ITEACHEncoder(dim, heads, **kw)
         self.enc_a = ITEACHEncoder(dim, heads, **kw)
         self.enc_v = ITEACHEncoder(dim, heads, **kw)
-        self.ca_a = CrossAttention(dim, heads, dropout)
-        self.ca_v = CrossAttention(dim, heads, dropout)
+        self.ca_a = CrossAttention(dim, heads, dropout, causal)
+        self.ca_v = CrossAttention(dim, heads, dropout, causal)
 
-    def forward(self, t, a, v, zp=(None, None, None), lengths=None):
-        """``t, a, v (B, L, D)``, ``zp = (zp_t, zp_a, zp_v)`` each ``(B, L, H)`` -> ``(t, a, v)``."""
-        B, L, _ = t.shape
-        lengths = lengths_or_full(lengths, B, L, t.device)
-        zp_t, zp_a, zp_v = zp
-        t = self.enc_t(t, zp_t, lengths)
-        a = self.enc_a(a, zp_a, lengths)
-        v = self.enc_v(v, zp_v, lengths)
-        t = t + self.ca_a(t, a, lengths)  # both terms are 0 on the padding
-        t = t + self.ca_v(t, v, lengths)
+    def forward(self, t, a, v, prefix=(None, None, None), lengths=None):
+        """``t, a, v (B, L, D)``, ``prefix = (prefix_t, prefix_a, prefix_v)`` ECCE's tables -> ``(t, a, v)``."""
+        if not isinstance(lengths, Padded):
+            for name, s in (("a", a), ("v", v)):
+                _check_x(name, s, self.dim)
+                if s.shape != t.shape:
+                    raise ValueError(f"{name} must have t's shape {tuple(t.shape)}, got {tuple(s.shape)}")
+            for p in prefix:
+                _check_prefix(p, t, self.heads)
+        pad = _standalone(t, lengths, self.dim, "t")
+        p_t, p_a, p_v = prefix
+        t = self.enc_t(t, p_t, pad)
+        a = self.enc_a(a, p_a, pad)
+        v = self.enc_v(v, p_v, pad)
+        t = t + self.ca_a(t, a, pad)  # both terms are 0 on the padding
+        t = t + self.ca_v(t, v, pad)
         return t, a, v

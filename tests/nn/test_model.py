@@ -344,3 +344,168 @@ def test_model_other_dtypes(dtype):
     losses["total"].backward()
     assert torch.isfinite(losses["total"]) and all(p.grad is None or torch.isfinite(p.grad).all()
                                                    for p in net.parameters())
+
+
+# ----------------------------------------------------------------------------- labels in the loss
+
+def test_loss_float_class_labels_are_a_type_error():
+    """A float label such as 2.7 is not truncated to 2: a classifier's labels must be integer ids."""
+    net = ITEACHNet(DIMS, C, **SMALL)
+    complete, incomplete, lens, present, labels = batch()
+    t_out, s_out = net(complete, incomplete, lens, present)
+    with pytest.raises(TypeError, match="labels.*integer"):
+        net.loss(t_out, s_out, labels.float() + 0.7, lens, present)
+    with pytest.raises(TypeError, match="labels"):
+        net.loss(t_out, s_out, labels.bool(), lens, present)
+    reg = ITEACHNet(DIMS, 1, **SMALL)  # a regressor's labels are scores: floats are right
+    t_out, s_out = reg(complete, incomplete, lens, present)
+    assert torch.isfinite(reg.loss(t_out, s_out, torch.randn(B, L), lens, present)["total"])
+
+
+def test_loss_ignore_index_left_out_of_sum_and_count():
+    """IGNORE_INDEX (-100) at a valid utterance: out of L_emo's sum and its count, as
+    F.cross_entropy(ignore_index=-100) does; L_rec still distils that utterance."""
+    from iteach_fast.model import IGNORE_INDEX
+
+    net = _perturb(ITEACHNet(DIMS, C, **SMALL))
+    complete, incomplete, lens, present, labels = batch((9, 7, 5, 2))
+    t_out, s_out = net(complete, incomplete, lens, present)
+    ok = valid(lens)
+    labels[0, :4] = IGNORE_INDEX
+    labels[3, 1] = IGNORE_INDEX
+    got = net.loss(t_out, s_out, labels, lens, present)
+    torch.testing.assert_close(got["emo_student"], F.cross_entropy(s_out.logits[ok], labels[ok]))  # ignore_index=-100
+    torch.testing.assert_close(got["emo_teacher"], F.cross_entropy(t_out.logits[ok], labels[ok]))
+    counts = net.loss_counts(labels, lens, present)
+    assert counts["valid"].item() == int(ok.sum()) - 5
+    assert counts["lost"].item() == int((ok & ~present.all(-1)).sum())
+    # every valid label ignored: L_emo is 0 (not NaN), L_rec unchanged
+    labels[ok] = IGNORE_INDEX
+    none = net.loss(t_out, s_out, labels, lens, present)
+    assert none["emo"].item() == 0 and torch.equal(none["rec"], got["rec"])
+
+
+def test_loss_out_of_range_label_fails_without_reading_the_device():
+    """A class id outside [0, C) at a valid utterance fails with a message naming labels (a
+    device-side assert: raised at once on the CPU, at the next synchronisation on CUDA); the
+    padding's labels are never read."""
+    net = ITEACHNet(DIMS, C, **SMALL)
+    complete, incomplete, lens, present, labels = batch()
+    t_out, s_out = net(complete, incomplete, lens, present)
+    labels[~valid(lens)] = 1000  # padding: anything goes
+    net.loss(t_out, s_out, labels, lens, present)
+    for bad in (C, -1):
+        labels[0, 0] = bad
+        with pytest.raises(RuntimeError, match=r"labels must be class ids in \[0, 4\)"):
+            net.loss(t_out, s_out, labels, lens, present)
+
+
+@pytest.mark.parametrize("regression", [False, True])
+def test_loss_with_global_counts_sums_over_shards(regression):
+    """Data parallelism: with the global batch's counts, the per-shard losses add up to the
+    single-process loss (every term averaged over the global batch, not a mean of means)."""
+    net = _perturb(ITEACHNet(DIMS, 1 if regression else C, **SMALL))
+    complete, incomplete, lens, present, labels = batch((9, 7, 5, 2))
+    if regression:
+        labels = torch.randn(B, L)
+    full = net.loss(*net(complete, incomplete, lens, present), labels, lens, present)
+    shards = [slice(0, 1), slice(1, 4)]  # unequal numbers of utterances
+    counts = [net.loss_counts(labels[s], lens[s], present[s]) for s in shards]
+    total = {k: sum(c[k] for c in counts) for k in ("valid", "lost")}  # the all-reduce
+    parts = []
+    for s in shards:
+        outs = net(tuple(x[s] for x in complete), tuple(x[s] for x in incomplete), lens[s], present[s])
+        parts.append(net.loss(*outs, labels[s], lens[s], present[s], counts=total))
+    for k in full:
+        torch.testing.assert_close(sum(p[k] for p in parts), full[k])
+    with pytest.raises(ValueError, match="counts"):
+        net.loss(*net(complete, incomplete, lens, present), labels, lens, present, counts={"valid": 3})
+
+
+# ----------------------------------------------------------------------------- the step: sync-free, compilable
+
+def _step(net, opt, complete, incomplete, lens, present, labels):
+    t_out, s_out = net(complete, incomplete, lens, present)
+    loss = net.loss(t_out, s_out, labels, lens, present)["total"]
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
+@pytest.mark.parametrize("framework,mixer,causal", [("its", None, False), ("pre", "nas", True)])
+def test_training_step_has_no_host_synchronisation(framework, mixer, causal):
+    """Forward, loss, backward and the AdamW step dispatch no op that reads a value back to the
+    host (.item(), nonzero, boolean-mask indexing, ...): the step can be captured as a CUDA
+    graph. The lengths arrive as the data loader hands them (a CPU tensor), and AdamW runs
+    fused (the default implementation reads its step count on the host)."""
+    from bench.counters import count_syncs
+
+    net = ITEACHNet(DIMS, C, framework=framework, student_mixer=mixer, causal=causal, **SMALL)
+    opt = torch.optim.AdamW(net.parameter_groups(), fused=True)
+    args = batch()
+    _step(net, opt, *args)  # AdamW's state exists from here on
+    assert count_syncs(lambda: _step(net, opt, *args)) == {}
+    assert count_syncs(lambda: net.predict(args[1], args[2], args[3])) == {}
+    logits = net.predict(args[1], args[2], args[3])
+    assert count_syncs(lambda: logits[valid(args[2])])  # the counter sees what the old loss did
+
+
+def test_model_traces_as_one_graph():
+    """torch.compile(fullgraph=True) traces forward + loss (and AOTAutograd the backward)
+    without a graph break; the compiled step matches the eager one."""
+    net = _perturb(ITEACHNet(DIMS, C, teacher_layers=1, student_layers=1, **SMALL))
+    complete, incomplete, lens, present, labels = batch()
+
+    def fwd_loss(complete, incomplete, lens, present, labels):
+        t_out, s_out = net(complete, incomplete, lens, present)
+        return net.loss(t_out, s_out, labels, lens, present)["total"]
+
+    eager = fwd_loss(complete, incomplete, lens, present, labels)
+    g_eager = torch.autograd.grad(eager, list(net.parameters()), allow_unused=True)
+    compiled = torch.compile(fwd_loss, fullgraph=True, backend="aot_eager")(complete, incomplete, lens, present,
+                                                                             labels)
+    g = torch.autograd.grad(compiled, list(net.parameters()), allow_unused=True)
+    torch.testing.assert_close(compiled, eager)
+    for a, b in zip(g, g_eager):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+# ----------------------------------------------------------------------------- causal model
+
+@pytest.mark.parametrize("framework,student_mixer", [("its", None), ("ts", None), ("pre", "nas"), ("its", "tf")])
+def test_causal_net_ignores_the_future(framework, student_mixer):
+    """causal=True: garbage at utterances > t leaves every output <= t (logits and hidden
+    features of teacher and student) bit-identical; the bidirectional net's would change."""
+    torch.manual_seed(0)
+    net = _perturb(ITEACHNet(DIMS, C, framework=framework, student_mixer=student_mixer, causal=True, **SMALL))
+    assert net.causal and net.teacher.causal and net.config.causal
+    complete, incomplete, lens, present, _ = batch((9, 9, 6, 3))
+    ref_t, ref_s = net(complete, incomplete, lens, present)
+    def spoil(xs, t):
+        return tuple(torch.cat([x[:, :t + 1], 1e3 * torch.randn_like(x[:, t + 1:])], 1) for x in xs)
+
+    for t in (0, 3, 5):
+        out_t, out_s = net(spoil(complete, t), spoil(incomplete, t), lens, present)
+        for ref, out in ((ref_t, out_t), (ref_s, out_s)):
+            assert torch.equal(out.logits[:, :t + 1], ref.logits[:, :t + 1])
+            assert all(torch.equal(h[:, :t + 1], g[:, :t + 1]) for h, g in zip(out.hidden, ref.hidden))
+    torch.manual_seed(0)
+    bidirectional = _perturb(ITEACHNet(DIMS, C, framework=framework, student_mixer=student_mixer, **SMALL))
+    spoilt = tuple(torch.cat([x[:, :4], 1e3 * torch.randn_like(x[:, 4:])], 1) for x in complete)
+    assert not torch.equal(bidirectional.teacher(*spoilt, lens).logits[:, :4],
+                           bidirectional.teacher(*complete, lens).logits[:, :4])
+
+
+def test_causal_from_config_and_state_dict():
+    """ModelConfig.causal builds the causal net; its weights are the bidirectional net's (a
+    checkpoint of either loads into the other: causality lives in the forward, not the weights)."""
+    from iteach_fast.config import ModelConfig
+
+    cfg = ModelConfig(causal=True, **SMALL)
+    net = ITEACHNet.from_config(cfg, DIMS, C)
+    assert net.causal and all(m.causal for m in net.modules() if hasattr(m, "causal") and m is not net)
+    plain = ITEACHNet(DIMS, C, **SMALL)
+    plain.load_state_dict(net.state_dict())
+    assert set(plain.state_dict()) == set(net.state_dict())
