@@ -28,6 +28,7 @@ from .datacheck import LAYOUTS, check_data, export_synthetic
 from .distributed import DistributedError, rank_tag
 from .evaluate import data_gaps, load_for_eval
 from .masking import EVAL_RATES
+from .predict import predict, stream_demo
 from .protocols import DEMO_DEFAULTS, demo, ime, ume
 from .reproduce import DEFAULT_SEEDS, QUICK, QUICK_SEEDS, VARIED, reproduce
 from .runtime import resolve_device
@@ -152,7 +153,22 @@ def cmd_ime(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    demo(config_from_args(args, DEMO_DEFAULTS), log=lambda *a: print(*a, flush=True))
+    log = lambda *a: print(*a, flush=True)  # noqa: E731
+    if args.stream:  # a causal model, then one test conversation replayed live
+        stream_demo(config_from_args(args, {**DEMO_DEFAULTS, "causal": True,
+                                            "out_dir": os.path.join("runs", "demo-stream")}), log=log)
+        return 0
+    demo(config_from_args(args, DEMO_DEFAULTS), log=log)
+    return 0
+
+
+def cmd_predict(args) -> int:
+    res = predict(args.checkpoint, args.inputs, out=args.out, fmt=args.format, stream=args.stream,
+                  device=args.device, backend=args.backend, batch_size=args.batch_size, dataset=args.dataset,
+                  model=args.model)
+    if res["path"]:
+        print(f"{res['meta']['utterances']} predictions ({res['meta']['conversations']} conversations"
+              f"{', streamed' if args.stream else ''}) written to {res['path']}", file=sys.stderr)
     return 0
 
 
@@ -312,7 +328,31 @@ def build_parser() -> argparse.ArgumentParser:
                                    "Any training flag overrides them; --framework pre runs the single-model "
                                    "baseline for comparison.")
     _add_config_flags(d, DEMO_DEFAULTS)
+    d.add_argument("--stream", action="store_true",
+                   help="train a causal model (under runs/demo-stream/) and replay one test conversation "
+                        "utterance by utterance, printing each prediction as it arrives")
     d.set_defaults(func=cmd_demo)
+
+    pr = sub.add_parser("predict", help="a trained checkpoint on new data: one prediction per utterance (CSV/JSON)",
+                        description="Predict every utterance of new conversations with a checkpoint's student: "
+                                    "INPUTS is a .npz (keys <conversation>/text, /audio, /visual, optional "
+                                    "/present (L, 3) bool), a .pt ({conversation: {text, audio, visual, present}}) "
+                                    "or a GCNet-layout folder. Rows: conversation, utterance, prediction and class "
+                                    "probabilities (or score). --stream replays each conversation utterance by "
+                                    "utterance through a causal model: what was known when each utterance arrived.")
+    pr.add_argument("checkpoint", help="best.pt or last.pt from `train`")
+    pr.add_argument("inputs", help=".npz / .pt of per-conversation arrays, or a GCNet-layout folder")
+    pr.add_argument("--out", help="output file, .csv or .json (default: CSV on stdout)")
+    pr.add_argument("--format", choices=("csv", "json"), help="default: from --out's extension (csv otherwise)")
+    pr.add_argument("--stream", action="store_true", help="replay utterance by utterance (causal checkpoints)")
+    pr.add_argument("--model", choices=EVAL_MODELS, default="student",
+                    help="student (default: the incomplete-data model) or teacher")
+    pr.add_argument("--dataset", choices=tuple(GCNET_DATASETS),
+                    help="the dataset of a GCNet-layout folder (default: the checkpoint's)")
+    pr.add_argument("--device", default="auto")
+    pr.add_argument("--backend", default=None, choices=BACKENDS)
+    pr.add_argument("--batch-size", type=int, default=32)
+    pr.set_defaults(func=cmd_predict)
 
     r = sub.add_parser("reproduce", help="the paper's tables and figures: every run, aggregated over folds x seeds",
                        description="Train every run that the paper's Tables 1-5 and Figures 6, 7/8, 9 need (IEMOCAP: "
