@@ -41,7 +41,7 @@ def test_help_of_each_subcommand(command, capsys):
         for flag in ("--epochs", "--strategy", "--framework", "--device", "--backend", "--dtype", "--config"):
             assert flag in out
     if command == "train":
-        assert "--resume" in out
+        assert "--resume" in out and "--compile" in out and "--cuda-graphs" in out
     if command == "evaluate":
         assert "--checkpoint" in out and "--rates" in out and "--gaps" in out
     if command == "demo":

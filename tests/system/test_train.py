@@ -34,6 +34,7 @@ def test_one_epoch_each_strategy_and_framework(tmp_path, strategy, framework):
     assert not [f for f in os.listdir(cfg.out_dir) if ".tmp" in f]  # no half-written checkpoint left
     (h,) = out["history"]
     assert h["epoch"] == 1 and all(torch.isfinite(torch.tensor(h[k])) for k in ("total", "emo", "rec"))
+    assert h["train_conversations"] == 6 and 0 < h["train_seconds"] <= h["seconds"]  # throughput
     assert 0.0 <= h["valid_waf"] <= 100.0 and out["best_epoch"] == 1
     net, cfg2, splits, ckpt = load_for_eval(out["best"], device="cpu")
     assert cfg2.model.framework == framework and cfg2.strategy == strategy and not net.training
