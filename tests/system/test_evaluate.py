@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from iteach_fast import cli, masking, metrics, plots, protocols
 from iteach_fast import evaluate as ev
-from iteach_fast import masking, metrics, plots, protocols
 from iteach_fast import train as training
 from iteach_fast.checkpoint import load_checkpoint
 from iteach_fast.config import TrainConfig
@@ -186,6 +186,15 @@ def test_teacher_is_evaluated_on_complete_data(checkpoint, tmp_path):
     with open(tmp_path / "teacher.json") as f:
         assert json.load(f)["model"] == "teacher"
     assert not os.path.exists(tmp_path / "ume.json")
+
+
+def test_evaluate_model_teacher_on_the_command_line(checkpoint, tmp_path, capsys):
+    rc = cli.main(["evaluate", checkpoint, "--model", "teacher", "--device", "cpu", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert rc == 0 and out.startswith("teacher on complete data") and "teacher.json" in out
+    rc = cli.main(["evaluate", checkpoint, "--model", "teacher", "--rates", "0,0.3", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "rates [0.0, 0.3]" in err and "complete data only" in err
 
 
 def test_teacher_of_pre_is_the_student_on_complete_data():
