@@ -20,6 +20,7 @@ targets: none in bfloat16 / float16 at head dim <= 128 or float32 at <= 64).
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import datetime
 import glob
 import json
@@ -42,7 +43,7 @@ from triton.runtime.jit import create_function_from_signature  # noqa: E402
 from iteach_fast.kernels import attention, bias, scan  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-HEAD_DIMS = (16, 32, 64, 128)
+HEAD_DIMS = (16, 32, 64, 128, 256)  # 256: the largest the launchers take (no spill target)
 B, L, H, D, DIST = 8, 110, 8, 1024, 30  # the paper's sizes (D: the modality width before W_fc)
 CUDA = torch.device("cuda")  # a device object only: what the launchers decide for a GPU
 # per architecture: registers and shared memory per SM, shared memory one CTA may use
@@ -75,13 +76,13 @@ def _attention_args(kernel, dtype, Dh, causal):
     return [q, k, v, T, lengths, do, dk, dv, lse2, delta, rows, dT, *common, *strides(q, k, v, do, dk, dv, T)]
 
 
-def variants():
-    """``(name, kernel, args, meta, labels)`` of every variant the launchers can pick on a GPU."""
+def variants(arch: int = 90):
+    """``(name, kernel, args, meta, labels)`` of every variant the launchers can pick on sm_``arch``."""
     for dname, dtype in DTYPES.items():
         for Dh in HEAD_DIMS:
             for causal in (False, True):
                 for kname, kernel in attention.KERNELS.items():
-                    meta = attention.attention_meta(kname, dtype, Dh, causal, True, CUDA)
+                    meta = attention.attention_meta(kname, dtype, Dh, causal, True, CUDA, arch)
                     yield (f"attn_{kname}", kernel, _attention_args(kname, dtype, Dh, causal), meta,
                            dict(dtype=dname, head_dim=Dh, causal=causal))
         z, zp = torch.empty(B, L, D, dtype=dtype), torch.empty(B, L, H, dtype=dtype)
@@ -98,11 +99,10 @@ def variants():
                    dict(dtype=dname, head_dim=None, causal=None))
         for causal in (False, True):
             E = torch.empty(B, H, L, L, dtype=dtype)
-            meta = bias.bias_meta(causal, CUDA)
-            yield ("bias_fwd", bias._bias_fwd_kernel, [T, lengths, E, c, L, H, *T.stride()], meta,
-                   dict(dtype=dname, head_dim=None, causal=causal))
-            yield ("bias_bwd", bias._bias_bwd_kernel, [E, lengths, T, c, L, H, *E.stride(), *T.stride()], meta,
-                   dict(dtype=dname, head_dim=None, causal=causal))
+            yield ("bias_fwd", bias._bias_fwd_kernel, [T, lengths, E, c, L, H, *T.stride()],
+                   bias.bias_meta("fwd", causal, CUDA), dict(dtype=dname, head_dim=None, causal=causal))
+            yield ("bias_bwd", bias._bias_bwd_kernel, [E, lengths, T, c, L, H, *E.stride(), *T.stride()],
+                   bias.bias_meta("bwd", causal, CUDA), dict(dtype=dname, head_dim=None, causal=causal))
     # the adjoint reads float32 only: one variant
     dT, extra, lengths = torch.empty(B, H, 3, L), torch.empty(B, L, H), torch.empty(B, dtype=torch.int64)
     c = scan.chunk(DIST, L)
@@ -173,21 +173,28 @@ def compile_variant(kernel, args, meta, arch: int, ptxas: str) -> dict:
     return report
 
 
-def triton_rows(archs, only: str = "") -> list:
-    ptxas = _ptxas()
+def _compile_row(job) -> dict:
+    """One (variant index, arch) of ``variants()``, compiled (in a worker process)."""
+    index, arch = job
+    name, kernel, args, meta, labels = list(variants(arch))[index]
+    tiles = {k: meta[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK", "BLOCK_L", "BLOCK_D") if k in meta}
+    row = dict(kernel=name, arch=f"sm_{arch}", **labels, tiles=tiles)
+    try:
+        row.update(compile_variant(kernel, args, meta, arch, _ptxas()))
+    except Exception as err:  # noqa: BLE001  (reported per variant, the run goes on)
+        row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+    return row
+
+
+def triton_rows(archs, only: str = "", jobs: int = 1) -> list:
+    """Every variant x arch, compiled by ``jobs`` processes (each compile is single-threaded)."""
+    jobs_list = [(i, arch) for arch in archs for i, (name, _, _, _, labels) in enumerate(variants(arch))
+                 if only in f"{name} {labels['dtype']} {labels['head_dim']}"]
     rows = []
-    for name, kernel, args, meta, labels in variants():
-        if only not in f"{name} {labels['dtype']} {labels['head_dim']}":
-            continue
-        tiles = {k: meta[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK", "BLOCK_L", "BLOCK_D") if k in meta}
-        for arch in archs:
-            row = dict(kernel=name, arch=f"sm_{arch}", **labels, tiles=tiles)
-            try:
-                row.update(compile_variant(kernel, args, meta, arch, ptxas))
-            except Exception as err:  # noqa: BLE001  (reported per variant, the run goes on)
-                row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-            rows.append(row)
+    with concurrent.futures.ProcessPoolExecutor(max(1, jobs)) as pool:
+        for row in pool.map(_compile_row, jobs_list):
             print(_line(row), file=sys.stderr, flush=True)
+            rows.append(row)
     return rows
 
 
@@ -233,7 +240,8 @@ def over_target(row) -> bool:
     """Whether a Triton row misses the spill target (none in 16-bit at Dh <= 128, in float32 at Dh <= 64)."""
     if "error" in row:
         return True
-    if row["dtype"] == "float32" and (row["head_dim"] or 0) > 64:
+    head_dim = row["head_dim"] or 0
+    if head_dim > 128 or (row["dtype"] == "float32" and head_dim > 64):
         return False
     return _spills(row) > 0 or not row["fits"]
 
@@ -297,12 +305,13 @@ def main(argv=None) -> int:
     parser.add_argument("--name", default=f"kernel-resources-{datetime.date.today().isoformat()}")
     parser.add_argument("--no-cuda-mixture", action="store_true", help="skip the nvcc compile of the CUDA mixture")
     parser.add_argument("--only", default="", help="only the Triton variants whose 'kernel dtype Dh' holds this")
+    parser.add_argument("--jobs", type=int, default=min(8, os.cpu_count() or 1), help="compiles in parallel")
     args = parser.parse_args(argv)
     source = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc", "cuda",
                           "routed_mixture.cu")
     result = dict(date=datetime.date.today().isoformat(), triton_version=triton.__version__, torch=torch.__version__,
                   ptxas=_ptxas(), archs=args.arch)
-    result["triton"] = triton_rows(args.arch, args.only)
+    result["triton"] = triton_rows(args.arch, args.only, args.jobs)
     result["cuda"] = [] if args.no_cuda_mixture else cuda_mixture_rows(args.arch, source)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, args.name + ".json"), "w") as f:

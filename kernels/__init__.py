@@ -1,13 +1,15 @@
 """Triton kernels (K1) and their launchers; installed as ``iteach_fast.kernels``.
 
-    ecce       the stable entry point the backend registry names: ecce_prefix, ecce_bias, ecce_attention
+    ecce       the stable entry point the backend registry names: ecce_prefix, band_tables, ecce_bias,
+               ecce_attention (the operator contract's signatures)
     attention  the fused ECCE attention: FlashAttention-2 forward, the dQ and dK/dV backward kernels
-               (the bias gradient without atomics), their ops and autograd; tile sizes (blocks)
+               (strided q/k/v, causal tile skipping, the bias gradient without atomics), ops, autograd
     bias       ECCE's bias E (B, H, L, L) materialised, forward and backward kernels, ops and autograd
-    scan       the prefix sums P of zp = Z @ W and their adjoint (compensated block scans), the
-               ecce_prefix / ecce_suffix_sum ops; the launch and dot-precision helpers the others use
-    band       the band maths as triton.jit helpers (band weights, a bias tile, whether a tile
-               touches the band) and LOG2E, shared by the attention and bias kernels
+    scan       the band tables (zp = Z @ W_fc and its chunk-local sums S, R) and their adjoint
+               (compensated scans restarting every dist positions); dot precision, chunk length
+    band       the band maths as triton.jit helpers (a bias tile from the tables, its gradient
+               summed along rows, whether a tile touches the band) and LOG2E
+    tiles      launch parameters per kernel x dtype x head dim (the table, the opt-in autotuning)
     _compat    the shim between triton_op (GPU) and custom_op (Triton interpreter): the op
                decorator, the kernel launcher, whether a device runs interpreted
 

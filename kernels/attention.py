@@ -12,12 +12,13 @@ Causal attention (keys j <= i) visits no tile above the diagonal, forward or bac
 Backward: the dQ kernel (one program per block of query rows; it also computes FA2's
 ``delta = rowsum(dO * O)`` for its rows) then the dK/dV kernel (one per block of keys), each
 recomputing ``S = QK^T`` and ``dO V^T``: 7 block matmuls instead of the 5 of a single kernel that
-adds dQ with atomics, in exchange for a deterministic result with no float32 dQ buffer (the
-column kernel cannot own the rows). The bias gradient is summed the same way, without atomics:
-the dQ kernel sums ``(dS, dR, dzp)`` of the tables along its rows into a (3, B, H, L) buffer,
-the dK/dV kernel sums them down its columns and adds the row sums of the same positions,
-writing dT (B, H, 3, L); no two programs touch the same element. The tables' adjoint (a scan,
-``iteach_fast.kernels.scan``) turns dT into dzp.
+adds dQ with atomics (FlashAttention-2's choice), in exchange for a deterministic result, no
+float32 dQ buffer and a bias gradient without atomics either. The dK/dV kernel works on
+transposed tiles (keys as rows), so that ``P^T`` and ``dS^T`` enter the dV and dK products as the
+dots produce them. The bias gradient: the dQ kernel sums ``(dS, dR, dzp)`` of the tables over
+its rows' band pairs into a (3, B, H, L) buffer, the dK/dV kernel sums them over its keys' pairs
+and adds the row sums of the same positions, writing dT (B, H, 3, L); no two programs touch the
+same element. The tables' adjoint (a scan, ``iteach_fast.kernels.scan``) turns dT into dzp.
 
 The launch parameters (tiles, warps, stages per kernel x dtype x head dim) come from
 ``iteach_fast.kernels.tiles``.
@@ -28,10 +29,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ._compat import launcher, triton_op_or_custom
+from ._compat import interpreted, launcher, triton_op_or_custom
 from .band import LOG2E, band_grads, band_tile, touches_band
 from .scan import band_tables, chunk, dot_precision
-from .tiles import head_block, launch_tiles
+from .tiles import AUTOTUNE, TUNED_KEYS, autotuned, head_block, launch_tiles
 
 __all__ = ["ecce_attention", "attention_meta"]
 
@@ -265,16 +266,30 @@ def _attn_bwd_dkv_kernel(Q, K, V, T, LENGTHS, DO, DK, DV, LSE2, DELTA, ROWS, DT,
 # ----------------------------------------------------------------------------- launches
 
 def attention_meta(kernel: str, dtype: torch.dtype, Dh: int, causal: bool, has_bias: bool,
-                   device: torch.device) -> dict:
+                   device: torch.device, arch: int | None = None) -> dict:
     """The constexprs and launch options of one attention kernel (``"fwd"``, ``"bwd_dq"`` or
     ``"bwd_dkv"``) for inputs of ``dtype`` and head dim ``Dh``: what the launchers below use, and
-    what ``bench/kernel_resources.py`` compiles."""
-    tiles = launch_tiles(kernel, dtype, head_block(Dh), causal, device)
+    what ``bench/kernel_resources.py`` compiles (for a given ``arch``, without a device)."""
+    tiles = launch_tiles(kernel, dtype, head_block(Dh), causal, device, arch)
     return dict(HAS_BIAS=has_bias, CAUSAL=causal, BLOCK_D=head_block(Dh), DOT_PRECISION=dot_precision(dtype),
                 **tiles.meta())
 
 
 KERNELS = {"fwd": _attn_fwd_kernel, "bwd_dq": _attn_bwd_dq_kernel, "bwd_dkv": _attn_bwd_dkv_kernel}
+_TUNED = {name: autotuned(kernel, name) for name, kernel in KERNELS.items()} if AUTOTUNE else {}
+
+
+def _launch(name: str, q: torch.Tensor, causal: bool, has_bias: bool, args: tuple) -> None:
+    """Launch attention kernel ``name`` over (blocks of L, B * H) with ``attention_meta``'s
+    parameters, or those ``triton.autotune`` picks (``ITEACH_FAST_AUTOTUNE=1``, on a GPU)."""
+    B, H, L, Dh = q.shape
+    block = "BLOCK_N" if name == "bwd_dkv" else "BLOCK_M"  # the dimension a program owns
+    meta = attention_meta(name, q.dtype, Dh, causal, has_bias, q.device)
+    if _TUNED and not interpreted(q.device):
+        meta = {k: v for k, v in meta.items() if k not in TUNED_KEYS}
+        launcher(_TUNED[name])[lambda tuned: (triton.cdiv(L, tuned[block]), B * H)](*args, **meta)
+    else:
+        launcher(KERNELS[name])[(triton.cdiv(L, meta[block]), B * H)](*args, **meta)
 
 
 def _strides(t: torch.Tensor) -> tuple:
@@ -297,10 +312,9 @@ def _attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tables: to
     if B * H == 0 or L == 0:
         return out, lse2
     T = tables if tables is not None else _no_tables(q)
-    meta = attention_meta("fwd", q.dtype, Dh, causal, tables is not None, q.device)
-    launcher(_attn_fwd_kernel)[(triton.cdiv(L, meta["BLOCK_M"]), B * H)](
-        q, k, v, T, lengths, out, lse2, scale, dist, L, H, Dh,
-        *_strides(q), *_strides(k), *_strides(v), *_strides(out), *_strides(T), **meta)
+    _launch("fwd", q, causal, tables is not None,
+            (q, k, v, T, lengths, out, lse2, scale, dist, L, H, Dh,
+             *_strides(q), *_strides(k), *_strides(v), *_strides(out), *_strides(T)))
     return out, lse2
 
 
@@ -320,16 +334,12 @@ def _attention_bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torc
     delta = torch.empty(B, H, L, device=q.device, dtype=torch.float32)
     rows = torch.empty(3, B, H, L, device=q.device, dtype=torch.float32) if has_bias else delta
     common = (scale, dist, L, H, Dh)
-    meta = attention_meta("bwd_dq", q.dtype, Dh, causal, has_bias, q.device)
-    launcher(_attn_bwd_dq_kernel)[(triton.cdiv(L, meta["BLOCK_M"]), B * H)](
-        q, k, v, T, lengths, out, dout, dq, lse2, delta, rows, *common,
-        *_strides(q), *_strides(k), *_strides(v), *_strides(out), *_strides(dout), *_strides(dq), *_strides(T),
-        **meta)
-    meta = attention_meta("bwd_dkv", q.dtype, Dh, causal, has_bias, q.device)
-    launcher(_attn_bwd_dkv_kernel)[(triton.cdiv(L, meta["BLOCK_N"]), B * H)](
-        q, k, v, T, lengths, dout, dk, dv, lse2, delta, rows, dT if has_bias else delta, *common,
-        *_strides(q), *_strides(k), *_strides(v), *_strides(dout), *_strides(dk), *_strides(dv), *_strides(T),
-        **meta)
+    _launch("bwd_dq", q, causal, has_bias,
+            (q, k, v, T, lengths, out, dout, dq, lse2, delta, rows, *common,
+             *_strides(q), *_strides(k), *_strides(v), *_strides(out), *_strides(dout), *_strides(dq), *_strides(T)))
+    _launch("bwd_dkv", q, causal, has_bias,
+            (q, k, v, T, lengths, dout, dk, dv, lse2, delta, rows, dT if has_bias else delta, *common,
+             *_strides(q), *_strides(k), *_strides(v), *_strides(dout), *_strides(dk), *_strides(dv), *_strides(T)))
     return dq, dk, dv, dT
 
 

@@ -1,6 +1,6 @@
 """Launch parameters of the attention kernels: tiles, warps and pipeline stages per kernel x dtype x head dim.
 
-    launch_tiles(kernel, dtype, block_d, causal, device) -> Tiles   what the launchers use
+    launch_tiles(kernel, dtype, block_d, causal, device) -> Tiles   what the launchers use (TABLE, AMPERE on sm_8x)
     head_block(Dh)                                        -> BLOCK_D, the head dim padded to a power of two
     autotune_configs(kernel)                              -> triton.Config list for a GPU session to measure
 
@@ -24,12 +24,11 @@ import triton
 
 from ._compat import interpreted
 
-__all__ = ["Tiles", "TABLE", "MAX_HEAD_DIM", "AUTOTUNE", "launch_tiles", "head_block", "autotune_configs"]
+__all__ = ["Tiles", "TABLE", "AMPERE", "TUNED_KEYS", "MAX_HEAD_DIM", "AUTOTUNE", "launch_tiles", "head_block",
+           "autotune_configs", "autotuned"]
 
 MAX_HEAD_DIM = 256  # one (BLOCK, Dh) tile of q/k/v must fit in registers
 AUTOTUNE = os.environ.get("ITEACH_FAST_AUTOTUNE", "0") == "1"
-KERNELS = ("fwd", "bwd_dq", "bwd_dkv")
-HEAD_BLOCKS = (16, 32, 64, 128, 256)
 
 
 @dataclass(frozen=True)
@@ -46,20 +45,39 @@ class Tiles:
 
 INTERPRETER = Tiles(16, 16, 4, 1)
 
-
-def _table() -> dict:
-    table = {}
-    for kernel in KERNELS:
-        for size in (2, 4):
-            for block_d in HEAD_BLOCKS:
-                head_bytes = block_d * size
-                tiles = Tiles(16, 16) if head_bytes > 512 else Tiles(32, 32) if head_bytes > 256 else Tiles(64, 64)
-                table[(kernel, size, block_d)] = tiles
-    return table
-
-
-#: (kernel, element size in bytes, BLOCK_D) -> Tiles
-TABLE = _table()
+# (kernel, element size in bytes, BLOCK_D) -> Tiles: BLOCK_M query rows, BLOCK_N keys (the dQ and
+# forward programs own BLOCK_M rows, the dK/dV program BLOCK_N keys). From the sm_90 compile report
+# (bench/results/kernel-resources-*.md): the band bias costs ~100 registers per thread (its column
+# vectors broadcast over the tile), 3xTF32 float32 another ~60 (each operand split in two), so the
+# 64 x 64 backward tiles need 8 warps in 16-bit and float32 takes narrower tiles.
+TABLE = {
+    # 16-bit (float16, bfloat16)
+    ("fwd", 2, 16): Tiles(64, 64, 4, 3), ("fwd", 2, 32): Tiles(64, 64, 4, 3), ("fwd", 2, 64): Tiles(64, 64, 4, 3),
+    ("fwd", 2, 128): Tiles(64, 64, 8, 3), ("fwd", 2, 256): Tiles(64, 32, 8, 2),
+    ("bwd_dq", 2, 16): Tiles(64, 64, 8, 2), ("bwd_dq", 2, 32): Tiles(64, 64, 8, 2),
+    ("bwd_dq", 2, 64): Tiles(64, 64, 8, 2), ("bwd_dq", 2, 128): Tiles(64, 64, 8, 2),
+    ("bwd_dq", 2, 256): Tiles(32, 32, 4, 2),
+    ("bwd_dkv", 2, 16): Tiles(64, 64, 8, 2), ("bwd_dkv", 2, 32): Tiles(64, 64, 8, 2),
+    ("bwd_dkv", 2, 64): Tiles(64, 64, 8, 2), ("bwd_dkv", 2, 128): Tiles(32, 64, 8, 2),
+    ("bwd_dkv", 2, 256): Tiles(32, 32, 8, 2),
+    # float32 (3xTF32 dots)
+    ("fwd", 4, 16): Tiles(64, 64, 4, 3), ("fwd", 4, 32): Tiles(64, 64, 4, 3), ("fwd", 4, 64): Tiles(64, 64, 8, 3),
+    ("fwd", 4, 128): Tiles(64, 32, 4, 2), ("fwd", 4, 256): Tiles(32, 16, 4, 1),
+    ("bwd_dq", 4, 16): Tiles(64, 32, 4, 2), ("bwd_dq", 4, 32): Tiles(64, 32, 4, 2),
+    ("bwd_dq", 4, 64): Tiles(64, 32, 8, 2), ("bwd_dq", 4, 128): Tiles(32, 16, 8, 2),
+    ("bwd_dq", 4, 256): Tiles(32, 16, 4, 1),
+    ("bwd_dkv", 4, 16): Tiles(32, 64, 8, 2), ("bwd_dkv", 4, 32): Tiles(32, 64, 4, 2),
+    ("bwd_dkv", 4, 64): Tiles(32, 32, 8, 2), ("bwd_dkv", 4, 128): Tiles(16, 16, 4, 1),
+    ("bwd_dkv", 4, 256): Tiles(16, 16, 4, 1),
+}
+#: where sm_8x (A100: mma.sync, not Hopper's wgmma; other register needs) spills with TABLE's entry
+#: (sm_80 compile report)
+AMPERE = {
+    ("bwd_dq", 2, 64): Tiles(64, 32, 4, 2), ("bwd_dkv", 2, 64): Tiles(64, 32, 8, 2),
+    ("fwd", 4, 32): Tiles(64, 32, 4, 3), ("fwd", 4, 64): Tiles(32, 32, 4, 3), ("fwd", 4, 128): Tiles(64, 16, 4, 2),
+    ("bwd_dq", 4, 64): Tiles(32, 32, 4, 2), ("bwd_dkv", 4, 32): Tiles(16, 64, 4, 2),
+}
+TUNED_KEYS = ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages")  # what triton.autotune chooses
 
 
 def head_block(Dh: int) -> int:
@@ -69,19 +87,38 @@ def head_block(Dh: int) -> int:
     return max(16, triton.next_power_of_2(Dh))  # padded with masked lanes; tl.dot needs >= 16
 
 
-def launch_tiles(kernel: str, dtype: torch.dtype, block_d: int, causal: bool, device: torch.device) -> Tiles:
-    """The tiles of ``kernel`` ("fwd", "bwd_dq", "bwd_dkv") for ``dtype`` at ``BLOCK_D``."""
+def launch_tiles(kernel: str, dtype: torch.dtype, block_d: int, causal: bool, device: torch.device,
+                 arch: int | None = None) -> Tiles:
+    """The tiles of ``kernel`` ("fwd", "bwd_dq", "bwd_dkv") for ``dtype`` at ``BLOCK_D`` on ``device``
+    (compute capability ``arch`` x 10, e.g. 90, read from the device when None)."""
     if interpreted(device):
         return INTERPRETER
-    return TABLE[(kernel, dtype.itemsize, block_d)]
+    if arch is None:
+        major, minor = torch.cuda.get_device_capability(device)
+        arch = 10 * major + minor
+    key = (kernel, dtype.itemsize, block_d)
+    return AMPERE.get(key, TABLE[key]) if arch < 90 else TABLE[key]
 
 
 def autotune_configs(kernel: str) -> list:
-    """A small search space for ``triton.autotune`` (GPU only, opt-in): tiles 32..128, 4 or 8 warps,
-    2 or 3 stages; the launcher prunes those with a tile longer than the sequence."""
-    configs = []
-    for bm, bn in ((32, 32), (64, 32), (32, 64), (64, 64), (128, 64), (64, 128)):
-        for warps in (4, 8):
-            for stages in (2, 3):
-                configs.append(triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=warps, num_stages=stages))
-    return configs
+    """The search space of ``triton.autotune`` (GPU, opt-in): the entries of ``TABLE`` for this
+    kernel and their neighbours, 4 or 8 warps, 2 or 3 stages. Configurations that spill only run
+    slowly and those that do not fit in shared memory fail to launch, which the autotuner skips."""
+    tiles = {(t.block_m, t.block_n) for (k, _, _), t in TABLE.items() if k == kernel}
+    tiles |= {(64, 64), (128, 64), (64, 128), (128, 32), (32, 128)}
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=warps, num_stages=stages)
+            for bm, bn in sorted(tiles) for warps in (4, 8) for stages in (2, 3)]
+
+
+def _prune(configs, named_args, **kwargs):
+    """No tile longer than the (padded) sequence: those only add masked work."""
+    limit = max(32, triton.next_power_of_2(int(named_args["L"])))
+    kept = [c for c in configs if max(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) <= limit]
+    return kept or configs[:1]
+
+
+def autotuned(kernel, name: str):
+    """``kernel`` under ``triton.autotune`` over ``autotune_configs(name)``, keyed on the head dim,
+    the length, bias and causal (and, by Triton, the dtypes); the launcher passes the rest."""
+    return triton.autotune(configs=autotune_configs(name), key=["Dh", "L", "HAS_BIAS", "CAUSAL"],
+                           prune_configs_by={"early_config_prune": _prune})(kernel)
