@@ -272,6 +272,15 @@ def _git(*args: str) -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
+def load_average() -> float | None:
+    """The machine's 1-minute load average (runnable processes): above the core count, the
+    measured process waits for cores and its timings (not only its own) suffer."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
 def environment(device: torch.device) -> dict:
     """Versions, device and commit: what a reader needs to reproduce a result (no paths, no host names)."""
     try:
@@ -292,6 +301,8 @@ def environment(device: torch.device) -> dict:
         "device_type": device.type,
         "device_slug": device_slug(device),
         "cpu_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "load_average": load_average(),
         "platform": f"{platform.system()} {platform.machine()}",
         "git_commit": commit,
         "git_dirty": bool(dirty) if dirty is not None else None,

@@ -68,9 +68,9 @@ def make_batches(B: int, L: int, device: torch.device, dtype: torch.dtype, copie
 
 
 def _train_batch(batch: tuple) -> Batch:
-    """One process's whole batch as :class:`iteach_fast.train.Batch` (its loss scales are 1)."""
+    """One process's whole batch as :class:`iteach_fast.train.Batch` (the loss averages over its own counts)."""
     complete, incomplete, lengths, present, labels = batch
-    return Batch(complete, incomplete, lengths, labels, present, torch.ones(2))
+    return Batch(complete, incomplete, lengths, labels, present)
 
 
 class ModelEntry(Entry):
@@ -139,7 +139,7 @@ class ModelEntry(Entry):
 
         def model_part():  # forward, loss, backward: what must not synchronise
             b = step.to_device(next(rotation))
-            step.forward_loss(b.complete, b.incomplete, b.lengths, b.labels, b.present, b.scales)[0].backward()
+            step.forward_loss(b.complete, b.incomplete, b.lengths, b.labels, b.present, b.counts)[0].backward()
 
         def one_step():
             step(next(rotation))

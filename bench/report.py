@@ -126,9 +126,13 @@ def header(data: dict) -> str:
     versions = f"Python {env.get('python')}, torch {env.get('torch')}, triton {env.get('triton')}, " \
                f"CUDA {env.get('cuda') or 'none'}"
     mem_methods = _unique(r["mem_method"] for r in data["rows"] if r.get("mem_method"))
+    load = [x for x in (env.get("load_average"), data.get("config", {}).get("load_average_end")) if x is not None]
+    load_text = (f" Machine load (1-minute average) {' → '.join(f'{x:g}' for x in load)} on {env.get('cpu_count')} "
+                 "cores" + (": a shared machine, timings noisier than on a quiet one" if max(load) > (
+                     env.get("cpu_count") or 1) else "") + "." if load else "")
     lines = [
         f"**{env.get('device')}** ({env.get('device_type')}, {env.get('cpu_threads')} CPU threads), "
-        f"{env.get('date')}, commit `{commit}`; {versions}.",
+        f"{env.get('date')}, commit `{commit}`; {versions}.{load_text}",
         "",
         ceilings_line(data),
         "",

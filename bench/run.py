@@ -244,6 +244,7 @@ def main(argv=None) -> int:
             print(f"[{n:3d}/{len(cases)}] {_describe(row)}", flush=True)
         _write_json(path, data)
     data["config"]["wall_s"] = round(time.monotonic() - start, 1)
+    data["config"]["load_average_end"] = measure.load_average()
     _write_json(path, data)
     print(f"bench: results in {os.path.relpath(path)} ({data['config']['wall_s']} s)", flush=True)
     if not args.no_report:

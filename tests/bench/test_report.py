@@ -98,6 +98,8 @@ def fake_results_v2():
     model rows with host syncs and launches, a headline flag."""
     data = fake_results()
     data["schema"] = 2
+    data["environment"].update(load_average=3.5, cpu_count=2)
+    data["config"]["load_average_end"] = 1.0
     slow, fast = ({"copy_bytes_per_s": 5e9, "matmul_flops_per_s": {"float32": 5e10}, "label": "before a"},
                   {"copy_bytes_per_s": 1e10, "matmul_flops_per_s": {"float32": 1e11}, "label": "before b"})
     data["ceiling_samples"] = [slow, fast]
@@ -127,6 +129,7 @@ def test_schema_2_renders_head_dims_counters_and_per_op_ceilings():
     assert "150 ms ×1.00 · 1.0 MiB · 258 syncs · 3,400 launches" in md
     assert "- auto: fullgraph=True failed (boom)" in md and "M parameters" not in md  # counts are not notes
     assert "copy 10.0 GB/s (down to 5.0 GB/s)" in md and "measured 2 times" in md
+    assert "Machine load (1-minute average) 3.5 → 1 on 2 cores: a shared machine" in md
 
 
 def test_summary_lists_the_headline_rows_only():
