@@ -153,9 +153,12 @@ def embedding_grid(panels: dict, class_names, path: str, title: str = "") -> str
         ax.set_yticks([])
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
-    handles, names = axes.flat[0].get_legend_handles_labels()
-    if handles:
-        fig.legend(handles, names, loc="lower center", ncol=len(names), fontsize=8, markerscale=3)
+    legend = {}  # every class that appears in some panel, in class order
+    for ax in axes.flat:
+        legend.update(zip(*reversed(ax.get_legend_handles_labels())))
+    names = [c for c in class_names if c in legend]
+    if names:
+        fig.legend([legend[c] for c in names], names, loc="lower center", ncol=len(names), fontsize=8, markerscale=3)
     if title:
         fig.suptitle(title, fontsize=10)
     return _save(fig, path)
