@@ -106,6 +106,7 @@ class Entry:
     sizes: dict  # each entry declares its own
     dtypes: dict
     roofline: bool = False  # its rows carry bytes moved and FLOPs: the ceilings are measured next to them
+    on_request: bool = False  # measured only when named (--ops): slow, e.g. launches whole training runs
 
     def providers(self) -> list[str]:
         raise NotImplementedError

@@ -49,10 +49,12 @@ if [ "$HAS_CUDA" = 1 ]; then
     ARCH=$($PYTHON -c 'import torch; print("%d%d" % torch.cuda.get_device_capability())')
     BENCH_SIZE=()
     SYNC_ARGS=(--sizes 32x110)
+    KR_ARGS=()
 else
     ARCH=90
     BENCH_SIZE=(--smoke --no-compile --threads 1)  # the flow, not the numbers
     SYNC_ARGS=(--sizes 2x16 --threads 1)
+    KR_ARGS=(--only "bfloat16 64" --no-cuda-mixture)  # a few variants: the step's flow
 fi
 STEPS=()  # "name|status|seconds|note"
 
@@ -82,7 +84,7 @@ step() {  # step NAME LIMIT_S MIN_S COMMAND...: run within min(LIMIT_S, what is 
 
 skip() { record "$1" skipped 0 "$2"; }
 
-step environment 30 5 $PYTHON - <<'EOF'
+step environment 60 5 $PYTHON - <<'EOF'
 import platform, subprocess, torch
 print("python", platform.python_version(), "torch", torch.__version__, "cuda", torch.version.cuda)
 try:
@@ -112,7 +114,7 @@ else
     skip build "no CUDA device: nothing to build for a GPU (the CPU build is make build's)"
     skip install "no CUDA device: the environment's own install is used"
 fi
-step imports 30 10 $PYTHON -c "
+step imports 60 10 $PYTHON -c "
 import torch, iteach_fast._C, iteach_fast.kernels.ecce
 from iteach_fast import backends
 device = 'cuda' if torch.cuda.is_available() else 'cpu'
@@ -137,7 +139,7 @@ run_bench headline 150 45 --preset headline
 step syncs 45 20 $PYTHON -m bench.syncs "${SYNC_ARGS[@]}"
 if [ -f bench/kernel_resources.py ]; then
     TIMEOUT_STATUS=stopped step kernel-resources 90 20 $PYTHON -m bench.kernel_resources --arch "$ARCH" --out "$OUT" \
-        --name kernel-resources
+        --name kernel-resources "${KR_ARGS[@]}"
 else
     skip kernel-resources "bench/kernel_resources.py is not in this checkout"
 fi

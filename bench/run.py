@@ -5,6 +5,7 @@
     python -m bench.run --preset headline   # the rows the issues' targets are read from
     python -m bench.run --smoke --out DIR   # the smallest sizes (the tests' smoke run)
     python -m bench.run --ops ecce_attention --providers reference,triton --dtypes bfloat16
+    python -m bench.run --ops ddp_train --append   # 1 vs 2 processes under torchrun (run only when named)
 
 Writes ``<out>/<device-slug>-<YYYY-MM-DD>.json`` (rewritten after every case, so an
 interrupted run keeps what it measured; ``--append`` adds to it, skipping the cases it
@@ -40,7 +41,8 @@ def parse_args(argv):
     p.add_argument("--smoke", action="store_true", help="the smallest sizes (for tests and dry runs)")
     p.add_argument("--preset", default=None, choices=sorted(suite.PRESETS), help="only the rows of a preset")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
-    p.add_argument("--ops", default=None, help=f"comma-separated subset of {','.join(suite.ALL_OPS)}")
+    p.add_argument("--ops", default=None, help=f"comma-separated, some of {','.join(suite.ALL_OPS)} (default: all "
+                   f"but {','.join(sorted(set(suite.ALL_OPS) - set(suite.DEFAULT_OPS)))}, which run when named)")
     p.add_argument("--providers", default=None, help="comma-separated, e.g. reference,triton,flex-attention")
     p.add_argument("--dtypes", default=None, help="comma-separated, e.g. float32,bfloat16")
     p.add_argument("--modes", default=None,

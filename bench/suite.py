@@ -18,20 +18,22 @@ from .model_bench import MODEL_ENTRY
 from .op_bench import OP_ENTRIES
 from .system_bench import DDP_ENTRY, STREAM_ENTRY
 
-__all__ = ["ENTRIES", "ALL_OPS", "KERNEL_OPS", "PRESETS", "Case", "Skip", "entry", "build_cases", "groups",
-           "baselines", "describe", "is_headline"]
+__all__ = ["ENTRIES", "ALL_OPS", "DEFAULT_OPS", "KERNEL_OPS", "PRESETS", "Case", "Skip", "entry", "build_cases",
+           "groups", "baselines", "describe", "is_headline"]
 
 ENTRIES: dict[str, Entry] = {e.op: e for e in (*OP_ENTRIES, MODEL_ENTRY, STREAM_ENTRY, DDP_ENTRY)}
 ALL_OPS = tuple(ENTRIES)
 KERNEL_OPS = tuple(e.op for e in OP_ENTRIES)
+DEFAULT_OPS = tuple(op for op, e in ENTRIES.items() if not e.on_request)
 
-#: what ``--preset`` selects: (op, modes, providers or None for all) among the sizes tagged "headline".
+#: what ``--preset`` selects among the sizes tagged "headline": (op, modes, peers) — every provider
+#: of this package's own (the registry's backends, the model's variants) and the peers named.
 #: The issue's headline rows: K1 fp32/bf16 fwd+bwd vs FlexAttention and the eager reference at
 #: L = 2048, Dh = 64; K2 at 64M elements; the training step at the paper's size, every provider.
 PRESETS = {
-    "headline": (("ecce_attention", ("fwd+bwd",), ("reference", "triton", "flex-attention")),
-                 ("routed_mixture", ("fwd", "fwd+bwd"), None),
-                 ("iteach_net", ("train_step",), None)),
+    "headline": (("ecce_attention", ("fwd+bwd",), ("flex-attention",)),
+                 ("routed_mixture", ("fwd", "fwd+bwd"), ()),
+                 ("iteach_net", ("train_step",), ())),
 }
 
 
@@ -44,8 +46,9 @@ def entry(op: str) -> Entry:
 def is_headline(case: Case, size: Size, preset: str) -> bool:
     if "headline" not in size.tags:
         return False
-    return any(case.op == op and case.mode in modes and (providers is None or case.provider in providers)
-               for op, modes, providers in PRESETS[preset])
+    ours = ENTRIES[case.op].is_ours(case.provider)
+    return any(case.op == op and case.mode in modes and (ours or case.provider in peers)
+               for op, modes, peers in PRESETS[preset])
 
 
 def build_cases(device: torch.device, quick: bool = False, smoke: bool = False, ops_=None, providers_=None,
@@ -56,7 +59,7 @@ def build_cases(device: torch.device, quick: bool = False, smoke: bool = False, 
     if preset is not None and preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
     kind = size_kind(device, quick, smoke)
-    wanted_ops = ops_ or (tuple(op for op, _, _ in PRESETS[preset]) if preset else ALL_OPS)
+    wanted_ops = ops_ or (tuple(op for op, _, _ in PRESETS[preset]) if preset else DEFAULT_OPS)
     cases = []
     for op in wanted_ops:
         e = entry(op)

@@ -119,6 +119,7 @@ def _ddp_supported() -> str | None:
 
 class DdpEntry(Entry):
     op = "ddp_train"
+    on_request = True  # two training runs per size: python -m bench.run --ops ddp_train
     baseline = "1 process"
     modes = ("train_epoch",)
     dtypes = {"cuda": ("float32",), "cpu": ("float32",)}

@@ -40,6 +40,7 @@ def test_headline_preset_holds_the_issue_rows():
     assert all((c.mode, c.L, c.Dh) == ("fwd+bwd", 2048, 64) for c in cases if c.op == "ecce_attention")
     mixture = [c for c in cases if c.op == "routed_mixture"]
     assert mixture and all(c.B * c.L * c.D == 64 * 2**20 for c in mixture)
+    assert {c.provider for c in mixture} == {i.backend for i in backends.implementations("routed_mixture")}
     model = {c.provider for c in cases if c.op == "iteach_net"}
     assert model == set(suite.entry("iteach_net").providers())
     assert all((c.B, c.L, c.mode) == (32, 110, "train_step") for c in cases if c.op == "iteach_net")
