@@ -37,6 +37,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import BatchSampler, RandomSampler
 from tqdm import tqdm
 
@@ -98,18 +99,19 @@ def length_bucket(n: int, longest: int) -> int:
 
 
 class Batch(NamedTuple):
-    """One rank's share of a global batch, on the CPU. ``scales``: float32 ``(2,)``, what
-    turns this rank's loss terms (means over its own utterances) into its part of the global
-    batch's means: ``(valid here / valid in all, lost here / lost in all)``."""
+    """One rank's share of a global batch, on the CPU. ``counts``: int64 ``(2,)``, the
+    denominators of the loss — the *global* batch's labelled valid utterances and lost
+    utterances (:meth:`ITEACHNet.loss_counts`), so that each rank's loss is its share of the
+    global means; None: this batch's own (one process)."""
     complete: tuple
     incomplete: tuple
     lengths: torch.Tensor
     labels: torch.Tensor
     present: torch.Tensor
-    scales: torch.Tensor
+    counts: torch.Tensor | None = None
 
     def flat(self) -> list:
-        return [*self.complete, *self.incomplete, self.lengths, self.labels, self.present, self.scales]
+        return [*self.complete, *self.incomplete, self.lengths, self.labels, self.present, self.counts]
 
     @staticmethod
     def from_flat(ts) -> Batch:
@@ -131,17 +133,21 @@ def _pad(t: torch.Tensor, length: int) -> torch.Tensor:
     return out
 
 
-def make_batch(dataset, idx: list, rate: float, generator: torch.Generator, ctx: Context,
+def make_batch(dataset, idx: list, rate: float, generator: torch.Generator, ctx: Context, count,
                shape: tuple[int, int] | None = None) -> Batch:
     """This rank's share of the global batch ``idx`` (positions in ``dataset``).
 
     The missing-modality mask is drawn for the whole global batch, so every rank (and a
-    single process) draws the same one; ``shape`` = ``(rows, length)`` pads the share with
-    zero-length conversations and zero positions to a fixed shape (compiled / captured
-    steps); without it a rank's share has at least one row."""
+    single process) draws the same one, and ``count`` (:meth:`ITEACHNet.loss_counts`) gives
+    the global batch's loss denominators, known to every rank without communication;
+    ``shape`` = ``(rows, length)`` pads the share with zero-length conversations and zero
+    positions to a fixed shape (compiled / captured steps); without it a rank's share has at
+    least one row and one position."""
     convs = [dataset[i] for i in idx]
     lengths_g = torch.tensor([len(c["labels"]) for c in convs], dtype=torch.int64)
     present_g = sample_present(lengths_g, int(lengths_g.max()) if len(convs) else 0, rate, generator)
+    labels_g = pad_sequence([torch.as_tensor(np.asarray(c["labels"])) for c in convs], batch_first=True)
+    counts = count(labels_g, lengths_g, present_g)
     mine = ctx.shard(range(len(convs)))
     rows = shape[0] if shape else max(len(mine), 1)
     batch = collate([convs[i] for i in mine] + [_empty_conversation(convs[0])] * (rows - len(mine)))
@@ -151,15 +157,8 @@ def make_batch(dataset, idx: list, rate: float, generator: torch.Generator, ctx:
     present = torch.zeros(rows, length, 3, dtype=torch.bool)
     present[: len(mine)] = _pad(present_g[mine], length)
     masked = apply_mask(batch, present)
-
-    def counts(lengths, present):  # valid utterances, and those that lost a modality
-        valid = torch.arange(present.shape[1])[None] < lengths[:, None]
-        return int(lengths.sum()), int((valid & ~present.all(-1)).sum())
-
-    here, total = counts(batch["lengths"], present), counts(lengths_g, present_g)
-    scales = torch.tensor([h / t if t else 0.0 for h, t in zip(here, total)], dtype=torch.float32)
     return Batch(tuple(batch[m] for m in MODALITIES), tuple(masked[m] for m in MODALITIES), batch["lengths"],
-                 batch["labels"], present, scales)
+                 batch["labels"], present, torch.stack([counts["valid"], counts["lost"]]))
 
 
 # ------------------------------------------------------------------ the step
@@ -185,17 +184,16 @@ class Step:
             else:
                 self.forward_loss = torch.compile(self._forward_loss, **opts)
 
-    def _forward_loss(self, complete, incomplete, lengths, labels, present, scales) -> torch.Tensor:
+    def _forward_loss(self, complete, incomplete, lengths, labels, present, counts=None) -> torch.Tensor:
         with autocast(self.ctx.device, self.dtype, self.autocast_cache):
             t_out, s_out = self.model(complete, incomplete, lengths, present)
-            losses = self.loss(t_out, s_out, labels, lengths, present)
-        emo_t, emo_s = losses["emo_teacher"] * scales[0], losses["emo_student"] * scales[0]
-        rec = losses["rec"] * scales[1]
-        return torch.stack([emo_t + emo_s + rec, emo_t + emo_s, rec, emo_t, emo_s])
+            losses = self.loss(t_out, s_out, labels, lengths, present,
+                               counts=None if counts is None else {"valid": counts[0], "lost": counts[1]})
+        return torch.stack([losses[k] for k in TERMS])
 
     def body(self, b: Batch) -> torch.Tensor:
         """Forward, backward and update on device tensors; the report tensor, not yet reduced."""
-        terms = self.forward_loss(b.complete, b.incomplete, b.lengths, b.labels, b.present, b.scales)
+        terms = self.forward_loss(b.complete, b.incomplete, b.lengths, b.labels, b.present, b.counts)
         # the ranks' losses sum to the global batch's; DDP averages gradients, hence x world
         self.scaler.scale(terms[0] * self.ctx.world).backward()
         if self.scaler.is_enabled():  # fp16: the scaler skips steps with inf gradients by design
@@ -214,7 +212,8 @@ class Step:
     def to_device(self, b: Batch) -> Batch:
         if self.ctx.device.type != "cuda":
             return b
-        return Batch.from_flat([t.pin_memory().to(self.ctx.device, non_blocking=True) for t in b.flat()])
+        return Batch.from_flat([t if t is None else t.pin_memory().to(self.ctx.device, non_blocking=True)
+                                for t in b.flat()])
 
     def __call__(self, b: Batch) -> list[float]:
         self.optim.zero_grad(set_to_none=True)
@@ -236,11 +235,12 @@ class GraphedStep(Step):
     def __call__(self, b: Batch) -> list[float]:
         flat = b.flat()
         if self.static is None:
-            self.host = [torch.empty_like(t).pin_memory() for t in flat]
-            self.static = [torch.empty_like(t, device=self.ctx.device) for t in flat]
+            self.host = [None if t is None else torch.empty_like(t).pin_memory() for t in flat]
+            self.static = [None if t is None else torch.empty_like(t, device=self.ctx.device) for t in flat]
         for h, s, t in zip(self.host, self.static, flat):
-            h.copy_(t)
-            s.copy_(h, non_blocking=True)
+            if t is not None:
+                h.copy_(t)
+                s.copy_(h, non_blocking=True)
         static = Batch.from_flat(self.static)
         if self.graph is None and self.warm < GRAPH_WARMUP:
             side = torch.cuda.Stream()
@@ -459,7 +459,7 @@ def _run(cfg, ctx, splits, dtype, ckpt, resume, paths, log, max_steps) -> dict:
             elif fixed:
                 shape = (share, length_bucket(max(len(train_set[i]["labels"]) for i in idx), longest))
             try:
-                vals = step(make_batch(train_set, idx, rate, gens["mask"], ctx, shape))
+                vals = step(make_batch(train_set, idx, rate, gens["mask"], ctx, raw.loss_counts, shape))
             except RuntimeError as err:
                 if not (ctx.parallel and _lost_peer(err)):
                     raise
