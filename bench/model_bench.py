@@ -22,7 +22,7 @@ import torch
 from iteach_fast.config import ModelConfig, TrainConfig
 from iteach_fast.distributed import context
 from iteach_fast.model import ITEACHNet
-from iteach_fast.train import GRAPH_WARMUP, Batch, GraphedStep, Step
+from iteach_fast.train import GRAPH_WARMUP, Batch, GraphedStep, Step, make_optimizer
 
 from .cases import Case, Entry, Prepared, Size, Skip
 from .counters import count_cuda_syncs, count_kernels, count_ops, count_syncs
@@ -124,8 +124,7 @@ class ModelEntry(Entry):
                           cuda_graphs=case.provider == GRAPHS, device=device.type, progress=False)
         ctx = context(device.type)
         net = make_net(case.L, backend, device, case.torch_dtype, case.D, case.H)
-        optim = torch.optim.AdamW(net.parameter_groups(cfg.lr, cfg.router_lr, cfg.weight_decay),
-                                  capturable=cfg.cuda_graphs)
+        optim = make_optimizer(net, cfg, device)  # as train builds it (fused / capturable on CUDA)
         scaler = torch.amp.GradScaler(device.type, enabled=False)
         step = (GraphedStep if cfg.cuda_graphs else Step)(ctx.wrap(net), net, optim, scaler, cfg, ctx, "fp32")
         rotation = itertools.cycle([_train_batch(b) for b in batches])

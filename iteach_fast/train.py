@@ -63,7 +63,7 @@ from .model import ITEACHNet, roles
 from .runtime import autocast, check_precision, op_dtype, seed_everything, set_threads
 
 __all__ = ["train", "rate_for", "TrainingDiverged", "RESUME_SETTINGS", "TERMS", "length_bucket", "Batch",
-           "make_batch", "Step", "GraphedStep"]
+           "make_batch", "make_optimizer", "Step", "GraphedStep"]
 
 #: what a resumed run may change; everything else is the checkpoint's
 RESUME_SETTINGS = ("epochs", "out_dir", "progress", "compile", "cuda_graphs", "threads", "device")
@@ -162,6 +162,18 @@ def make_batch(dataset, idx: list, rate: float, generator: torch.Generator, ctx:
 
 
 # ------------------------------------------------------------------ the step
+
+def make_optimizer(raw: ITEACHNet, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW over the net's parameter groups (router at its own lr). On CUDA its step count
+    stays on the device — fused, or capturable for a CUDA graph — since the default
+    implementation reads it on the host every step."""
+    groups = raw.parameter_groups(cfg.lr, cfg.router_lr, cfg.weight_decay)
+    if device.type != "cuda":
+        return torch.optim.AdamW(groups)
+    if cfg.cuda_graphs:
+        return torch.optim.AdamW(groups, capturable=True)
+    return torch.optim.AdamW(groups, fused=True)
+
 
 class Step:
     """One optimisation step: forward + loss (``torch.compile(fullgraph=True)`` with
@@ -387,8 +399,7 @@ def _run(cfg, ctx, splits, dtype, ckpt, resume, paths, log, max_steps) -> dict:
     for note in splits.notes:
         log(f"note: {note}")
     raw = ITEACHNet.from_config(cfg.model, splits.input_dims, splits.num_classes).to(device)
-    optim = torch.optim.AdamW(raw.parameter_groups(cfg.lr, cfg.router_lr, cfg.weight_decay),
-                              capturable=cfg.cuda_graphs)
+    optim = make_optimizer(raw, cfg, device)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == "fp16")
     gens = {"shuffle": torch.Generator().manual_seed(cfg.seed + 1),  # batch order
             "mask": torch.Generator().manual_seed(cfg.seed + 2)}  # batch rates and masks

@@ -42,8 +42,7 @@ def make_steps(cfg: TrainConfig, splits, device, kinds, dtype="fp32"):
     for cls, compiled in kinds:
         raw = ITEACHNet.from_config(cfg.model, splits.input_dims, splits.num_classes).to(device)
         raw.load_state_dict(init)
-        optim = torch.optim.AdamW(raw.parameter_groups(cfg.lr, cfg.router_lr, cfg.weight_decay),
-                                  capturable=cls is training.GraphedStep)
+        optim = training.make_optimizer(raw, cfg.replace(cuda_graphs=cls is training.GraphedStep), ctx.device)
         scaler = torch.amp.GradScaler("cuda", enabled=False)
         steps.append(cls(raw, raw, optim, scaler, cfg.replace(compile=compiled), ctx, dtype))
     return steps, ctx
