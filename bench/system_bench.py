@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
-import json
 import os
 import re
 import subprocess
@@ -178,7 +177,8 @@ def _run_torchrun(case: Case, device: torch.device, nproc: int) -> dict:
     ms = 1e3 * seconds / steps
     return {"median_ms": ms, "p20_ms": ms, "p80_ms": ms, "rounds": steps,
             "timer": "the second epoch's training time (train_seconds in the history) / its steps",
-            "samples_per_s": n_train / seconds, "note": json.dumps({"processes": nproc, "threads": threads})}
+            "samples_per_s": n_train / seconds,
+            "note": f"{nproc} x {threads} CPU threads" if threads else f"{nproc} process(es), one GPU each"}
 
 
 def _child_error(text: str) -> str:
