@@ -37,7 +37,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .runtime import resolve_device
 
-__all__ = ["Context", "context", "torchrun_env", "rank_tag", "DistributedError"]
+__all__ = ["Context", "context", "torchrun_env", "rank_tag", "rank_device", "DistributedError"]
 
 #: the variables torchrun sets for every worker
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -73,7 +73,7 @@ def rank_tag() -> str:
     return f" [rank {env['rank']}]" if env and env["world"] > 1 else ""
 
 
-def _rank_device(device: str, local_rank: int, local_world: int, world: int) -> tuple[torch.device, list[str]]:
+def rank_device(device: str, local_rank: int, local_world: int, world: int) -> tuple[torch.device, list[str]]:
     """The device of this rank: ``cuda:LOCAL_RANK`` for ``auto`` / ``cuda`` on a GPU machine,
     the CPU for ``cpu`` (or ``auto`` without CUDA); explained errors otherwise."""
     notes = []
@@ -193,7 +193,7 @@ def context(device: str = "auto", timeout_s: float = 1800.0) -> Context:
     env = torchrun_env()
     if env is None or env["world"] == 1:
         return Context(resolve_device(device))
-    dev, notes = _rank_device(device, env["local_rank"], env["local_world"], env["world"])
+    dev, notes = rank_device(device, env["local_rank"], env["local_world"], env["world"])
     backend = "nccl" if dev.type == "cuda" else "gloo"
     if dist.is_initialized():
         if dist.get_backend() != backend:

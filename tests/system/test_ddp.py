@@ -19,7 +19,7 @@ import time
 import pytest
 import torch
 
-from iteach_fast import checkpoint, cli
+from iteach_fast import checkpoint, cli, distributed
 from iteach_fast import train as training
 from iteach_fast.config import TrainConfig
 from iteach_fast.model import ITEACHNet
@@ -163,3 +163,17 @@ def test_ranks_with_different_settings_stop_at_start(tmp_path):
     for code, log, _ in out:
         assert code == 2 and "rank 1 was started with other settings than rank 0: lr: 0.0005 vs 0.001" in log, log
     assert not (tmp_path / "c" / "last.pt").exists()
+
+
+def test_the_device_of_a_rank_is_explained(monkeypatch):
+    """Under torchrun on a (pretended) machine with one GPU: cuda:LOCAL_RANK, or a clear error."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert distributed.rank_device("auto", 0, 1, 2) == (torch.device("cuda", 0), [])  # 2 machines, 1 GPU each
+    dev, notes = distributed.rank_device("cpu", 1, 2, 2)
+    assert dev == torch.device("cpu") and "gloo although 1 CUDA device(s) are present" in notes[0]
+    with pytest.raises(ValueError, match="started 2 processes on this machine but it has 1 CUDA device"):
+        distributed.rank_device("cuda", 1, 2, 2)
+    with pytest.raises(ValueError, match="--device cuda:0: under torchrun every process uses the GPU of its "
+                                         "LOCAL_RANK"):
+        distributed.rank_device("cuda:0", 0, 1, 2)
