@@ -313,6 +313,9 @@ def replay(net: ITEACHNet, conversation: dict, class_names=(), log=print) -> lis
             said = f"{r['prediction']:>10s} (p {r['p_' + r['prediction']]:.2f})"
         truth = f"   label {r['label']}" if has_label else ""
         log(f"  utterance {r['utterance']:3d} arrives -> {said}   [{r['latency_ms']:.1f} ms]{truth}")
+    if has_label and "prediction" in rows[0]:
+        right = sum(r["prediction"] == r["label"] for r in rows)
+        log(f"live predictions right: {right} of {len(rows)} (each made knowing only the utterances so far)")
     return rows
 
 
