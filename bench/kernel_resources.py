@@ -203,18 +203,28 @@ def cuda_mixture_rows(archs, source: str) -> list:
     nvcc = shutil.which("nvcc") or next(iter(sorted(glob.glob("/usr/local/cuda*/bin/nvcc"))), None)
     if nvcc is None or not os.path.exists(source):
         return [dict(kernel="routed_mixture (CUDA)", error="nvcc or the source not found: skipped")]
-    from torch.utils.cpp_extension import include_paths
+    import site
 
-    includes = [f"-I{p}" for p in include_paths(device_type="cuda")] + [f"-I{os.path.dirname(os.path.dirname(source))}"]
+    from torch.utils.cpp_extension import COMMON_NVCC_FLAGS, include_paths
+
+    # as setup.py builds it: torch's headers, csrc/, the pip CUDA wheels' headers (cusparse.h, ...)
+    dirs = include_paths(device_type="cuda") + [os.path.dirname(os.path.dirname(source))]
+    for sp in site.getsitepackages():
+        dirs += glob.glob(os.path.join(sp, "nvidia", "cu*", "include"))
     rows = []
     for arch in archs:
-        with tempfile.TemporaryDirectory() as tmp:
-            cmd = [nvcc, "-O3", "-std=c++17", f"-arch=sm_{arch}", "-Xptxas", "-v", "-c", source, "-o",
-                   os.path.join(tmp, "m.o"), "-DITEACH_FAST_WITH_CUDA=1", *includes]
-            run = subprocess.run(cmd, capture_output=True, text=True)
+        for std in ("c++20", "c++17"):  # the standard torch's headers need (C++20 from torch 2.10 or so)
+            with tempfile.TemporaryDirectory() as tmp:
+                cmd = [nvcc, "-O3", f"-std={std}", f"-arch=sm_{arch}", "-Xptxas", "-v", "-c", source, "-o",
+                       os.path.join(tmp, "m.o"), "-DITEACH_FAST_WITH_CUDA=1", *COMMON_NVCC_FLAGS,
+                       *(f"-I{d}" for d in dirs)]
+                run = subprocess.run(cmd, capture_output=True, text=True)
+            if run.returncode == 0:
+                break
         if run.returncode:
             rows.append(dict(kernel="routed_mixture (CUDA)", arch=f"sm_{arch}",
-                             error=f"nvcc failed: {run.stderr.strip().splitlines()[-1:]}"))
+                             error="nvcc failed: " + " / ".join(line for line in run.stderr.splitlines()
+                                                                if "error" in line)[:300]))
             continue
         # ptxas prints, per kernel: "Compiling entry function '<mangled>'", then its properties
         for block in re.split(r"ptxas info\s+: Compiling entry function ", run.stderr)[1:]:
@@ -227,7 +237,8 @@ def _demangle(name: str) -> str:
     filt = shutil.which("cu++filt") or shutil.which("c++filt")
     if filt:
         name = subprocess.run([filt, name], capture_output=True, text=True).stdout.strip() or name
-    return re.sub(r"\(.*", "", name.replace("iteach_fast::", "").replace("(anonymous namespace)::", ""))
+    name = name.replace("iteach_fast::", "").replace("(anonymous namespace)::", "")
+    return re.sub(r"^void |\(.*", "", name)
 
 
 # ----------------------------------------------------------------------------- report

@@ -34,7 +34,7 @@ from .band import LOG2E, band_grads, band_tile, touches_band
 from .scan import band_tables, chunk, dot_precision
 from .tiles import AUTOTUNE, TUNED_KEYS, autotuned, head_block, launch_tiles
 
-__all__ = ["ecce_attention", "attention_meta"]
+__all__ = ["ecce_attention", "ecce_attention_zp", "attention_meta", "KERNELS"]
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -292,10 +292,6 @@ def _launch(name: str, q: torch.Tensor, causal: bool, has_bias: bool, args: tupl
         launcher(KERNELS[name])[(triton.cdiv(L, meta[block]), B * H)](*args, **meta)
 
 
-def _strides(t: torch.Tensor) -> tuple:
-    return tuple(t.stride())
-
-
 def _no_tables(q: torch.Tensor) -> torch.Tensor:
     """A stand-in for the tables when there is no bias (never read)."""
     return q.new_empty((1, 1, 1, 1), dtype=torch.float32)
@@ -314,7 +310,7 @@ def _attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tables: to
     T = tables if tables is not None else _no_tables(q)
     _launch("fwd", q, causal, tables is not None,
             (q, k, v, T, lengths, out, lse2, scale, dist, L, H, Dh,
-             *_strides(q), *_strides(k), *_strides(v), *_strides(out), *_strides(T)))
+             *q.stride(), *k.stride(), *v.stride(), *out.stride(), *T.stride()))
     return out, lse2
 
 
@@ -336,10 +332,10 @@ def _attention_bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torc
     common = (scale, dist, L, H, Dh)
     _launch("bwd_dq", q, causal, has_bias,
             (q, k, v, T, lengths, out, dout, dq, lse2, delta, rows, *common,
-             *_strides(q), *_strides(k), *_strides(v), *_strides(out), *_strides(dout), *_strides(dq), *_strides(T)))
+             *q.stride(), *k.stride(), *v.stride(), *out.stride(), *dout.stride(), *dq.stride(), *T.stride()))
     _launch("bwd_dkv", q, causal, has_bias,
             (q, k, v, T, lengths, dout, dk, dv, lse2, delta, rows, dT if has_bias else delta, *common,
-             *_strides(q), *_strides(k), *_strides(v), *_strides(dout), *_strides(dk), *_strides(dv), *_strides(T)))
+             *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dk.stride(), *dv.stride(), *T.stride()))
     return dq, dk, dv, dT
 
 

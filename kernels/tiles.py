@@ -73,7 +73,7 @@ TABLE = {
 #: where sm_8x (A100: mma.sync, not Hopper's wgmma; other register needs) spills with TABLE's entry
 #: (sm_80 compile report)
 AMPERE = {
-    ("bwd_dq", 2, 64): Tiles(64, 32, 4, 2), ("bwd_dkv", 2, 64): Tiles(64, 32, 8, 2),
+    ("bwd_dq", 2, 64): Tiles(32, 64, 4, 2), ("bwd_dkv", 2, 64): Tiles(64, 32, 8, 2),
     ("fwd", 4, 32): Tiles(64, 32, 4, 3), ("fwd", 4, 64): Tiles(32, 32, 4, 3), ("fwd", 4, 128): Tiles(64, 16, 4, 2),
     ("bwd_dq", 4, 64): Tiles(32, 32, 4, 2), ("bwd_dkv", 4, 32): Tiles(16, 64, 4, 2),
 }

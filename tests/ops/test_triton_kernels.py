@@ -96,6 +96,43 @@ def test_attention_without_bias_across_tiles(causal):
         testing.assert_close(got, exp, op="ecce_attention", backend="triton", dtype=torch.float32, what="grad")
 
 
+def test_all_conversations_empty_gives_zeros_not_nan():
+    """Every length 0 at L > 0: the output and every gradient exactly 0 (no 0/0 in the softmax)."""
+    case = testing.make_inputs("ecce_attention", B=2, H=2, L=18, Dh=16, lengths=[0, 0], device=DEVICE,
+                               requires_grad=True)
+    out = case.call("triton", causal=True)
+    assert torch.equal(out, torch.zeros_like(out))
+    for g in torch.autograd.grad(out, list(case.tensors.values()), torch.randn_like(out)):
+        assert torch.equal(g, torch.zeros_like(g))
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_prefix_then_attention_float16_across_tiles(causal):
+    """Z, W_fc -> ecce_prefix -> attention (prefix=) in float16 over several tiles and chunks: the
+    output and the gradients of q, k, v, z and w vs the float64 reference chain (the conformance
+    tests run this chain in float32 at one tile)."""
+    dtype, dist = torch.float16, 6
+    a_case = testing.make_inputs("ecce_attention", B=2, H=2, L=26, Dh=16, lengths=[26, 11], dtype=dtype,
+                                 device=DEVICE, requires_grad=True)
+    z_case = testing.make_inputs("ecce_prefix", B=2, L=26, D=24, H=2, lengths=[26, 11], dtype=dtype, device=DEVICE,
+                                 requires_grad=True)
+    leaves = dict(zip("qkv", list(a_case.tensors.values())[:3]), **z_case.tensors)
+    lengths = a_case.lengths
+    _, prefix = ops.ecce_prefix(leaves["z"], leaves["w_fc"], lengths, dist, backend="triton")
+    out = ops.ecce_attention(leaves["q"], leaves["k"], leaves["v"], lengths=lengths, dist=dist, causal=causal,
+                             backend="triton", prefix=prefix)
+    ref = {n: t.detach().double().cpu().requires_grad_() for n, t in leaves.items()}
+    zp = torch.where(valid_mask(lengths.cpu(), 26)[..., None], ref["z"], 0.0) @ ref["w_fc"]
+    expected = ops.ecce_attention(ref["q"], ref["k"], ref["v"], zp, lengths.cpu(), dist, causal=causal,
+                                  backend="reference")
+    testing.assert_close(out, expected, op="ecce_attention", backend="triton", dtype=dtype)
+    g = torch.randn(out.shape, dtype=torch.float64)
+    got = torch.autograd.grad(out, list(leaves.values()), g.to(out))
+    exp = torch.autograd.grad(expected, list(ref.values()), g)
+    for name, a, b in zip(leaves, got, exp):
+        testing.assert_close(a, b, op="ecce_attention", backend="triton", dtype=dtype, what=f"d{name}")
+
+
 def test_an_off_by_one_band_would_be_caught():
     """The comparisons can fail: a band one wider or narrower than ``dist`` (the likeliest kernel
     bug) moves entries by far more than the tolerance, in E and in attention's output."""
@@ -256,6 +293,19 @@ def test_causal_visits_no_tile_above_the_diagonal(monkeypatch, with_bias):
         dots.clear()
         torch.autograd.grad(out, (q, k, v), torch.randn_like(out))
         assert len(dots) == (3 + 4) * tiles
+
+
+# ----------------------------------------------------------------------------- launch parameters
+
+def test_every_table_entry_is_an_autotune_candidate_and_pruning_keeps_one():
+    for (kernel, _, _), tiles in k_tiles.TABLE.items():
+        candidates = {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) for c in k_tiles.autotune_configs(kernel)}
+        assert (tiles.block_m, tiles.block_n) in candidates, (kernel, tiles)
+    configs = k_tiles.autotune_configs("fwd")
+    assert all(max(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) <= 32 for c in k_tiles._prune(configs, {"L": 20}))
+    assert len(k_tiles._prune(configs, {"L": 4096})) == len(configs)
+    for key, tiles in k_tiles.AMPERE.items():
+        assert key in k_tiles.TABLE and tiles != k_tiles.TABLE[key], key
 
 
 # ----------------------------------------------------------------------------- chunk tables
@@ -472,6 +522,16 @@ def test_bias_and_prefix_large_on_gpu(dtype, causal):
                                    dtype=dtype, device=DEVICE, requires_grad=True))
     check_case(testing.make_inputs("ecce_prefix", B=2, L=300, D=128, H=8, dist=30, lengths=[300, 129],
                                    dtype=dtype, device=DEVICE, requires_grad=True))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_autotuned_launches_on_gpu(monkeypatch, causal):
+    """The opt-in autotuned launch path (ITEACH_FAST_AUTOTUNE=1) gives the reference's answer."""
+    monkeypatch.setattr(k_attention, "_TUNED", {name: k_tiles.autotuned(kernel, name)
+                                                for name, kernel in k_attention.KERNELS.items()})
+    check_case(testing.make_inputs("ecce_attention", B=2, H=4, L=300, Dh=64, dist=30, lengths=[300, 77],
+                                   causal=causal, dtype=torch.bfloat16, device=DEVICE, requires_grad=True))
 
 
 @pytest.mark.gpu
