@@ -195,6 +195,10 @@ def main(argv=None) -> int:
     headline = {c.id for c in suite.build_cases(device, quick=args.quick, smoke=args.smoke, preset="headline",
                                                 sizes=args.sizes if args.preset else None)}
     env = measure.environment(device)
+    if device.type == "cpu" and torch.get_num_threads() > 1 and (env["load_average"] or 0) > (env["cpu_count"] or 1):
+        print(f"bench: note: the machine's load ({env['load_average']}) exceeds its {env['cpu_count']} cores; with "
+              f"{torch.get_num_threads()} threads each op's threads wait for one another (timings many times slower "
+              "and noisy): --threads 1 measures what a core does", flush=True)
     os.makedirs(args.out, exist_ok=True)
     stem = ("smoke-" if args.smoke else "") + f"{env['device_slug']}-{env['date'][:10]}"
     path = os.path.join(args.out, stem + ".json")
