@@ -130,9 +130,9 @@ class DdpEntry(Entry):
         return ["1 process", "2 processes"]
 
     def describe(self) -> dict[str, str]:
-        return {"1 process": "torchrun --nproc-per-node 1 -m iteach_fast train (all cores)",
-                "2 processes": "torchrun --nproc-per-node 2 -m iteach_fast train, the same global batch "
-                               "(half the cores each on a CPU; gloo on the CPU, NCCL on GPUs)"}
+        return {"1 process": "torchrun --nproc-per-node 1 -m iteach_fast train (the run's CPU threads)",
+                "2 processes": "torchrun --nproc-per-node 2 -m iteach_fast train, the same global batch (the run's "
+                               "CPU threads shared, at least one each; gloo on the CPU, NCCL on GPUs)"}
 
     def prepare(self, cases: list[Case], device: torch.device, copies: int = 3, seed: int = 0) -> dict:
         why = _ddp_supported()
@@ -159,7 +159,8 @@ class DdpEntry(Entry):
 def _run_torchrun(case: Case, device: torch.device, nproc: int) -> dict:
     """Two epochs under torchrun; the second's time per step and conversations per second."""
     conversations = DdpEntry.CONVERSATIONS["smoke" if case.L <= 16 else "default"]
-    threads = max(1, (os.cpu_count() or 2) // nproc) if device.type == "cpu" else 0
+    # the run's threads shared by the processes (at least one each): python -m bench.run --threads
+    threads = max(1, torch.get_num_threads() // nproc) if device.type == "cpu" else 0
     with tempfile.TemporaryDirectory() as out_dir:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
                "-m", "iteach_fast", "train", "--dataset", "synthetic", "--syn-conversations", str(conversations),
