@@ -13,8 +13,8 @@ against the model's, finite values, shapes):
 - ``.pt``: ``{conversation: {"text": ..., "audio": ..., "visual": ..., "present": ...}}``
   (tensors or arrays; loaded with ``weights_only``).
 - a folder in GCNet's layout (label pickle + feature folders, docs/data.md), read by the
-  package's own loader (:func:`iteach_fast.data.load_gcnet`); its labels are reported
-  alongside the predictions.
+  package's own loader (:func:`iteach_fast.data.load_gcnet`); its labels (checked by that
+  loader) are reported alongside the predictions. Other keys of a file are ignored.
 
 Output: one row per utterance — ``conversation``, ``utterance`` (its index), the predicted
 class (``prediction``, ``class_id``) and one ``p_<class>`` column per class, or the
@@ -113,8 +113,6 @@ def _check_conversation(cid: str, fields: dict, input_dims, max_len: int, source
             raise DataError(f"{source}: conversation {cid!r}, present: expected a bool ({length}, 3) array "
                             f"(text, audio, visual present), got {p.dtype} {p.shape}")
         conv["present"] = p.astype(bool)
-    if "labels" in fields:
-        conv["labels"] = _as_array(fields["labels"], f"{source}: conversation {cid!r}, labels")
     return conv
 
 
@@ -179,7 +177,11 @@ def load_conversations(path: str, input_dims, max_len: int, dataset: str | None 
         raise DataError(f"{path}: expected a .npz or .pt file, or a GCNet-layout folder")
     if not raw:
         raise DataError(f"{path}: no conversations found")
-    return [_check_conversation(cid, fields, input_dims, max_len, path) for cid, fields in raw.items()]
+    convs = [_check_conversation(cid, fields, input_dims, max_len, path) for cid, fields in raw.items()]
+    if os.path.isdir(path):  # a GCNet folder's labels (checked by its loader) are reported beside the predictions
+        for conv in convs:
+            conv["labels"] = np.asarray(raw[conv["id"]]["labels"])
+    return convs
 
 
 # ------------------------------------------------------------------ predictions

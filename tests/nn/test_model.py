@@ -509,3 +509,23 @@ def test_causal_from_config_and_state_dict():
     plain = ITEACHNet(DIMS, C, **SMALL)
     plain.load_state_dict(net.state_dict())
     assert set(plain.state_dict()) == set(net.state_dict())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("causal", [False, True])
+def test_cuda_step_never_waits_for_the_device(causal):
+    """On a GPU, with the lengths already on the device: forward, loss, backward and a fused
+    AdamW step run under torch.cuda.set_sync_debug_mode("error") (any synchronisation raises)."""
+    net = ITEACHNet(DIMS, C, causal=causal, **SMALL).cuda()
+    opt = torch.optim.AdamW(net.parameter_groups(), fused=True)
+    complete, incomplete, lens, present, labels = batch()
+    args = (tuple(x.cuda() for x in complete), tuple(x.cuda() for x in incomplete), lens.cuda(), present.cuda(),
+            labels.cuda())
+    _step(net, opt, *args)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        _step(net, opt, *args)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()

@@ -128,3 +128,17 @@ def test_session_state_is_linear_in_length():
         return sum(t.numel() for t in tensors)
 
     assert state_numel(200) == 2 * state_numel(100)
+
+
+@pytest.mark.gpu
+def test_stream_on_cuda_equals_the_triton_forward():
+    """On a GPU the full forward runs the Triton attention and the cpp mixture (auto); the
+    session's plain-PyTorch rows match it."""
+    L = 64
+    net = _perturb(ITEACHNet(DIMS, 4, causal=True, max_len=L, **SMALL)).cuda()
+    complete, incomplete, present = (t.cuda() if isinstance(t, torch.Tensor) else tuple(x.cuda() for x in t)
+                                     for t in _conversations(2, L))
+    with torch.no_grad():
+        _, s_out = net(complete, incomplete, torch.tensor([L, L], device="cuda"), present)
+    got = _replay(net.stream(batch_size=2), complete, present)
+    assert _rel(got, s_out.logits) <= 1e-4  # Triton's float32 dots (3xTF32) against float32 matmuls
