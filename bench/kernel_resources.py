@@ -126,6 +126,14 @@ def _ptxas() -> str:
     raise RuntimeError("no ptxas found: install the CUDA toolkit or a triton wheel that ships one")
 
 
+def _ptxas_version(ptxas: str) -> str:
+    """``ptxas V12.9.86 (triton's)``: the version and where it comes from (no machine path)."""
+    out = subprocess.run([ptxas, "--version"], capture_output=True, text=True).stdout
+    version = re.search(r"V\d+\.\d+\.\d+", out)
+    where = "triton's" if os.path.dirname(triton.__file__) in os.path.realpath(ptxas) else "the CUDA toolkit's"
+    return f"ptxas {version.group(0) if version else '(unknown version)'} ({where})"
+
+
 def _ptxas_report(text: str) -> dict:
     """Registers, spill stores / loads and stack frame (bytes) from ``ptxas -v`` output (one kernel)."""
     regs = re.search(r"Used (\d+) registers", text)
@@ -268,7 +276,7 @@ def _line(row) -> str:
 
 def markdown(result) -> str:
     lines = [f"# Kernel resources ({result['date']})", "",
-             f"triton {result['triton_version']}, torch {result['torch']}, ptxas: `{result['ptxas']}`. "
+             f"triton {result['triton_version']}, torch {result['torch']}, {result['ptxas']}. "
              "Compiled without a GPU for the paper's shapes (B = 8, L = 110, H = 8, dist = 30; q/k/v head "
              "views of (B, L, D) activations) with the tiles the launchers pick (`kernels/tiles.py`). "
              "Registers per thread, spill stores / loads in bytes per thread, shared memory per CTA, "
@@ -321,7 +329,7 @@ def main(argv=None) -> int:
     source = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc", "cuda",
                           "routed_mixture.cu")
     result = dict(date=datetime.date.today().isoformat(), triton_version=triton.__version__, torch=torch.__version__,
-                  ptxas=_ptxas(), archs=args.arch)
+                  ptxas=_ptxas_version(_ptxas()), archs=args.arch)
     result["triton"] = triton_rows(args.arch, args.only, args.jobs)
     result["cuda"] = [] if args.no_cuda_mixture else cuda_mixture_rows(args.arch, source)
     os.makedirs(args.out, exist_ok=True)

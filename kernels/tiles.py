@@ -46,10 +46,12 @@ class Tiles:
 INTERPRETER = Tiles(16, 16, 4, 1)
 
 # (kernel, element size in bytes, BLOCK_D) -> Tiles: BLOCK_M query rows, BLOCK_N keys (the dQ and
-# forward programs own BLOCK_M rows, the dK/dV program BLOCK_N keys). From the sm_90 compile report
-# (bench/results/kernel-resources-*.md): the band bias costs ~100 registers per thread (its column
-# vectors broadcast over the tile), 3xTF32 float32 another ~60 (each operand split in two), so the
-# 64 x 64 backward tiles need 8 warps in 16-bit and float32 takes narrower tiles.
+# forward programs own BLOCK_M rows, the dK/dV program BLOCK_N keys). From the sm_90 compile reports
+# of triton 3.8 and 3.6 (bench/results/kernel-resources-*.md): zero spills in 16-bit at head dims
+# <= 256 and in float32 at <= 64 with both. The band bias about doubles a kernel's registers (its
+# column vectors broadcast over the tile) and 3xTF32 adds more (each operand split in two), so the
+# 16-bit backward takes 8 warps at 64 x 64 and float32 narrower tiles; float32 at 128 needs
+# 16 x 16 / 32 x 16 tiles to spill little or nothing (small MMA shapes: slow, but no local memory).
 TABLE = {
     # 16-bit (float16, bfloat16)
     ("fwd", 2, 16): Tiles(64, 64, 4, 3), ("fwd", 2, 32): Tiles(64, 64, 4, 3), ("fwd", 2, 64): Tiles(64, 64, 4, 3),
@@ -61,20 +63,20 @@ TABLE = {
     ("bwd_dkv", 2, 64): Tiles(64, 64, 8, 2), ("bwd_dkv", 2, 128): Tiles(32, 64, 8, 2),
     ("bwd_dkv", 2, 256): Tiles(32, 32, 8, 2),
     # float32 (3xTF32 dots)
-    ("fwd", 4, 16): Tiles(64, 64, 4, 3), ("fwd", 4, 32): Tiles(64, 64, 4, 3), ("fwd", 4, 64): Tiles(64, 64, 8, 3),
-    ("fwd", 4, 128): Tiles(64, 32, 4, 2), ("fwd", 4, 256): Tiles(32, 16, 4, 1),
+    ("fwd", 4, 16): Tiles(64, 32, 4, 3), ("fwd", 4, 32): Tiles(64, 64, 4, 3), ("fwd", 4, 64): Tiles(128, 32, 8, 3),
+    ("fwd", 4, 128): Tiles(32, 16, 4, 2), ("fwd", 4, 256): Tiles(32, 16, 4, 1),
     ("bwd_dq", 4, 16): Tiles(64, 32, 4, 2), ("bwd_dq", 4, 32): Tiles(64, 32, 4, 2),
-    ("bwd_dq", 4, 64): Tiles(64, 32, 8, 2), ("bwd_dq", 4, 128): Tiles(32, 16, 8, 2),
+    ("bwd_dq", 4, 64): Tiles(64, 32, 8, 2), ("bwd_dq", 4, 128): Tiles(16, 16, 4, 1),
     ("bwd_dq", 4, 256): Tiles(32, 16, 4, 1),
-    ("bwd_dkv", 4, 16): Tiles(32, 64, 8, 2), ("bwd_dkv", 4, 32): Tiles(32, 64, 4, 2),
-    ("bwd_dkv", 4, 64): Tiles(32, 32, 8, 2), ("bwd_dkv", 4, 128): Tiles(16, 16, 4, 1),
+    ("bwd_dkv", 4, 16): Tiles(16, 64, 4, 2), ("bwd_dkv", 4, 32): Tiles(32, 64, 4, 2),
+    ("bwd_dkv", 4, 64): Tiles(16, 32, 4, 2), ("bwd_dkv", 4, 128): Tiles(16, 16, 4, 1),
     ("bwd_dkv", 4, 256): Tiles(16, 16, 4, 1),
 }
 #: where sm_8x (A100: mma.sync, not Hopper's wgmma; other register needs) spills with TABLE's entry
 #: (sm_80 compile report)
 AMPERE = {
     ("bwd_dq", 2, 64): Tiles(32, 64, 4, 2), ("bwd_dkv", 2, 64): Tiles(64, 32, 8, 2),
-    ("fwd", 4, 32): Tiles(64, 32, 4, 3), ("fwd", 4, 64): Tiles(32, 32, 4, 3), ("fwd", 4, 128): Tiles(64, 16, 4, 2),
+    ("fwd", 4, 16): Tiles(64, 64, 4, 3), ("fwd", 4, 32): Tiles(64, 32, 4, 3), ("fwd", 4, 64): Tiles(32, 32, 4, 3),
     ("bwd_dq", 4, 64): Tiles(32, 32, 4, 2), ("bwd_dkv", 4, 32): Tiles(16, 64, 4, 2),
 }
 TUNED_KEYS = ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages")  # what triton.autotune chooses
