@@ -48,7 +48,10 @@ B, L, H, D, DIST = 8, 110, 8, 1024, 30  # the paper's sizes (D: the modality wid
 CUDA = torch.device("cuda")  # a device object only: what the launchers decide for a GPU
 # per architecture: registers and shared memory per SM, shared memory one CTA may use
 SM_LIMITS = {90: dict(regs=65536, smem=233472, smem_cta=232448, warps=64, ctas=32),
-             80: dict(regs=65536, smem=167936, smem_cta=166912, warps=64, ctas=32)}
+             80: dict(regs=65536, smem=167936, smem_cta=166912, warps=64, ctas=32),
+             86: dict(regs=65536, smem=102400, smem_cta=101376, warps=48, ctas=16),
+             89: dict(regs=65536, smem=102400, smem_cta=101376, warps=48, ctas=24),
+             100: dict(regs=65536, smem=233472, smem_cta=232448, warps=64, ctas=32)}
 
 
 # ----------------------------------------------------------------------------- the variants
