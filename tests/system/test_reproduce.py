@@ -159,6 +159,10 @@ def test_render_from_fake_results_on_a_paper_dataset(tmp_path):
         "**holds**" in report
     assert "ECCE local+global > global: **holds**" in report and "off > global" in report
     assert "folds 1, 2 (leave one session out) x seeds 0, 1" in report
+    # a difference inside the runs' spread is said to be unresolved
+    close = rp._orderings({"table1": {"off": (57.0, 3.0, 3), "global": (58.0, 2.5, 3), "local+global": (64.0, 1.0, 3)}})
+    assert "local+global > global: **holds** here (64.00 ± 1.00 vs 58.00 ± 2.50)" in close[0]
+    assert "off > global" in close[2] and "**does not hold**" in close[2] and "within one std (3.00)" in close[2]
     # files: CSV of every run x rate x metric, one Markdown per table, the PNGs
     with open(res["paths"]["csv"]) as f:
         rows = list(csv.DictReader(f))
