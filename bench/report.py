@@ -131,7 +131,8 @@ def header(data: dict) -> str:
                  "cores" + (": a shared machine, timings noisier than on a quiet one" if max(load) > (
                      env.get("cpu_count") or 1) else "") + "." if load else "")
     lines = [
-        f"**{env.get('device')}** ({env.get('device_type')}, {env.get('cpu_threads')} CPU threads), "
+        f"**{env.get('device')}** ({env.get('device_type')}, {env.get('cpu_threads')} CPU "
+        f"thread{'' if env.get('cpu_threads') == 1 else 's'}), "
         f"{env.get('date')}, commit `{commit}`; {versions}.{load_text}",
         "",
         ceilings_line(data),
