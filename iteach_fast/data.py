@@ -7,8 +7,8 @@ Every dataset yields conversations as dicts of numpy arrays::
 
 and :func:`collate` pads a list of them into a batch (see its docstring).
 
-Synthetic conversations (``synthetic``; DESIGN §2 "Dataset facts" are what they mimic)
-------------------------------------------------------------------------------------
+Synthetic conversations (``synthetic``; docs/data.md "Dataset facts" are what they mimic)
+-----------------------------------------------------------------------------------------
 * 10-110 utterances, two alternating speakers (one for regression, like CMU-MOSI).
 * Labels follow *local emotional stability*: a sticky Markov chain — runs of one emotion
   that change at context shifts (probability ``shift_prob`` per utterance), the new emotion
@@ -49,7 +49,7 @@ CLASS_NAMES = {
     4: ("happy", "sad", "neutral", "angry"),
     6: ("happy", "sad", "neutral", "angry", "excited", "frustrated"),
 }
-# utterance counts of GCNet's IEMOCAP label files (DESIGN §2): the synthetic class frequencies
+# utterance counts of GCNet's IEMOCAP label files (docs/data.md, "Dataset facts"): the synthetic class frequencies
 CLASS_COUNTS = {4: (1636, 1084, 1708, 1103), 6: (648, 1084, 1708, 1103, 1041, 1849)}
 
 SYNTHETIC_DIMS = {"small": (64, 32, 48), "iemocap": (1024, 512, 1024)}

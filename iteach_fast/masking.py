@@ -1,4 +1,5 @@
-"""Missing-modality masks (DESIGN §2 "Missing modalities", GCNet's ``random_mask``).
+"""Missing-modality masks (docs/maths.md "Missing modalities, training strategies,
+evaluation"; GCNet's ``random_mask``).
 
 At rate ``p`` over ``N`` valid utterances (``3N`` cells):
 

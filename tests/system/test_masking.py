@@ -1,4 +1,5 @@
-"""Missing-modality masks (DESIGN §2): realised rate, at-least-one rule, determinism, padding."""
+"""Missing-modality masks (docs/maths.md, "Missing modalities, training strategies, evaluation"):
+realised rate, at-least-one rule, determinism, padding."""
 import pytest
 import torch
 
