@@ -534,19 +534,23 @@ def tsne_panels(panels: dict, seed: int = 0, max_iter: int = 500) -> dict:
 
 def _orderings(stats: dict) -> list[str]:
     """The paper's qualitative claims, each checked on our means: it holds or not, and a
-    difference smaller than the larger of the two rows' std over runs is said to be unresolved."""
+    difference smaller than the larger of the two rows' std over runs is said to be unresolved;
+    with one run in a row there is no std, and the claim says so instead of showing ``± 0.00``."""
     claims = []
 
     def check(desc, a, b, higher=True):
-        (ma, sa, _), (mb, sb, _) = a, b
+        (ma, sa, na), (mb, sb, nb) = a, b
         if not (np.isfinite(ma) and np.isfinite(mb)):
             return
         ok = ma > mb if higher else ma < mb
-        spread = max(sa, sb)
-        within = f"; the difference {abs(ma - mb):.2f} is within one std ({spread:.2f}): not resolved by these " \
-            "runs" if abs(ma - mb) < spread else ""
-        claims.append(f"- {desc}: **{'holds' if ok else 'does not hold'}** here "
-                      f"({ma:.2f} ± {sa:.2f} vs {mb:.2f} ± {sb:.2f}{within})")
+        if min(na, nb) < 2:  # one run: a std of 0 would claim a precision that one run does not have
+            values = f"{ma:.2f} vs {mb:.2f}; one run per row, so no spread to judge the difference by"
+        else:
+            spread = max(sa, sb)
+            within = f"; the difference {abs(ma - mb):.2f} is within one std ({spread:.2f}): not resolved by " \
+                "these runs" if abs(ma - mb) < spread else ""
+            values = f"{ma:.2f} ± {sa:.2f} vs {mb:.2f} ± {sb:.2f}{within}"
+        claims.append(f"- {desc}: **{'holds' if ok else 'does not hold'}** here ({values})")
 
     if "table1" in stats:
         s = stats["table1"]
@@ -644,10 +648,11 @@ def _runs_line(context, grouped_exp, exp) -> str:
     if exp == "fig9":
         return "the first fold and seed's run"
     n = max((len(v) for v in grouped_exp.values()), default=0)
+    per_row = f"{n} run{'' if n == 1 else 's'} per row"
     if context["folds"] != (None,):
-        return (f"{n} runs per row: IEMOCAP folds {', '.join(map(str, context['folds']))} (leave one session out) "
+        return (f"{per_row}: IEMOCAP folds {', '.join(map(str, context['folds']))} (leave one session out) "
                 f"x seeds {', '.join(map(str, context['seeds']))}; mean ± std over folds x seeds")
-    return (f"{n} runs per row: seeds {', '.join(map(str, context['seeds']))}; mean ± std over seeds "
+    return (f"{per_row}: seeds {', '.join(map(str, context['seeds']))}; mean ± std over seeds "
             f"({context['dataset']} has one train/test split, so folds are not meaningful)")
 
 

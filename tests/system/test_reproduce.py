@@ -163,6 +163,11 @@ def test_render_from_fake_results_on_a_paper_dataset(tmp_path):
     close = rp._orderings({"table1": {"off": (57.0, 3.0, 3), "global": (58.0, 2.5, 3), "local+global": (64.0, 1.0, 3)}})
     assert "local+global > global: **holds** here (64.00 ± 1.00 vs 58.00 ± 2.50)" in close[0]
     assert "off > global" in close[2] and "**does not hold**" in close[2] and "within one std (3.00)" in close[2]
+    # one run per row: no std to show (not "± 0.00"), and the claim says so
+    one = {"off": (57.0, 0.0, 1), "global": (58.0, 0.0, 1), "local+global": (64.0, 0.0, 1)}
+    single = rp._orderings({"table1": one})
+    assert "local+global > global: **holds** here (64.00 vs 58.00; one run per row, so no spread" in single[0]
+    assert all("±" not in claim for claim in single)
     # files: CSV of every run x rate x metric, one Markdown per table, the PNGs
     with open(res["paths"]["csv"]) as f:
         rows = list(csv.DictReader(f))
@@ -188,6 +193,8 @@ def test_render_on_synthetic_data_has_no_paper_numbers(tmp_path):
     assert "folds are not meaningful" in res["report"]
     ts = next(line for line in res["tables"]["table2"].splitlines() if line.startswith("| TS |"))
     assert ts.endswith("| 2 |")
+    assert "3 runs per row: seeds 0, 1, 2" in res["report"]
+    assert rp._runs_line(context("synthetic", (None,), (0,)), {"off": [{}]}, "table1").startswith("1 run per row:")
 
 
 def test_fig9_embedding_grid_from_fake_features(tmp_path):
