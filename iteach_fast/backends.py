@@ -92,8 +92,9 @@ def probe_cpp(op: str) -> str | None:
     module, why = extension.STATUS
     if module is None:
         return why
-    if not extension.has_ops(op, op + "_backward"):
-        return f"iteach_fast._C has no op {op!r} (with its {op + '_backward'!r}) in this build"
+    forward, backward = extension.CPP_OPS[op]
+    if not extension.has_ops(forward, backward):
+        return f"iteach_fast._C has no op {forward!r} (with its {backward!r}) in this build"
     return None
 
 
@@ -143,6 +144,7 @@ class Implementation:
     tolerances: dict = field(default_factory=lambda: dict(TOLERANCES))  # per dtype, vs the float64 reference
     features: frozenset = frozenset()  # of FEATURES: what it supports beyond the plain op
     adapt: Callable[[Callable], Callable] | None = None  # wraps a function of an older signature
+    devices: tuple[str, ...] | None = None  # narrower than its backend's (None: wherever the backend runs)
 
     def supports(self, needs: frozenset) -> bool:
         return needs <= self.features
@@ -158,7 +160,8 @@ class Implementation:
     def runs_on(self, device_type: str, auto: bool = False) -> bool:
         """Whether it runs on ``device_type`` (and, with ``auto``, whether "auto" may pick it there)."""
         devices, auto_devices = _STATE.devices[self.backend]
-        if devices is not None and device_type not in devices:
+        if (devices is not None and device_type not in devices) or (
+                self.devices is not None and device_type not in self.devices):
             return False
         return not auto or auto_devices is None or device_type in auto_devices
 
@@ -168,6 +171,8 @@ class Implementation:
         if why is not None:
             return why
         if device is not None and not self.runs_on(torch.device(device).type):
+            if self.devices is not None and torch.device(device).type not in self.devices:
+                return f"its {self.op} runs on {', '.join(self.devices)} only; got device {device}"
             return f"{self.spec.wrong_device or 'it does not run there'}; got device {device}"
         return None
 
@@ -202,6 +207,10 @@ for _op in ("ecce_prefix", "ecce_bias", "ecce_attention"):
                             features=frozenset({"causal"} if _op != "ecce_prefix" else ())))
 register(Implementation("routed_mixture", "cpp", "iteach_fast.extension:routed_mixture",
                         features=frozenset({"causal"})))
+# ECCE's band means in C++ (the reference's code around them): the CPU's fast path; CUDA has Triton
+for _op in ("ecce_bias", "ecce_attention"):
+    register(Implementation(_op, "cpp", f"iteach_fast.extension:{_op}", features=frozenset({"causal"}),
+                            devices=("cpu",)))
 assert set(BACKEND_SPECS) <= set(BACKENDS), "every backend must be a choice in iteach_fast.choices.Backend"
 
 

@@ -1,7 +1,8 @@
-"""The compiled extension ``iteach_fast._C`` (K2, csrc/): loading it, and the Python face of its ops.
+"""The compiled extension ``iteach_fast._C`` (csrc/): loading it, and the Python face of its ops.
 
-The C++ side declares the schemas and the CPU / CUDA kernels of
-``torch.ops.iteach_fast.routed_mixture`` and its backward; this module registers what
+The C++ side declares the schemas and the kernels of ``torch.ops.iteach_fast.routed_mixture``
+(K2, CPU and CUDA) and ``band_means`` (ECCE's bias on the CPU), each with its backward; this
+module registers what
 ``torch.compile``, autograd and ``torch.func`` need on top — a fake (meta) implementation of
 both ops, so they trace without a graph break, the autograd formula of the forward, which
 calls the single fused backward kernel, and vmap rules that fold a vmapped dimension into
@@ -15,10 +16,20 @@ import os
 
 import torch
 
-__all__ = ["STATUS", "load", "has_ops", "has_cuda", "routed_mixture"]
+from . import reference
+from .padding import valid_mask, zero_invalid
+
+__all__ = ["STATUS", "CPP_OPS", "load", "has_ops", "has_cuda", "routed_mixture", "ecce_bias", "ecce_attention"]
 
 _FWD = "iteach_fast::routed_mixture"
 _BWD = "iteach_fast::routed_mixture_backward"
+_BAND = "iteach_fast::band_means"
+_BAND_BWD = "iteach_fast::band_means_backward"
+
+#: the C++ ops (forward, backward) each public op's cpp implementation needs
+CPP_OPS = {"routed_mixture": ("routed_mixture", "routed_mixture_backward"),
+           "ecce_bias": ("band_means", "band_means_backward"),
+           "ecce_attention": ("band_means", "band_means_backward")}
 
 
 def load():
@@ -123,3 +134,65 @@ def routed_mixture(logits: torch.Tensor, x: torch.Tensor, y_attn: torch.Tensor, 
         raise NotImplementedError("iteach_fast._C has no routed_mixture op in this build")
     return _RoutedMixture.apply(logits.contiguous(), x.contiguous(), y_attn.contiguous(), y_mlp.contiguous(),
                                 lengths.to(torch.int64).contiguous(), int(pool_size), bool(causal))
+
+
+# ----------------------------------------------------------------------------- ECCE's band means (CPU)
+
+class _BandMeans(torch.autograd.Function):
+    """``E (B, H, L, L)`` from the prefix table, differentiable through the C++ backward
+    (one pass over the band instead of autograd's passes over every ``L x L`` intermediate)."""
+
+    @staticmethod
+    def forward(prefix, lengths, dist, causal, fill):
+        return torch.ops.iteach_fast.band_means.default(prefix, lengths, dist, causal, fill)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _, lengths, ctx.dist, ctx.causal, ctx.fill = inputs
+        ctx.save_for_backward(lengths)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (lengths,) = ctx.saved_tensors
+        d_prefix = torch.ops.iteach_fast.band_means_backward.default(grad, lengths, ctx.dist, ctx.causal, ctx.fill)
+        return d_prefix, None, None, None, None
+
+
+_HAS_BAND = has_ops("band_means", "band_means_backward")
+if _HAS_BAND:
+    torch.library.register_fake(_BAND)(lambda prefix, lengths, dist, causal, fill=None: prefix.new_empty(
+        (*prefix.shape[:2], prefix.shape[3], prefix.shape[3])))
+    torch.library.register_fake(_BAND_BWD)(lambda grad, lengths, dist, causal, fill=None: grad.new_empty(
+        (*grad.shape[:2], 3, grad.shape[3])))
+
+
+def _band_means(table: torch.Tensor, lengths: torch.Tensor | None, dist: int, causal: bool,
+                fill: float | None = None) -> torch.Tensor:
+    if not _HAS_BAND:
+        raise NotImplementedError("iteach_fast._C has no band_means op in this build")
+    return _BandMeans.apply(table.contiguous(), lengths, int(dist), bool(causal), fill)
+
+
+def ecce_bias(zp: torch.Tensor, lengths: torch.Tensor, dist: int, causal: bool = False) -> torch.Tensor:
+    """:func:`iteach_fast.reference.ecce_bias` with the band means in C++ (CPU)."""
+    return reference.ecce_bias(zp, lengths, dist, causal,
+                               band=lambda table, dist_, causal_, lens: _band_means(table, lens, dist_, causal_))
+
+
+def ecce_attention(q, k, v, prefix, lengths, dist: int, scale: float, causal: bool) -> torch.Tensor:
+    """:func:`iteach_fast.reference.ecce_attention` on the CPU with fewer passes over the
+    ``L x L`` scores: the C++ op writes the band means with the key mask already in them (the
+    reference's finite fill), ``q k^T`` is added in place, and the band's gradient goes
+    straight back onto the prefix table. Without a prefix it is the reference."""
+    if prefix is None:
+        return reference.ecce_attention(q, k, v, None, lengths, dist, scale, causal)
+    B, H, L, _ = q.shape
+    out = torch.empty_like(q)  # q's layout, as the reference writes it
+    acc = reference.accumulation_dtype(q.dtype)
+    with torch.autocast("cpu", enabled=False):
+        rows = valid_mask(lengths, L)[:, None, :, None]
+        q, k, v = (zero_invalid(t.to(acc), rows) for t in (q, k, v))
+        # masked keys: the finite minimum plus a finite q k^T stays (rounds to) the minimum
+        S = _band_means(prefix.to(acc), lengths, dist, causal, torch.finfo(acc).min)
+        S = S.view(B * H, L, L).baddbmm_(q.flatten(0, 1), k.flatten(0, 1).transpose(-1, -2), alpha=scale)
+        return out.copy_(zero_invalid(torch.softmax(S.view(B, H, L, L), dim=-1) @ v, rows))

@@ -107,36 +107,39 @@ def ecce_prefix(z: torch.Tensor, w: torch.Tensor, lengths: torch.Tensor, dist: i
     return zp, prefix_table(zp, dist)
 
 
-def ecce_bias(zp: torch.Tensor, lengths: torch.Tensor, dist: int, causal: bool = False) -> torch.Tensor:
+def ecce_bias(zp: torch.Tensor, lengths: torch.Tensor, dist: int, causal: bool = False,
+              band=band_means) -> torch.Tensor:
     """ECCE's global bias ``E (B, H, L, L)`` (docs/maths.md, eq. 6 / Algorithm 1 with inclusive windows):
     ``E[b,h,i,j] = mean(zp[b, min(i,j)..max(i,j), h])`` for valid pairs with ``|i-j| < dist``
-    (and ``j <= i`` if ``causal``), else 0."""
+    (and ``j <= i`` if ``causal``), else 0. ``band``: what computes the band means from the
+    table (:func:`band_means`'s signature; the cpp backend passes its C++ op)."""
     B, L, H = zp.shape
     acc = zero_invalid(zp.to(accumulation_dtype(zp.dtype)), valid_mask(lengths, L)[..., None])
     try:
         with _exact(zp.device):
-            return band_means(prefix_table(acc, dist), dist, causal, lengths).to(zp.dtype)
+            return band(prefix_table(acc, dist), dist, causal, lengths).to(zp.dtype)
     except RuntimeError as err:
         if _is_oom(err):
             raise _oom_hint(err, "ecce_bias", (B, H, L)) from err
         raise
 
 
-def ecce_attention(q, k, v, prefix, lengths, dist: int, scale: float, causal: bool) -> torch.Tensor:
+def ecce_attention(q, k, v, prefix, lengths, dist: int, scale: float, causal: bool, band=band_means) -> torch.Tensor:
     """ECCE-guided attention: ``softmax(q k^T * scale + E) v`` per head, ``E`` the band means of
     ``prefix`` (no bias when ``prefix`` is None); keys beyond ``lengths`` (and, if ``causal``,
-    after the query) excluded, rows beyond ``lengths`` (and whole length-0 conversations) 0."""
+    after the query) excluded, rows beyond ``lengths`` (and whole length-0 conversations) 0.
+    ``band`` as in :func:`ecce_bias`."""
     B, H, L, _ = q.shape
     try:
         with _exact(q.device):
-            return _attention(q, k, v, prefix, lengths, dist, scale, causal)
+            return _attention(q, k, v, prefix, lengths, dist, scale, causal, band)
     except RuntimeError as err:
         if _is_oom(err):
             raise _oom_hint(err, "ecce_attention", (B, H, L)) from err
         raise
 
 
-def _attention(q, k, v, prefix, lengths, dist, scale, causal):
+def _attention(q, k, v, prefix, lengths, dist, scale, causal, band):
     L = q.shape[2]
     acc = accumulation_dtype(q.dtype)
     out = torch.empty_like(q)
@@ -148,7 +151,7 @@ def _attention(q, k, v, prefix, lengths, dist, scale, causal):
     if prefix is None:
         S = torch.matmul(q, k.transpose(-1, -2)) * scale
     else:  # E + scale * q k^T in one pass
-        E = band_means(prefix.to(acc), dist, causal)
+        E = band(prefix.to(acc), dist, causal)
         S = torch.baddbmm(E.flatten(0, 1), q.flatten(0, 1), k.flatten(0, 1).transpose(-1, -2), alpha=scale)
         S = S.view(E.shape)
     keys = valid[:, None, None, :]

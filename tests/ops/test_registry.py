@@ -89,7 +89,15 @@ def test_triton_interpreter_guard_against_new_numpy(monkeypatch, triton_version,
 
 
 def test_auto_on_cpu_never_picks_the_triton_interpreter():
-    assert backends.select("ecce_attention", "auto", torch.device("cpu"), torch.float32).backend == "reference"
+    chosen = backends.select("ecce_attention", "auto", torch.device("cpu"), torch.float32).backend
+    assert chosen == ("cpp" if backends.probe_cpp("ecce_attention") is None else "reference")
+
+
+def test_cpu_only_implementations_are_never_picked_for_cuda():
+    """The C++ band means have no CUDA kernel: on CUDA, auto skips them and naming them says why."""
+    impl = backends.REGISTRY["ecce_attention"]["cpp"]
+    assert impl.runs_on("cpu") and not impl.runs_on("cuda")
+    assert "runs on cpu only" in impl.unavailable_reason("cuda") or backends.probe_cpp("ecce_attention")
 
 
 def test_select_is_decided_once_per_op_backend_device_and_dtype():
