@@ -7,7 +7,7 @@
     optim = torch.optim.AdamW(net.parameter_groups())                      # 5e-4, router 5e-3
 
 The inputs are validated once, at the model's boundary (shapes and dtypes on the host; the
-lengths without a host-device synchronisation, see :func:`iteach_fast.modules.check_lengths`);
+lengths without a host-device synchronisation: :func:`iteach_fast.ops.check_lengths`, ``sync=False``);
 every module below trusts them, and neither forward, loss nor backward reads a value back to
 the host, so a training step can be compiled whole or captured as a CUDA graph. ``backend``
 is passed down to every module. ``causal=True`` builds the real-time variant, which

@@ -44,7 +44,7 @@ from .choices import ECCE_MODES, MIXERS, check_choice
 from .padding import masked_avg_pool, masked_max_pool, valid_mask, zero_invalid
 
 __all__ = [
-    "Padded", "padded", "check_lengths", "ECCE", "ECCEAttention", "MLPTokenMixer", "AvgPoolTokenMixer",
+    "Padded", "padded", "ECCE", "ECCEAttention", "MLPTokenMixer", "AvgPoolTokenMixer",
     "MaxPoolTokenMixer", "RoutedTokenMixer", "ITEACHEncoder", "CrossAttention", "EncoderLayer", "set_backend",
 ]
 
@@ -59,45 +59,13 @@ class Padded(NamedTuple):
     valid: torch.Tensor
 
 
-def check_lengths(lengths, B: int, L: int, device: torch.device) -> torch.Tensor:
-    """``lengths`` as int64 ``(B,)`` on ``device`` (None: every conversation has length ``L``),
-    checked without a host-device synchronisation.
-
-    A CPU tensor or a list (what the data loader hands in) is checked on the host, with a
-    ``ValueError`` naming the values. A tensor already on an accelerator, or any tensor under
-    ``torch.compile``, is checked on the device (``torch._assert_async``): an out-of-range value
-    then fails as a device-side assert at the next synchronisation, carrying the same message,
-    instead of being read back to the host here.
-    """
-    if lengths is None:
-        return torch.full((B,), L, dtype=torch.int64, device=device)
-    if isinstance(lengths, (str, bytes)):
-        raise TypeError(f"lengths must be an integer tensor of shape ({B},) or None, got {type(lengths).__name__}")
-    if not isinstance(lengths, torch.Tensor):
-        try:
-            lengths = torch.as_tensor(lengths)
-        except (TypeError, ValueError, RuntimeError) as err:
-            raise TypeError(f"lengths must be an integer tensor of shape ({B},) or None, "
-                            f"got {type(lengths).__name__} ({err})") from None
-    if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
-        raise TypeError(f"lengths must be an integer tensor of shape ({B},), got dtype {lengths.dtype}")
-    if lengths.shape != (B,):
-        raise ValueError(f"lengths must have shape ({B},) (one length per conversation), got {tuple(lengths.shape)}")
-    if lengths.device.type == "cpu" and not torch.compiler.is_compiling():
-        host = lengths.detach().numpy()  # a CPU tensor's memory: no dispatched op, no synchronisation
-        if host.size and (host.min() < 0 or host.max() > L):
-            raise ValueError(f"lengths must lie in [0, L={L}], got values in [{host.min()}, {host.max()}]")
-    else:
-        torch._assert_async(((lengths >= 0) & (lengths <= L)).all(), f"lengths must lie in [0, L={L}]")
-    return lengths.to(device=device, dtype=torch.int64, non_blocking=True)
-
-
 def padded(lengths, B: int, L: int, device: torch.device) -> Padded:
-    """``lengths`` checked (:func:`check_lengths`) with its valid mask; a :class:`Padded` is
-    returned as it is (validated once, trusted after)."""
+    """``lengths`` checked without a host synchronisation (:func:`iteach_fast.ops.check_lengths`
+    with ``sync=False``) with its valid mask; a :class:`Padded` is returned as it is (validated
+    once, trusted after)."""
     if isinstance(lengths, Padded):
         return lengths
-    lengths = check_lengths(lengths, B, L, device)
+    lengths = ops.check_lengths(lengths, B, L, device, sync=False)
     return Padded(lengths, valid_mask(lengths, L)[..., None])
 
 

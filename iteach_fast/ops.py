@@ -54,8 +54,16 @@ def _check_dims(name: str, t: torch.Tensor, expected: dict[int, tuple[str, int]]
             raise ValueError(f"{name} has {what} = {t.shape[dim]} (shape {tuple(t.shape)}), expected {size}")
 
 
-def check_lengths(lengths, B: int, L: int, device: torch.device) -> torch.Tensor:
-    """``lengths`` as int64 ``(B,)`` on ``device``; None means every conversation has length L."""
+def check_lengths(lengths, B: int, L: int, device: torch.device, sync: bool = True) -> torch.Tensor:
+    """``lengths`` as int64 ``(B,)`` on ``device``; None means every conversation has length L.
+
+    A CPU tensor or a list (what a data loader hands in) is checked on the host, a ``ValueError``
+    naming the values. A tensor on an accelerator is read back for that message (one host
+    synchronisation) unless ``sync`` is False — the model's boundary, which must not
+    synchronise — or the call is traced by ``torch.compile``: it is then checked on the device
+    (``torch._assert_async``), and an out-of-range value fails at the next synchronisation with
+    the same message.
+    """
     if lengths is None:
         return torch.full((B,), L, dtype=torch.int64, device=device)
     if isinstance(lengths, (str, bytes)):
@@ -70,15 +78,15 @@ def check_lengths(lengths, B: int, L: int, device: torch.device) -> torch.Tensor
         raise TypeError(f"lengths must be an integer tensor of shape ({B},), got dtype {lengths.dtype}")
     if lengths.shape != (B,):
         raise ValueError(f"lengths must have shape ({B},) (one length per conversation), got {tuple(lengths.shape)}")
-    lengths = lengths.to(device=device, dtype=torch.int64)
-    if torch.compiler.is_compiling():
-        # traced: an assert on the device (reading the values on the host would break the graph)
-        torch._assert_async(((lengths >= 0) & (lengths <= L)).all(), f"lengths must lie in [0, L={L}]")
-    elif B:  # eager: the values in the message (this reads them, a host synchronisation)
-        lo, hi = int(lengths.min()), int(lengths.max())
-        if lo < 0 or hi > L:
-            raise ValueError(f"lengths must lie in [0, L={L}], got values in [{lo}, {hi}]")
-    return lengths
+    bad = f"lengths must lie in [0, L={L}]"
+    if torch.compiler.is_compiling() or (lengths.device.type != "cpu" and not sync):
+        torch._assert_async(((lengths >= 0) & (lengths <= L)).all(), bad)
+    elif B:
+        # a CPU tensor's memory is read without a dispatched op; an accelerator's values are copied back
+        host = lengths.detach().cpu().numpy()
+        if host.min() < 0 or host.max() > L:
+            raise ValueError(f"{bad}, got values in [{host.min()}, {host.max()}]")
+    return lengths.to(device=device, dtype=torch.int64, non_blocking=True)
 
 
 def _check_int(name: str, value, minimum: int) -> int:
