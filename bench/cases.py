@@ -111,6 +111,11 @@ class Entry:
     def providers(self) -> list[str]:
         raise NotImplementedError
 
+    def runs_on(self, provider: str, device_type: str) -> bool:
+        """Whether ``provider`` can ever run on ``device_type`` (else it gets no row there at all;
+        one that cannot run in this process only is a skipped row with the reason)."""
+        return True
+
     def describe(self) -> dict[str, str]:
         """``{provider: what it is}`` for the report's legend."""
         return {}

@@ -193,6 +193,10 @@ class OpEntry(Entry):
     def describe(self) -> dict[str, str]:
         return {name: peer.description for name, peer in self.peers.items()}
 
+    def runs_on(self, provider: str, device_type: str) -> bool:
+        impl = backends.REGISTRY[self.op].get(provider)  # e.g. the cpp ECCE ops: CPU only
+        return impl is None or impl.devices is None or device_type in impl.devices
+
     def is_ours(self, provider: str) -> bool:
         return provider in backends.REGISTRY[self.op]
 

@@ -67,7 +67,7 @@ def build_cases(device: torch.device, quick: bool = False, smoke: bool = False, 
         chosen = [Size(B, L) for B, L in sizes] if sizes else sorted(own, key=lambda s: s.L)  # stable
         if sizes and preset:  # a preset at given sizes: they stand for the headline ones
             chosen = [Size(s.B, s.L, tags=frozenset({"headline"})) for s in chosen]
-        providers = sorted(e.providers(), key=lambda p: p != e.baseline)
+        providers = sorted((p for p in e.providers() if e.runs_on(p, device.type)), key=lambda p: p != e.baseline)
         for size, dtype in itertools.product(chosen, dtypes or e.dtype_list(device.type)):
             for mode, provider in itertools.product(size.modes or e.modes, providers):
                 case = Case(op, provider, mode, dtype, size.B, size.L, size.D, size.H)
