@@ -192,7 +192,8 @@ def ecce_attention(q, k, v, prefix, lengths, dist: int, scale: float, causal: bo
     with torch.autocast("cpu", enabled=False):
         rows = valid_mask(lengths, L)[:, None, :, None]
         q, k, v = (zero_invalid(t.to(acc), rows) for t in (q, k, v))
-        # masked keys: the finite minimum plus a finite q k^T stays (rounds to) the minimum
+        # masked keys: the finite minimum plus a finite q k^T stays (rounds to) the minimum. Not
+        # in place: baddbmm_ on this view would cost autograd an L x L clone and copy backwards
         S = _band_means(prefix.to(acc), lengths, dist, causal, torch.finfo(acc).min)
-        S = S.view(B * H, L, L).baddbmm_(q.flatten(0, 1), k.flatten(0, 1).transpose(-1, -2), alpha=scale)
+        S = torch.baddbmm(S.view(B * H, L, L), q.flatten(0, 1), k.flatten(0, 1).transpose(-1, -2), alpha=scale)
         return out.copy_(zero_invalid(torch.softmax(S.view(B, H, L, L), dim=-1) @ v, rows))
