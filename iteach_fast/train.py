@@ -438,8 +438,10 @@ def _run(cfg, ctx, splits, dtype, ckpt, resume, paths, log, max_steps) -> dict:
 
     step = (GraphedStep if cfg.cuda_graphs else Step)(net, raw, optim, scaler, cfg, ctx, dtype)
     n_params = sum(p.numel() for p in raw.parameters())
-    log(f"{splits.summary()}\nITEACH-Net {cfg.model.framework}: teacher {raw.teacher.num_layers}x"
-        f"{raw.teacher.mixer.upper()}, student {raw.student.num_layers}x{raw.student.mixer.upper()}, "
+    shape = (f"one {raw.student.num_layers}x{raw.student.mixer.upper()} model" if raw.teacher is raw.student else
+             f"teacher {raw.teacher.num_layers}x{raw.teacher.mixer.upper()}, student "
+             f"{raw.student.num_layers}x{raw.student.mixer.upper()}")
+    log(f"{splits.summary()}\nITEACH-Net {cfg.model.framework}: {shape}, "
         f"{n_params / 1e6:.2f}M parameters, dim {cfg.model.dim}, ecce {cfg.model.ecce}; strategy {cfg.strategy}; "
         f"device {device}, dtype {dtype}"
         + (f", {ctx.world} processes" if ctx.parallel else "")
