@@ -82,10 +82,13 @@ def check_lengths(lengths, B: int, L: int, device: torch.device, sync: bool = Tr
     if torch.compiler.is_compiling() or (lengths.device.type != "cpu" and not sync):
         torch._assert_async(((lengths >= 0) & (lengths <= L)).all(), bad)
     elif B:
-        # a CPU tensor's memory is read without a dispatched op; an accelerator's values are copied back
-        host = lengths.detach().cpu().numpy()
-        if host.min() < 0 or host.max() > L:
-            raise ValueError(f"{bad}, got values in [{host.min()}, {host.max()}]")
+        if lengths.device.type == "cpu" and torch._C._functorch.peek_interpreter_stack() is None:
+            host = lengths.numpy()  # a plain CPU tensor's own memory: no dispatched op
+            lo, hi = host.min(), host.max()
+        else:  # an accelerator's values (a host synchronisation), or inside a torch.func transform
+            lo, hi = int(lengths.min()), int(lengths.max())
+        if lo < 0 or hi > L:
+            raise ValueError(f"{bad}, got values in [{lo}, {hi}]")
     return lengths.to(device=device, dtype=torch.int64, non_blocking=True)
 
 
