@@ -122,7 +122,7 @@ def _unique(seq) -> list:
 
 def header(data: dict) -> str:
     env = data["environment"]
-    commit = (env.get("git_commit") or "unknown")[:10] + (" (with local changes)" if env.get("git_dirty") else "")
+    commit = _commit(env)
     versions = f"Python {env.get('python')}, torch {env.get('torch')}, triton {env.get('triton')}, " \
                f"CUDA {env.get('cuda') or 'none'}"
     mem_methods = _unique(r["mem_method"] for r in data["rows"] if r.get("mem_method"))
@@ -134,6 +134,7 @@ def header(data: dict) -> str:
         f"**{env.get('device')}** ({env.get('device_type')}, {env.get('cpu_threads')} CPU "
         f"thread{'' if env.get('cpu_threads') == 1 else 's'}), "
         f"{env.get('date')}, commit `{commit}`; {versions}.{load_text}",
+        *appended_lines(data),
         "",
         ceilings_line(data),
         "",
@@ -145,6 +146,22 @@ def header(data: dict) -> str:
         "Numbered cells did not run; the notes say why.",
     ]
     return "\n".join(lines)
+
+
+def _commit(info: dict) -> str:
+    return (info.get("git_commit") or "unknown")[:10] + (" (with local changes)" if info.get("git_dirty") else "")
+
+
+def appended_lines(data: dict) -> list[str]:
+    """Where rows were added later by ``--append``: the command, when, and at which commit."""
+    lines = []
+    for run in data.get("config", {}).get("appended", []):
+        if isinstance(run, dict):  # older files kept the command line only
+            lines.append(f"Rows added by `python -m bench.run {' '.join(run['argv'])}` on {run['date']}, "
+                         f"commit `{_commit(run)}`.")
+        else:
+            lines.append(f"Rows added by `python -m bench.run {' '.join(run)}`.")
+    return [""] + lines if lines else []
 
 
 def ceilings_line(data: dict) -> str:

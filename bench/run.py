@@ -205,7 +205,8 @@ def main(argv=None) -> int:
     if args.append and os.path.exists(path):
         data = report.load(path)
         data.setdefault("ceiling_samples", [data["ceilings"]] if data.get("ceilings") else [])
-        data["config"].setdefault("appended", []).append(list(argv))
+        data["config"].setdefault("appended", []).append({"argv": list(argv), "date": env["date"], **{
+            key: env.get(key) for key in ("git_commit", "git_dirty")}})
         # keep what was measured (or found impossible); what the budget cut off is tried again
         data["rows"] = [r for r in data["rows"] if not (r["status"] == "skipped" and "budget" in (r["reason"] or ""))]
         done = {_case_of(r).id for r in data["rows"]}

@@ -155,3 +155,13 @@ def test_readme_points_at_the_newest_kernel_resource_report(result_file, tmp_pat
     lines = report.kernel_resources_section(str(tmp_path), str(results))
     text = "\n".join(lines)
     assert "[`results/kernel-resources-2026-01-02.md`]" in text and "0 of 9" in text and "3 of 9" not in text
+
+
+def test_appended_rows_name_their_command_and_commit():
+    """Rows added later by --append carry their own commit in the header, not the first run's."""
+    data = {"config": {"appended": [{"argv": ["--ops", "iteach_net", "--append"], "date": "2026-01-01T00:00:00",
+                                     "git_commit": "0123456789abcdef", "git_dirty": True}, ["--append"]]}}
+    lines = report.appended_lines(data)
+    assert "`python -m bench.run --ops iteach_net --append` on 2026-01-01T00:00:00, commit `0123456789 " \
+           "(with local changes)`" in lines[1]
+    assert lines[2] == "Rows added by `python -m bench.run --append`."
