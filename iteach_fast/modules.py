@@ -153,7 +153,7 @@ class ECCE(nn.Module):
     def local(self, x: torch.Tensor, pad: Padded) -> torch.Tensor:
         """``Z (B, L, D)``, the local context (eq. 5); unspecified at invalid positions."""
         z = zero_invalid(x, pad.valid)
-        if self.conv is None:
+        if self.conv is None or x.shape[1] == 0:  # no utterance at all: nothing to convolve (Conv1d rejects it)
             return z
         return self.conv(z.transpose(1, 2))[..., :x.shape[1]].transpose(1, 2)
 

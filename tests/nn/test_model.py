@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from iteach_fast.config import ModelConfig
 from iteach_fast.model import REC_WEIGHTS, ITEACHModel, ITEACHNet, ModelOutput
 from iteach_fast.modules import RoutedTokenMixer
 
@@ -501,8 +502,6 @@ def test_causal_net_ignores_the_future(framework, student_mixer):
 def test_causal_from_config_and_state_dict():
     """ModelConfig.causal builds the causal net; its weights are the bidirectional net's (a
     checkpoint of either loads into the other: causality lives in the forward, not the weights)."""
-    from iteach_fast.config import ModelConfig
-
     cfg = ModelConfig(causal=True, **SMALL)
     net = ITEACHNet.from_config(cfg, DIMS, C)
     assert net.causal and all(m.causal for m in net.modules() if hasattr(m, "causal") and m is not net)
@@ -529,3 +528,19 @@ def test_cuda_step_never_waits_for_the_device(causal):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     torch.cuda.synchronize()
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("framework", ["its", "pre", "ts"])
+def test_a_batch_without_any_utterance(framework, causal):
+    """L = 0 (every conversation empty): empty outputs, a zero loss, a backward that runs
+    (the local conv used to reject the empty sequence)."""
+    net = ITEACHNet.from_config(ModelConfig(framework=framework, dim=16, heads=2, max_len=8, causal=causal),
+                                (6, 5, 4), 4)
+    x = tuple(torch.randn(2, 0, d) for d in (6, 5, 4))
+    lengths, present = torch.zeros(2, dtype=torch.long), torch.ones(2, 0, 3, dtype=torch.bool)
+    t_out, s_out = net(x, x, lengths, present)
+    assert s_out.logits.shape == (2, 0, 4) and t_out.logits.shape == (2, 0, 4)
+    losses = net.loss(t_out, s_out, torch.zeros(2, 0, dtype=torch.long), lengths, present)
+    assert all(torch.equal(v.detach(), torch.zeros(())) for v in losses.values())
+    losses["total"].backward()
