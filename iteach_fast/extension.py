@@ -4,9 +4,9 @@ The C++ side declares the schemas and the kernels of ``torch.ops.iteach_fast.rou
 (K2, CPU and CUDA) and ``band_means`` (ECCE's bias on the CPU), each with its backward; this
 module registers what
 ``torch.compile``, autograd and ``torch.func`` need on top — a fake (meta) implementation of
-both ops, so they trace without a graph break, the autograd formula of the forward, which
-calls the single fused backward kernel, and vmap rules that fold a vmapped dimension into
-the batch. The package imports without the extension: :data:`STATUS`
+every op, so they trace without a graph break, the autograd formula of each forward, which
+calls its single fused backward kernel, and (for the mixture) vmap rules that fold a vmapped
+dimension into the batch. The package imports without the extension: :data:`STATUS`
 then says why it is missing and the backend registry falls back to the reference.
 """
 from __future__ import annotations
@@ -166,8 +166,9 @@ if _HAS_BAND:
         (*grad.shape[:2], 3, grad.shape[3])))
 
 
-def _band_means(table: torch.Tensor, lengths: torch.Tensor | None, dist: int, causal: bool,
+def _band_means(table: torch.Tensor, dist: int, causal: bool, lengths: torch.Tensor | None = None,
                 fill: float | None = None) -> torch.Tensor:
+    """:func:`iteach_fast.reference.band_means` by the C++ op; with ``fill``, masked keys hold it."""
     if not _HAS_BAND:
         raise NotImplementedError("iteach_fast._C has no band_means op in this build")
     return _BandMeans.apply(table.contiguous(), lengths, int(dist), bool(causal), fill)
@@ -175,15 +176,14 @@ def _band_means(table: torch.Tensor, lengths: torch.Tensor | None, dist: int, ca
 
 def ecce_bias(zp: torch.Tensor, lengths: torch.Tensor, dist: int, causal: bool = False) -> torch.Tensor:
     """:func:`iteach_fast.reference.ecce_bias` with the band means in C++ (CPU)."""
-    return reference.ecce_bias(zp, lengths, dist, causal,
-                               band=lambda table, dist_, causal_, lens: _band_means(table, lens, dist_, causal_))
+    return reference.ecce_bias(zp, lengths, dist, causal, band=_band_means)
 
 
 def ecce_attention(q, k, v, prefix, lengths, dist: int, scale: float, causal: bool) -> torch.Tensor:
     """:func:`iteach_fast.reference.ecce_attention` on the CPU with fewer passes over the
     ``L x L`` scores: the C++ op writes the band means with the key mask already in them (the
-    reference's finite fill), ``q k^T`` is added in place, and the band's gradient goes
-    straight back onto the prefix table. Without a prefix it is the reference."""
+    reference's finite fill, so no ``masked_fill`` pass), ``baddbmm`` adds ``q k^T``, and the
+    band's gradient goes straight back onto the prefix table. Without a prefix it is the reference."""
     if prefix is None:
         return reference.ecce_attention(q, k, v, None, lengths, dist, scale, causal)
     B, H, L, _ = q.shape
@@ -194,6 +194,6 @@ def ecce_attention(q, k, v, prefix, lengths, dist: int, scale: float, causal: bo
         q, k, v = (zero_invalid(t.to(acc), rows) for t in (q, k, v))
         # masked keys: the finite minimum plus a finite q k^T stays (rounds to) the minimum. Not
         # in place: baddbmm_ on this view would cost autograd an L x L clone and copy backwards
-        S = _band_means(prefix.to(acc), lengths, dist, causal, torch.finfo(acc).min)
+        S = _band_means(prefix.to(acc), dist, causal, lengths, fill=torch.finfo(acc).min)
         S = torch.baddbmm(S.view(B * H, L, L), q.flatten(0, 1), k.flatten(0, 1).transpose(-1, -2), alpha=scale)
         return out.copy_(zero_invalid(torch.softmax(S.view(B, H, L, L), dim=-1) @ v, rows))

@@ -124,22 +124,21 @@ def ecce_bias(zp: torch.Tensor, lengths: torch.Tensor, dist: int, causal: bool =
         raise
 
 
-def ecce_attention(q, k, v, prefix, lengths, dist: int, scale: float, causal: bool, band=band_means) -> torch.Tensor:
+def ecce_attention(q, k, v, prefix, lengths, dist: int, scale: float, causal: bool) -> torch.Tensor:
     """ECCE-guided attention: ``softmax(q k^T * scale + E) v`` per head, ``E`` the band means of
     ``prefix`` (no bias when ``prefix`` is None); keys beyond ``lengths`` (and, if ``causal``,
-    after the query) excluded, rows beyond ``lengths`` (and whole length-0 conversations) 0.
-    ``band`` as in :func:`ecce_bias`."""
+    after the query) excluded, rows beyond ``lengths`` (and whole length-0 conversations) 0."""
     B, H, L, _ = q.shape
     try:
         with _exact(q.device):
-            return _attention(q, k, v, prefix, lengths, dist, scale, causal, band)
+            return _attention(q, k, v, prefix, lengths, dist, scale, causal)
     except RuntimeError as err:
         if _is_oom(err):
             raise _oom_hint(err, "ecce_attention", (B, H, L)) from err
         raise
 
 
-def _attention(q, k, v, prefix, lengths, dist, scale, causal, band):
+def _attention(q, k, v, prefix, lengths, dist, scale, causal):
     L = q.shape[2]
     acc = accumulation_dtype(q.dtype)
     out = torch.empty_like(q)
@@ -151,7 +150,7 @@ def _attention(q, k, v, prefix, lengths, dist, scale, causal, band):
     if prefix is None:
         S = torch.matmul(q, k.transpose(-1, -2)) * scale
     else:  # E + scale * q k^T in one pass
-        E = band(prefix.to(acc), dist, causal)
+        E = band_means(prefix.to(acc), dist, causal)
         S = torch.baddbmm(E.flatten(0, 1), q.flatten(0, 1), k.flatten(0, 1).transpose(-1, -2), alpha=scale)
         S = S.view(E.shape)
     keys = valid[:, None, None, :]
