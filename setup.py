@@ -61,7 +61,7 @@ def _extensions():
     cu_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
     with_cuda = bool(cuda_home and torch.version.cuda and cu_sources)
     # no -std flag: torch's cpp_extension picks the standard its headers need (C++17 or 20)
-    cxx = ["-O3", "-fopenmp"]
+    cxx = ["-O3", "-fopenmp", "-fno-trapping-math"]  # as torch builds: lets loops with selects vectorise
     include_dirs = [os.path.join(ROOT, "csrc")]
     # cusparse.h and friends of the pip CUDA wheels (torch's headers include them)
     import site

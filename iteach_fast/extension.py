@@ -1,8 +1,8 @@
 """The compiled extension ``iteach_fast._C`` (csrc/): loading it, and the Python face of its ops.
 
 The C++ side declares the schemas and the kernels of ``torch.ops.iteach_fast.routed_mixture``
-(K2, CPU and CUDA) and ``band_means`` (ECCE's bias on the CPU), each with its backward; this
-module registers what
+(K2, CPU and CUDA), ``ecce_attention`` (K1 on the CPU, csrc/attention.cpp) and ``band_means``
+(ECCE's bias on the CPU), each with its backward; this module registers what
 ``torch.compile``, autograd and ``torch.func`` need on top — a fake (meta) implementation of
 every op, so they trace without a graph break, the autograd formula of each forward, which
 calls its single fused backward kernel, and (for the mixture) vmap rules that fold a vmapped
@@ -17,7 +17,6 @@ import os
 import torch
 
 from . import reference
-from .padding import valid_mask, zero_invalid
 
 __all__ = ["STATUS", "CPP_OPS", "load", "has_ops", "has_cuda", "routed_mixture", "ecce_bias", "ecce_attention"]
 
@@ -25,11 +24,13 @@ _FWD = "iteach_fast::routed_mixture"
 _BWD = "iteach_fast::routed_mixture_backward"
 _BAND = "iteach_fast::band_means"
 _BAND_BWD = "iteach_fast::band_means_backward"
+_ATTN = "iteach_fast::ecce_attention"
+_ATTN_BWD = "iteach_fast::ecce_attention_backward"
 
 #: the C++ ops (forward, backward) each public op's cpp implementation needs
 CPP_OPS = {"routed_mixture": ("routed_mixture", "routed_mixture_backward"),
            "ecce_bias": ("band_means", "band_means_backward"),
-           "ecce_attention": ("band_means", "band_means_backward")}
+           "ecce_attention": ("ecce_attention", "ecce_attention_backward")}
 
 
 def load():
@@ -136,42 +137,72 @@ def routed_mixture(logits: torch.Tensor, x: torch.Tensor, y_attn: torch.Tensor, 
                                 lengths.to(torch.int64).contiguous(), int(pool_size), bool(causal))
 
 
-# ----------------------------------------------------------------------------- ECCE's band means (CPU)
+# ----------------------------------------------------------------------------- ECCE on the CPU
 
 class _BandMeans(torch.autograd.Function):
     """``E (B, H, L, L)`` from the prefix table, differentiable through the C++ backward
     (one pass over the band instead of autograd's passes over every ``L x L`` intermediate)."""
 
     @staticmethod
-    def forward(prefix, lengths, dist, causal, fill):
-        return torch.ops.iteach_fast.band_means.default(prefix, lengths, dist, causal, fill)
+    def forward(prefix, lengths, dist, causal):
+        return torch.ops.iteach_fast.band_means.default(prefix, lengths, dist, causal)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        _, lengths, ctx.dist, ctx.causal, ctx.fill = inputs
+        _, lengths, ctx.dist, ctx.causal = inputs
         ctx.save_for_backward(lengths)
 
     @staticmethod
     def backward(ctx, grad):
         (lengths,) = ctx.saved_tensors
-        d_prefix = torch.ops.iteach_fast.band_means_backward.default(grad, lengths, ctx.dist, ctx.causal, ctx.fill)
-        return d_prefix, None, None, None, None
+        d_prefix = torch.ops.iteach_fast.band_means_backward.default(grad, lengths, ctx.dist, ctx.causal)
+        return d_prefix, None, None, None
 
 
-_HAS_BAND = has_ops("band_means", "band_means_backward")
+class _Attention(torch.autograd.Function):
+    """K1 on the CPU: the fused forward returns ``(out, lse)``; the backward recomputes the
+    probabilities from ``lse`` and returns every gradient (the table's too) in one call."""
+
+    @staticmethod
+    def forward(q, k, v, prefix, lengths, dist, scale, causal):
+        return torch.ops.iteach_fast.ecce_attention.default(q, k, v, prefix, lengths, dist, scale, causal)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        q, k, v, prefix, lengths, ctx.dist, ctx.scale, ctx.causal = inputs
+        out, lse = output
+        ctx.has_prefix = prefix is not None
+        ctx.save_for_backward(q, k, v, prefix, lengths, out, lse)
+        ctx.mark_non_differentiable(lse)
+
+    @staticmethod
+    def backward(ctx, grad, _grad_lse):
+        q, k, v, prefix, lengths, out, lse = ctx.saved_tensors
+        dq, dk, dv, d_prefix = torch.ops.iteach_fast.ecce_attention_backward.default(
+            grad, q, k, v, prefix, lengths, out, lse, ctx.dist, ctx.scale, ctx.causal)
+        return dq, dk, dv, d_prefix if ctx.has_prefix else None, None, None, None, None
+
+
+_HAS_BAND = has_ops(*CPP_OPS["ecce_bias"])
 if _HAS_BAND:
-    torch.library.register_fake(_BAND)(lambda prefix, lengths, dist, causal, fill=None: prefix.new_empty(
+    torch.library.register_fake(_BAND)(lambda prefix, lengths, dist, causal: prefix.new_empty(
         (*prefix.shape[:2], prefix.shape[3], prefix.shape[3])))
-    torch.library.register_fake(_BAND_BWD)(lambda grad, lengths, dist, causal, fill=None: grad.new_empty(
+    torch.library.register_fake(_BAND_BWD)(lambda grad, lengths, dist, causal: grad.new_empty(
         (*grad.shape[:2], 3, grad.shape[3])))
+_HAS_ATTENTION = has_ops(*CPP_OPS["ecce_attention"])
+if _HAS_ATTENTION:  # outputs laid out as the C++ op lays them out (torch.empty_like keeps a dense layout)
+    torch.library.register_fake(_ATTN)(lambda q, k, v, prefix, lengths, dist, scale, causal: (
+        torch.empty_like(q), q.new_empty(q.shape[:3])))
+    torch.library.register_fake(_ATTN_BWD)(lambda grad, q, k, v, prefix, lengths, out, lse, dist, scale, causal: (
+        torch.empty_like(q), torch.empty_like(k), torch.empty_like(v),
+        torch.empty_like(prefix) if prefix is not None else q.new_empty((0,))))
 
 
-def _band_means(table: torch.Tensor, dist: int, causal: bool, lengths: torch.Tensor | None = None,
-                fill: float | None = None) -> torch.Tensor:
-    """:func:`iteach_fast.reference.band_means` by the C++ op; with ``fill``, masked keys hold it."""
+def _band_means(table: torch.Tensor, dist: int, causal: bool, lengths: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`iteach_fast.reference.band_means` by the C++ op."""
     if not _HAS_BAND:
         raise NotImplementedError("iteach_fast._C has no band_means op in this build")
-    return _BandMeans.apply(table.contiguous(), lengths, int(dist), bool(causal), fill)
+    return _BandMeans.apply(table.contiguous(), lengths, int(dist), bool(causal))
 
 
 def ecce_bias(zp: torch.Tensor, lengths: torch.Tensor, dist: int, causal: bool = False) -> torch.Tensor:
@@ -180,20 +211,15 @@ def ecce_bias(zp: torch.Tensor, lengths: torch.Tensor, dist: int, causal: bool =
 
 
 def ecce_attention(q, k, v, prefix, lengths, dist: int, scale: float, causal: bool) -> torch.Tensor:
-    """:func:`iteach_fast.reference.ecce_attention` on the CPU with fewer passes over the
-    ``L x L`` scores: the C++ op writes the band means with the key mask already in them (the
-    reference's finite fill, so no ``masked_fill`` pass), ``baddbmm`` adds ``q k^T``, and the
-    band's gradient goes straight back onto the prefix table. Without a prefix it is the reference."""
-    if prefix is None:
-        return reference.ecce_attention(q, k, v, None, lengths, dist, scale, causal)
-    B, H, L, _ = q.shape
-    out = torch.empty_like(q)  # q's layout, as the reference writes it
+    """:func:`iteach_fast.reference.ecce_attention` fused per (batch, head) in C++ (csrc/attention.cpp):
+    each head's scores stay in cache, the band bias is added from the table, the padding is
+    neither read nor computed, and the ``(B, L, H, Dh)`` views are read and written in place.
+    Half-precision inputs are computed in float32 (the reference's accumulation) and cast back."""
+    if not _HAS_ATTENTION:
+        raise NotImplementedError("iteach_fast._C has no ecce_attention op in this build")
     acc = reference.accumulation_dtype(q.dtype)
     with torch.autocast("cpu", enabled=False):
-        rows = valid_mask(lengths, L)[:, None, :, None]
-        q, k, v = (zero_invalid(t.to(acc), rows) for t in (q, k, v))
-        # masked keys: the finite minimum plus a finite q k^T stays (rounds to) the minimum. Not
-        # in place: baddbmm_ on this view would cost autograd an L x L clone and copy backwards
-        S = _band_means(prefix.to(acc), dist, causal, lengths, fill=torch.finfo(acc).min)
-        S = torch.baddbmm(S.view(B * H, L, L), q.flatten(0, 1), k.flatten(0, 1).transpose(-1, -2), alpha=scale)
-        return out.copy_(zero_invalid(torch.softmax(S.view(B, H, L, L), dim=-1) @ v, rows))
+        q32, k32, v32 = (t.to(acc) for t in (q, k, v))
+        table = prefix.to(acc) if prefix is not None else None
+        out, _ = _Attention.apply(q32, k32, v32, table, lengths, int(dist), float(scale), bool(causal))
+    return out.to(q.dtype)

@@ -382,21 +382,24 @@ class CrossAttention(nn.Module):
     on the query stream and on the key/value stream; keys beyond ``lengths`` masked
     (``causal``: and keys after the query).
 
-    Returns the attention output only (the caller adds the residual). Rows beyond
-    ``lengths`` are 0; a length-0 conversation gives 0, not NaN (the key mask is a finite
-    fill, so a fully masked row softmaxes to a harmless uniform row that is then zeroed).
+    The same fused attention as :class:`ECCEAttention`, without a bias: the padding is masked
+    by the lengths inside the kernel (no ``L x L`` mask is built) and a length-0 conversation
+    gives 0, not NaN. Returns the attention output only (the caller adds the residual); rows
+    beyond ``lengths`` are 0. ``dropout`` acts on the output, as in :class:`ECCEAttention`.
     """
 
-    def __init__(self, dim: int, heads: int, dropout: float = 0.0, causal: bool = False):
+    def __init__(self, dim: int, heads: int, dropout: float = 0.0, causal: bool = False, backend: str = "auto"):
         super().__init__()
         _check_heads(dim, heads)
-        self.dim, self.heads, self.attn_dropout, self.causal = dim, heads, dropout, bool(causal)
+        self.dim, self.heads, self.causal, self.backend = dim, heads, bool(causal), backend
+        self.scale = 1.0 / math.sqrt(dim // heads)
         self.norm_q = nn.LayerNorm(dim)
         self.norm_kv = nn.LayerNorm(dim)
         self.q = nn.Linear(dim, dim)
         self.k = nn.Linear(dim, dim)
         self.v = nn.Linear(dim, dim)
         self.out = nn.Linear(dim, dim)
+        self.dropout = nn.Dropout(dropout)
 
     def forward(self, query: torch.Tensor, kv: torch.Tensor, lengths=None) -> torch.Tensor:
         """``query (B, L, D)`` (the text stream), ``kv (B, L, D)`` (audio or visual) -> ``(B, L, D)``."""
@@ -406,18 +409,12 @@ class CrossAttention(nn.Module):
                 raise ValueError(f"kv must have the query's shape {tuple(query.shape)}, got {tuple(kv.shape)}")
         pad = _standalone(query, lengths, self.dim, "query")
         B, L, D = query.shape
+        # the padding zeroed first: a NaN there would reach the projections' weight gradients (0 * NaN)
         q_in, kv_in = self.norm_q(zero_invalid(query, pad.valid)), self.norm_kv(zero_invalid(kv, pad.valid))
-        q, k = _heads(self.q(q_in), self.heads), _heads(self.k(kv_in), self.heads)
-        v = _heads(zero_invalid(self.v(kv_in), pad.valid), self.heads)
-        keep = pad.valid[:, None, None, :, 0]  # (B, 1, 1, L): valid keys
-        if self.causal:
-            idx = torch.arange(L, device=query.device)
-            keep = keep & (idx[None, :] <= idx[:, None])  # (B, 1, L, L): and j <= i
-        zero = torch.zeros((), dtype=q.dtype, device=q.device)
-        key_bias = torch.where(keep, zero, torch.finfo(q.dtype).min)
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=key_bias,
-                                           dropout_p=self.attn_dropout if self.training else 0.0)
-        return zero_invalid(self.out(o.transpose(1, 2).reshape(B, L, D)), pad.valid)
+        q, k, v = _heads(self.q(q_in), self.heads), _heads(self.k(kv_in), self.heads), _heads(self.v(kv_in), self.heads)
+        o = dispatch.ecce_attention(q, k, v, None, pad.lengths, 1, self.scale, self.causal, self.backend)
+        o = self.out(o.transpose(1, 2).reshape(B, L, D))  # a view when o has q's layout
+        return zero_invalid(self.dropout(o), pad.valid)
 
 
 class EncoderLayer(nn.Module):
@@ -437,8 +434,8 @@ class EncoderLayer(nn.Module):
         self.enc_t = ITEACHEncoder(dim, heads, **kw)
         self.enc_a = ITEACHEncoder(dim, heads, **kw)
         self.enc_v = ITEACHEncoder(dim, heads, **kw)
-        self.ca_a = CrossAttention(dim, heads, dropout, causal)
-        self.ca_v = CrossAttention(dim, heads, dropout, causal)
+        self.ca_a = CrossAttention(dim, heads, dropout, causal, backend)
+        self.ca_v = CrossAttention(dim, heads, dropout, causal, backend)
 
     def forward(self, t, a, v, prefix=(None, None, None), lengths=None):
         """``t, a, v (B, L, D)``, ``prefix = (prefix_t, prefix_a, prefix_v)`` ECCE's tables -> ``(t, a, v)``."""

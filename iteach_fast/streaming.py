@@ -28,8 +28,6 @@ utterances (the model's hyper-parameter) — pushing more is an error.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -237,5 +235,5 @@ class StreamingSession:
     @staticmethod
     def _cross_attention(ca, kv: _KV, query: torch.Tensor, source: torch.Tensor, t: int) -> torch.Tensor:
         kv_in = ca.norm_kv(source)
-        o = kv.attend(t, ca.q(ca.norm_q(query)), ca.k(kv_in), ca.v(kv_in), 1.0 / math.sqrt(ca.dim // ca.heads))
+        o = kv.attend(t, ca.q(ca.norm_q(query)), ca.k(kv_in), ca.v(kv_in), ca.scale)
         return ca.out(o)

@@ -153,7 +153,7 @@ def test_backends_agree(backend):
     outs, grads = [], []
     for b in ("reference", backend):
         if isinstance(m, RoutedTokenMixer):
-            m.backend = b  # the mixture only: its attention has no cpp backend
+            m.backend = b  # the mixture only: its attention stays on auto
         else:
             set_backend(m, b)
         y = m(x, prefix, lens)
@@ -316,21 +316,22 @@ def _copies(fn) -> dict:
     return {k: n for k, n in count_ops(fn).items() if k in ("aten.copy_", "aten.clone", "aten._to_copy")}
 
 
-def test_attention_passes_views_without_copies():
-    """ECCEAttention hands the fused Triton op (B, L, H, Dh) views of its projections and
-    reshapes the output as a view: one forward + backward issues no copy_/clone/_to_copy at
-    all (the Triton interpreter on the CPU; the reference's own matmuls copy, so it is not
-    the subject here)."""
-    impl = backends.REGISTRY["ecce_attention"].get("triton")
+@pytest.mark.parametrize("backend", ["triton", "cpp"])
+def test_attention_passes_views_without_copies(backend):
+    """ECCEAttention and CrossAttention hand the fused op (Triton, or the C++ CPU kernel)
+    (B, L, H, Dh) views of their projections and reshape the output as a view: one forward +
+    backward issues no copy_/clone/_to_copy at all (Triton through its interpreter on the CPU;
+    the reference's own matmuls copy, so it is not the subject here)."""
+    impl = backends.REGISTRY["ecce_attention"].get(backend)
     if impl is None or impl.unavailable_reason(torch.device("cpu")) is not None:
-        pytest.skip("the Triton backend does not run here")
-    m = ECCEAttention(D, H, DIST, backend="triton")
+        pytest.skip(f"the {backend} backend does not run here")
+    attention, cross = ECCEAttention(D, H, DIST, backend=backend), CrossAttention(D, H, backend=backend)
     lens = lengths()
     x = torch.randn(B, L, D, requires_grad=True)
     prefix = table(torch.randn(B, L, H), lens).detach()
 
     def step():
-        y = m(x, prefix, lens)
+        y = attention(x, prefix, lens) + cross(x, x.flip(1), lens)
         y.backward(torch.ones_like(y))
 
     assert _copies(lambda: x.transpose(1, 2).contiguous()) == {"aten.clone": 1}  # the counter sees a copy
