@@ -35,21 +35,24 @@ def _case(B=3, H=2, L=13, Dh=8, lengths=(13, 5, 0), dist=5, dtype=torch.float32,
 
 
 def _grads(fn, q, k, v, prefix, lens, dist, causal, seed=1):
-    leaves = [t.detach().requires_grad_() for t in (q, k, v, prefix)]
-    out = fn(*leaves[:3], leaves[3], lens, dist, 0.35, causal)
+    leaves = [t.detach().requires_grad_() for t in (q, k, v, prefix) if t is not None]
+    out = fn(*leaves[:3], leaves[3] if prefix is not None else None, lens, dist, 0.35, causal)
     weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(out.dtype)
     return (out, *torch.autograd.grad(out, leaves, weight))
 
 
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
-@pytest.mark.parametrize("dist", [1, 7, 200])
+@pytest.mark.parametrize("dist", [1, 7, 200, None], ids=["dist1", "dist7", "dist200", "no-bias"])
 def test_long_ragged_conversations_in_the_models_layout(causal, dist):
-    """L = 150 over several bands (and a band wider than L), lengths 150 / 77 / 1 / 0."""
-    case = _case(B=4, H=3, L=150, Dh=16, lengths=(150, 77, 1, 0), dist=dist)
-    got = _grads(extension.ecce_attention, *case, dist, causal)
-    want = _grads(reference.ecce_attention, *[t.double() if t.is_floating_point() else t for t in case],
-                  dist, causal)
+    """L = 150 over several bands (and a band wider than L, and no bias: the cross-attention),
+    lengths 150 / 77 / 1 / 0."""
+    q, k, v, prefix, lens = _case(B=4, H=3, L=150, Dh=16, lengths=(150, 77, 1, 0), dist=dist or 5)
+    case = (q, k, v, prefix if dist else None, lens)
+    got = _grads(extension.ecce_attention, *case, dist or 5, causal)
+    want = _grads(reference.ecce_attention, *[t.double() if t is not None and t.is_floating_point() else t
+                                              for t in case], dist or 5, causal)
     atol, rtol = IMPL.tolerances[torch.float32]
+    assert len(got) == len(want) == (5 if dist else 4)
     for name, g, w in zip(("out", "dq", "dk", "dv", "d_prefix"), got, want):
         torch.testing.assert_close(g.double(), w, atol=atol, rtol=rtol, msg=lambda m, name=name: f"{name}: {m}")
     assert got[0].stride() == case[0].stride() or got[0].transpose(1, 2).is_contiguous()  # written in place
