@@ -107,6 +107,7 @@ class Entry:
     dtypes: dict
     roofline: bool = False  # its rows carry bytes moved and FLOPs: the ceilings are measured next to them
     on_request: bool = False  # measured only when named (--ops): slow, e.g. launches whole training runs
+    min_rounds: int = 0  # interleaved CPU rounds at least (beyond the level's), for slow calls on a noisy machine
 
     def providers(self) -> list[str]:
         raise NotImplementedError

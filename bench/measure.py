@@ -60,12 +60,14 @@ def warm_up(fn: Callable[[], None], device: torch.device, calls: int = 2) -> Non
 LEVELS = {"smoke": ((0.0, 1, 1), 15), "quick": ((0.5, 3, 50), 60), "full": ((2.0, 5, 200), 150)}
 
 
-def time_interleaved(fns: dict, device: torch.device, level: str = "full", max_calls: dict | None = None) -> dict:
+def time_interleaved(fns: dict, device: torch.device, level: str = "full", max_calls: dict | None = None,
+                     min_rounds: int = 0) -> dict:
     """``{key: Timing or the exception it raised}`` for each (already warm) no-argument callable
     of ``fns``, measured in interleaved rounds — one call (CPU) or one short ``do_bench`` (GPU)
     of each in turn — so a change of load on a shared machine hits every provider alike.
     ``level``: how long (:data:`LEVELS`: ``smoke`` checks that it runs, ``quick``, ``full``).
-    ``max_calls[key]`` caps the calls of a callable that can be called only so often."""
+    ``max_calls[key]`` caps the calls of a callable that can be called only so often; on the
+    CPU, ``min_rounds`` raises the level's least number of rounds (not at ``smoke``)."""
     max_calls = max_calls or {}
     results: dict = {}
     if device.type == "cuda":
@@ -87,7 +89,8 @@ def time_interleaved(fns: dict, device: torch.device, level: str = "full", max_c
                 results[key] = Timing(*_quantiles(times), len(times), f"triton.testing.do_bench, {rounds} rounds")
         return results
     default_timer, timer_name = _cpu_timer()
-    budget_s, min_rounds, max_rounds = LEVELS[level][0]
+    budget_s, level_rounds, max_rounds = LEVELS[level][0]
+    min_rounds = level_rounds if level == "smoke" else max(level_rounds, min_rounds)
     times = {key: [] for key in fns}
     spent = dict.fromkeys(fns, 0.0)
 

@@ -78,6 +78,7 @@ class ModelEntry(Entry):
     baseline = "reference"
     modes = ("train_step", "inference")
     dtypes = {"cuda": ("float32",), "cpu": ("float32",)}  # the model trains in float32 (bf16: autocast)
+    min_rounds = 9  # a CPU step takes ~0.5 s on a shared machine: the quick level's 3 rounds are too few
     # the NAS MLP token mixer is Linear(L, L): the model runs at conversation lengths only
     sizes = {"cuda": (Size(32, 110, tags=HEADLINE), Size(4, 2048)),
              "cpu": (Size(8, 110), Size(32, 110, tags=HEADLINE), Size(4, 1024)),

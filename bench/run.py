@@ -112,7 +112,8 @@ def run_group(cases: list[Case], device: torch.device, level: str) -> dict[Case,
             except Exception as err:  # noqa: BLE001
                 results[case] = _outcome(err)
     caps = {c: max(1, p.max_calls - WARM_UP_CALLS - 1) for c, p in live.items() if p.max_calls}
-    timings = measure.time_interleaved({c: p.fn for c, p in live.items()}, device, level, caps)
+    timings = measure.time_interleaved({c: p.fn for c, p in live.items()}, device, level, caps,
+                                       suite.entry(cases[0].op).min_rounds)
     for case, p in live.items():
         timing = timings[case]
         if isinstance(timing, BaseException):
