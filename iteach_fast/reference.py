@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 
 import torch
+import torch.nn.functional as F
 
 from .padding import masked_avg_pool, masked_max_pool, valid_mask, zero_invalid
 
@@ -147,22 +148,22 @@ def _attention(q, k, v, prefix, lengths, dist, scale, causal):
     zero = torch.zeros((), dtype=acc, device=q.device)
     # zero the padding first: whatever it holds (even inf) then cannot reach a value or a gradient
     q, k, v = (torch.where(rows, t.to(acc), zero) for t in (q, k, v))
-    if prefix is None:
-        S = torch.matmul(q, k.transpose(-1, -2)) * scale
-    else:  # E + scale * q k^T in one pass
-        E = band_means(prefix.to(acc), dist, causal)
-        S = torch.baddbmm(E.flatten(0, 1), q.flatten(0, 1), k.flatten(0, 1).transpose(-1, -2), alpha=scale)
-        S = S.view(E.shape)
     keys = valid[:, None, None, :]
     if causal:
         idx = torch.arange(L, device=q.device)
         keys = keys & (idx[None, :] <= idx[:, None])
     # A finite fill (not -inf): a length-0 row then softmaxes to a harmless uniform row,
     # which the output mask below zeroes, instead of to NaN.
-    S = S.masked_fill(~keys, torch.finfo(S.dtype).min)  # S's dtype: half under autocast
-    A = torch.softmax(S, dim=-1)
+    fill = torch.finfo(acc).min
+    if prefix is None:  # no bias: PyTorch's own attention, the key mask as an additive bias
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=torch.where(keys, zero, fill), scale=scale)
+    else:  # E + scale * q k^T in one pass
+        E = band_means(prefix.to(acc), dist, causal)
+        S = torch.baddbmm(E.flatten(0, 1), q.flatten(0, 1), k.flatten(0, 1).transpose(-1, -2), alpha=scale)
+        S = S.view(E.shape).masked_fill(~keys, torch.finfo(S.dtype).min)  # S's dtype: half under autocast
+        o = torch.matmul(torch.softmax(S, dim=-1), v)
     # written into q's layout (the contract: out.transpose(1, 2) of a (B, L, H, Dh) view is contiguous)
-    return out.copy_(torch.where(rows, torch.matmul(A, v), zero))
+    return out.copy_(torch.where(rows, o, zero))
 
 
 def routed_mixture(logits, x, y_attn, y_mlp, lengths, pool_size: int, causal: bool = False) -> torch.Tensor:
