@@ -293,7 +293,8 @@ def environment(device: torch.device) -> dict:
     except ImportError:
         triton_version = None
     commit = _git("rev-parse", "HEAD")
-    dirty = _git("status", "--porcelain", "--untracked-files=no")
+    # the code's changes, not the results an appending run is adding to
+    dirty = _git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)bench/results")
     env = {
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "python": platform.python_version(),
