@@ -115,7 +115,7 @@ def bias_bytes(c: Case) -> int:  # read zp, write E; backward: read dE, write dz
     return _e(c) * (c.B * c.L * c.H + c.B * c.H * c.L * c.L) * (2 if c.backward else 1)
 
 
-def bias_flops(c: Case) -> int:
+def bias_flops(c: Case, lengths: list) -> int:
     return 2 * c.B * c.H * c.L * c.L * (3 if c.backward else 1)
 
 
@@ -127,10 +127,13 @@ def attention_bytes(c: Case) -> int:
     return fwd + (back if c.backward else 0)
 
 
-def attention_flops(c: Case) -> int:
-    """Two L x L x Dh products forward, 2.5x that backward (the FlashAttention convention);
-    causal: half the tiles."""
-    fwd = 4 * c.B * c.H * c.L * c.L * c.Dh * (0.5 if c.causal else 1)
+def attention_flops(c: Case, lengths: list) -> int:
+    """Two n x n x Dh products forward per conversation of n valid utterances, 2.5x that
+    backward (the FlashAttention convention, counted over the valid query-key pairs as its
+    variable-length kernels are: the padding is no work a kernel must do); causal: half.
+    ``lengths``: the (B,) lengths of each rotated input copy (their mean is counted)."""
+    pairs = sum(float((n.double() ** 2).sum()) for n in lengths) / len(lengths)
+    fwd = 4 * c.H * pairs * c.Dh * (0.5 if c.causal else 1)
     return int(fwd * (3.5 if c.backward else 1))
 
 
@@ -142,7 +145,7 @@ def prefix_bytes(c: Case) -> int:
     return fwd + (back if c.backward else 0)
 
 
-def prefix_flops(c: Case) -> int:
+def prefix_flops(c: Case, lengths: list) -> int:
     return (2 * c.B * c.L * c.D * c.H + c.B * c.L * c.H) * (3 if c.backward else 1)
 
 
@@ -153,7 +156,7 @@ def mixture_bytes(c: Case) -> int:
     return fwd + (back if c.backward else 0)
 
 
-def mixture_flops(c: Case) -> int:
+def mixture_flops(c: Case, lengths: list) -> int:
     return 16 * c.B * c.L * c.D * (3 if c.backward else 1)
 
 
@@ -173,7 +176,7 @@ def _ragged(B: int, L: int, gen: torch.Generator) -> torch.Tensor:
 class OpEntry(Entry):
     op: str
     bytes_fn: Callable[[Case], int]
-    flops_fn: Callable[[Case], int]
+    flops_fn: Callable[[Case, list], int]  # (case, the lengths of each input copy)
     sizes: dict  # {kind: (Size, ...)}
     peers: dict = field(default_factory=lambda: {"compiled-reference": COMPILED_REFERENCE})
     params: dict = field(default_factory=dict)  # make_inputs' keyword parameters (dist, pool_size)
@@ -246,7 +249,7 @@ class OpEntry(Entry):
                 out[case] = why
                 continue
             out[case] = Prepared(self._call(fn, sets, output_grads, grad), self.bytes_fn(case),
-                                 self.flops_fn(case))
+                                 self.flops_fn(case, [inputs.lengths.cpu() for inputs in sets]))
         return out
 
     @staticmethod
