@@ -19,6 +19,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -85,12 +86,13 @@ void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* A
 }
 
 // exp(x) for x <= 0 (a softmax row minus its maximum): 2^k p(r), r = x - k ln 2, with Cephes'
-// polynomial (about 1 ulp); 0 below float's range. Branch-free, so that the loops around it
-// vectorise (with -fno-trapping-math, which setup.py passes).
+// polynomial (about 1 ulp); 0 below float's range, NaN for NaN. Branch-free, so that the loops
+// around it vectorise (with -fno-trapping-math, which setup.py passes).
 inline float exp_nonpositive(float x) {
-  const float xc = x > -87.0f ? x : -87.0f;
-  const int k = int(xc * 1.44269504f - 0.5f);  // round to nearest: xc <= 0, the conversion truncates up
-  const float r = xc - float(k) * 0.693359375f + float(k) * 2.12194440e-4f;
+  const float xk = x > -87.0f ? x : -87.0f;  // NaN -> -87: k stays a defined integer
+  const float xr = x < -87.0f ? -87.0f : x;  // NaN stays NaN, so the result does
+  const int k = int(xk * 1.44269504f - 0.5f);  // round to nearest: xk <= 0, the conversion truncates up
+  const float r = xr - float(k) * 0.693359375f + float(k) * 2.12194440e-4f;
   float p = 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;
   p = p * r + 8.3334519073e-3f;
@@ -98,10 +100,10 @@ inline float exp_nonpositive(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
-  const int32_t bits = ((k + 127) << 23) & -int32_t(x >= -87.0f);  // 2^k, or +0 below the range
+  const int32_t bits = ((k + 127) << 23) & -int32_t(x >= -87.0f);  // 2^k, or +0 below the range (and -inf)
   float two_k;
   std::memcpy(&two_k, &bits, sizeof(two_k));
-  return p * two_k;
+  return p * two_k;  // a NaN score stays NaN, as in the reference: never a silent 0
 }
 
 inline double exp_nonpositive(double x) { return std::exp(x); }
@@ -214,6 +216,14 @@ void zero_rows(T* base, int64_t ld, int64_t from, int64_t L, int64_t Dh) {
 
 inline int64_t valid(const int64_t* lens, int64_t b, int64_t L) { return std::clamp<int64_t>(lens[b], 0, L); }
 
+// A thread's scratch for one head's scores: the longest conversation's n x n, uninitialised.
+template <typename T>
+std::unique_ptr<T[]> scratch(const int64_t* lens, int64_t B, int64_t L) {
+  int64_t n = 0;
+  for (int64_t b = 0; b < B; ++b) n = std::max(n, valid(lens, b, L));
+  return std::unique_ptr<T[]>(new T[std::max<int64_t>(n * n, 1)]);
+}
+
 }  // namespace
 
 // (out (B, H, L, Dh) in q's layout, lse (B, H, L)): lse is the row's log-sum-exp (0 on invalid rows).
@@ -235,15 +245,15 @@ std::tuple<at::Tensor, at::Tensor> ecce_attention(const at::Tensor& q_in, const 
     scalar_t* lse0 = lse.data_ptr<scalar_t>();
     const auto inv = band::reciprocals<scalar_t>(dist);
     at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> S(L * L);
+      const auto S = scratch<scalar_t>(lens, B, L);
       for (int64_t bh = begin; bh < end; ++bh) {
         const int64_t b = bh / H, h = bh % H, n = valid(lens, b, L);
         scalar_t* o = out.rows.head<scalar_t>(b, h);
         const scalar_t* table = table0 ? table0 + bh * 3 * L : nullptr;
         scores(q.head<scalar_t>(b, h), q.ld, k.head<scalar_t>(b, h), k.ld, n, Dh, scale, table, L, dist, inv.data(),
-               causal, S.data());
-        for (int64_t i = 0; i < n; ++i) lse0[bh * L + i] = softmax_row(S.data() + i * n, causal ? i + 1 : n, n);
-        gemm<scalar_t>(false, false, n, Dh, n, scalar_t(1), S.data(), n, v.head<scalar_t>(b, h), v.ld, scalar_t(0),
+               causal, S.get());
+        for (int64_t i = 0; i < n; ++i) lse0[bh * L + i] = softmax_row(S.get() + i * n, causal ? i + 1 : n, n);
+        gemm<scalar_t>(false, false, n, Dh, n, scalar_t(1), S.get(), n, v.head<scalar_t>(b, h), v.ld, scalar_t(0),
                        o, out.rows.ld);
         zero_rows(o, out.rows.ld, n, L, Dh);
       }
@@ -275,34 +285,34 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ecce_attention_backwa
     const scalar_t* lse0 = lse.data_ptr<scalar_t>();
     const auto inv = band::reciprocals<scalar_t>(dist);
     at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> P(L * L), dS(L * L);
+      const auto P = scratch<scalar_t>(lens, B, L), dS = scratch<scalar_t>(lens, B, L);
       for (int64_t bh = begin; bh < end; ++bh) {
         const int64_t b = bh / H, h = bh % H, n = valid(lens, b, L);
         const scalar_t *qh = q.head<scalar_t>(b, h), *kh = k.head<scalar_t>(b, h);
         const scalar_t *oh = o.head<scalar_t>(b, h), *gh = dout.head<scalar_t>(b, h);
         const scalar_t* table = table0 ? table0 + bh * 3 * L : nullptr;
-        scores(qh, q.ld, kh, k.ld, n, Dh, scale, table, L, dist, inv.data(), causal, P.data());
-        for (int64_t i = 0; i < n; ++i) probabilities_row(P.data() + i * n, causal ? i + 1 : n, n, lse0[bh * L + i]);
+        scores(qh, q.ld, kh, k.ld, n, Dh, scale, table, L, dist, inv.data(), causal, P.get());
+        for (int64_t i = 0; i < n; ++i) probabilities_row(P.get() + i * n, causal ? i + 1 : n, n, lse0[bh * L + i]);
         // d P = dO v^T, then the softmax's backward with delta_i = dO_i . out_i
         gemm<scalar_t>(false, true, n, n, Dh, scalar_t(1), gh, dout.ld, v.head<scalar_t>(b, h), v.ld, scalar_t(0),
-                       dS.data(), n);
+                       dS.get(), n);
         for (int64_t i = 0; i < n; ++i) {
           scalar_t delta = 0;
           for (int64_t d = 0; d < Dh; ++d) delta += gh[i * dout.ld + d] * oh[i * o.ld + d];
-          softmax_backward_row(P.data() + i * n, dS.data() + i * n, causal ? i + 1 : n, n, delta);
+          softmax_backward_row(P.get() + i * n, dS.get() + i * n, causal ? i + 1 : n, n, delta);
         }
         scalar_t *dqh = dq.rows.head<scalar_t>(b, h), *dkh = dk.rows.head<scalar_t>(b, h),
                  *dvh = dv.rows.head<scalar_t>(b, h);
-        gemm<scalar_t>(true, false, n, Dh, n, scalar_t(1), P.data(), n, gh, dout.ld, scalar_t(0), dvh, dv.rows.ld);
-        gemm<scalar_t>(false, false, n, Dh, n, scale, dS.data(), n, kh, k.ld, scalar_t(0), dqh, dq.rows.ld);
-        gemm<scalar_t>(true, false, n, Dh, n, scale, dS.data(), n, qh, q.ld, scalar_t(0), dkh, dk.rows.ld);
+        gemm<scalar_t>(true, false, n, Dh, n, scalar_t(1), P.get(), n, gh, dout.ld, scalar_t(0), dvh, dv.rows.ld);
+        gemm<scalar_t>(false, false, n, Dh, n, scale, dS.get(), n, kh, k.ld, scalar_t(0), dqh, dq.rows.ld);
+        gemm<scalar_t>(true, false, n, Dh, n, scale, dS.get(), n, qh, q.ld, scalar_t(0), dkh, dk.rows.ld);
         for (auto [base, ld] : {std::pair{dqh, dq.rows.ld}, std::pair{dkh, dk.rows.ld}, std::pair{dvh, dv.rows.ld}})
           zero_rows(base, ld, n, L, Dh);
         if (table == nullptr) continue;
         for (int64_t i = 0; i < n; ++i) {  // the band's gradient onto the table
           int64_t lo, hi;
           band::range(i, n, dist, causal, lo, hi);
-          band::scatter_row(d_table0 + bh * 3 * L, L, i, lo, hi, dist, inv.data(), dS.data() + i * n);
+          band::scatter_row(d_table0 + bh * 3 * L, L, i, lo, hi, dist, inv.data(), dS.get() + i * n);
         }
       }
     });

@@ -134,3 +134,17 @@ def test_torch_compile_fullgraph_matches_eager():
 
 def test_auto_picks_the_cpp_attention_on_cpu():
     assert backends.select("ecce_attention", "auto", torch.device("cpu"), torch.float32).backend == "cpp"
+
+
+def test_a_nan_in_a_valid_row_is_not_silently_dropped():
+    """A NaN score must reach the output as in the reference (the vectorised exp must not map it
+    to 0); a NaN in the padding must not reach anything."""
+    q, k, v, prefix, lens = _case(B=2, H=1, L=9, Dh=4, lengths=(9, 5), dist=3)
+    q, k = q.clone(), k.clone()
+    k[0, 0, 4] = float("nan")  # a valid key of conversation 0: every query of it sees NaN
+    k[1, 0, 7] = float("nan")  # padding of conversation 1: nothing may see it
+    out = extension.ecce_attention(q, k, v, prefix, lens, 3, 0.5, False)
+    ref = reference.ecce_attention(q, k, v, prefix, lens, 3, 0.5, False)
+    assert torch.isnan(out[0]).all() and torch.isnan(ref[0]).all()
+    assert torch.isfinite(out[1]).all()
+    torch.testing.assert_close(out[1], ref[1])
