@@ -36,8 +36,9 @@ void dgemm_(const char* ta, const char* tb, const int* m, const int* n, const in
             const int* ldc) __attribute__((weak));
 }
 
-// The elementwise loops vectorise to the machine's widest registers (the build has no -march).
-#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
+// The elementwise loops vectorise to the machine's widest registers (the build has no -march);
+// GCC 12 is the oldest checked with clones of templates, older compilers get one generic version.
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12 && defined(__x86_64__)
 #define ITEACH_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define ITEACH_VECTOR_CLONES
