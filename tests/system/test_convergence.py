@@ -29,7 +29,7 @@ def _losses(backend: str) -> torch.Tensor:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     return torch.tensor(losses, dtype=torch.float64)
 
 
