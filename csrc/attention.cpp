@@ -80,7 +80,8 @@ void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* A
   for (int64_t i = 0; i < m; ++i) {
     for (int64_t j = 0; j < n; ++j) {
       T acc = 0;
-      for (int64_t p = 0; p < k; ++p) acc += (ta ? A[p * lda + i] : A[i * lda + p]) * (tb ? B[j * ldb + p] : B[p * ldb + j]);
+      for (int64_t p = 0; p < k; ++p)
+        acc += (ta ? A[p * lda + i] : A[i * lda + p]) * (tb ? B[j * ldb + p] : B[p * ldb + j]);
       C[i * ldc + j] = alpha * acc + (beta == T(0) ? T(0) : beta * C[i * ldc + j]);
     }
   }
@@ -202,12 +203,7 @@ template <typename T>
 void scores(const T* q, int64_t ldq, const T* k, int64_t ldk, int64_t n, int64_t Dh, T scale, const T* table,
             int64_t L, int64_t dist, const T* inv, bool causal, T* S) {
   gemm<T>(false, true, n, n, Dh, scale, q, ldq, k, ldk, T(0), S, n);
-  if (table == nullptr) return;
-  for (int64_t i = 0; i < n; ++i) {
-    int64_t lo, hi;
-    band::range(i, n, dist, causal, lo, hi);
-    band::add_row(table, L, i, lo, hi, dist, inv, S + i * n);
-  }
+  if (table != nullptr) band::add(table, L, n, dist, causal, inv, S, n);
 }
 
 template <typename T>
@@ -215,13 +211,11 @@ void zero_rows(T* base, int64_t ld, int64_t from, int64_t L, int64_t Dh) {
   for (int64_t i = from; i < L; ++i) std::fill(base + i * ld, base + i * ld + Dh, T(0));
 }
 
-inline int64_t valid(const int64_t* lens, int64_t b, int64_t L) { return std::clamp<int64_t>(lens[b], 0, L); }
-
 // A thread's scratch for one head's scores: the longest conversation's n x n, uninitialised.
 template <typename T>
 std::unique_ptr<T[]> scratch(const int64_t* lens, int64_t B, int64_t L) {
   int64_t n = 0;
-  for (int64_t b = 0; b < B; ++b) n = std::max(n, valid(lens, b, L));
+  for (int64_t b = 0; b < B; ++b) n = std::max(n, band::valid_length(lens, b, L));
   return std::unique_ptr<T[]>(new T[std::max<int64_t>(n * n, 1)]);
 }
 
@@ -248,7 +242,7 @@ std::tuple<at::Tensor, at::Tensor> ecce_attention(const at::Tensor& q_in, const 
     at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
       const auto S = scratch<scalar_t>(lens, B, L);
       for (int64_t bh = begin; bh < end; ++bh) {
-        const int64_t b = bh / H, h = bh % H, n = valid(lens, b, L);
+        const int64_t b = bh / H, h = bh % H, n = band::valid_length(lens, b, L);
         scalar_t* o = out.rows.head<scalar_t>(b, h);
         const scalar_t* table = table0 ? table0 + bh * 3 * L : nullptr;
         scores(q.head<scalar_t>(b, h), q.ld, k.head<scalar_t>(b, h), k.ld, n, Dh, scale, table, L, dist, inv.data(),
@@ -288,7 +282,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ecce_attention_backwa
     at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
       const auto P = scratch<scalar_t>(lens, B, L), dS = scratch<scalar_t>(lens, B, L);
       for (int64_t bh = begin; bh < end; ++bh) {
-        const int64_t b = bh / H, h = bh % H, n = valid(lens, b, L);
+        const int64_t b = bh / H, h = bh % H, n = band::valid_length(lens, b, L);
         const scalar_t *qh = q.head<scalar_t>(b, h), *kh = k.head<scalar_t>(b, h);
         const scalar_t *oh = o.head<scalar_t>(b, h), *gh = dout.head<scalar_t>(b, h);
         const scalar_t* table = table0 ? table0 + bh * 3 * L : nullptr;
@@ -309,12 +303,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ecce_attention_backwa
         gemm<scalar_t>(true, false, n, Dh, n, scale, dS.get(), n, qh, q.ld, scalar_t(0), dkh, dk.rows.ld);
         for (auto [base, ld] : {std::pair{dqh, dq.rows.ld}, std::pair{dkh, dk.rows.ld}, std::pair{dvh, dv.rows.ld}})
           zero_rows(base, ld, n, L, Dh);
-        if (table == nullptr) continue;
-        for (int64_t i = 0; i < n; ++i) {  // the band's gradient onto the table
-          int64_t lo, hi;
-          band::range(i, n, dist, causal, lo, hi);
-          band::scatter_row(d_table0 + bh * 3 * L, L, i, lo, hi, dist, inv.data(), dS.get() + i * n);
-        }
+        if (table != nullptr) band::scatter(d_table0 + bh * 3 * L, L, n, dist, causal, inv.data(), dS.get(), n);
       }
     });
   });

@@ -24,6 +24,11 @@ std::vector<T> reciprocals(int64_t dist) {
   return inv;
 }
 
+// The valid positions of conversation b, min(lengths[b], L) (all L without lengths).
+inline int64_t valid_length(const int64_t* lens, int64_t b, int64_t L) {
+  return lens ? std::clamp<int64_t>(lens[b], 0, L) : L;
+}
+
 // Row i's band keys: j in [lo, hi] with |i - j| < dist (causal: i - dist < j <= i), j < keys.
 inline void range(int64_t i, int64_t keys, int64_t dist, bool causal, int64_t& lo, int64_t& hi) {
   lo = std::max<int64_t>(0, i - dist + 1);
@@ -74,6 +79,26 @@ void scatter_row(T* d_table, int64_t L, int64_t i, int64_t lo, int64_t hi, int64
   dS[i] += to_si;
   dzp[i] += to_zpi;
   dR[i] += to_ri;
+}
+
+// One head's n x n block of valid positions (rows `ld` apart): rows[i][j] += E[i][j] on the band.
+template <typename T>
+void add(const T* table, int64_t L, int64_t n, int64_t dist, bool causal, const T* inv, T* rows, int64_t ld) {
+  for (int64_t i = 0; i < n; ++i) {
+    int64_t lo, hi;
+    range(i, n, dist, causal, lo, hi);
+    add_row(table, L, i, lo, hi, dist, inv, rows + i * ld);
+  }
+}
+
+// The gradient of that block's band (rows `ld` apart) onto the head's table.
+template <typename T>
+void scatter(T* d_table, int64_t L, int64_t n, int64_t dist, bool causal, const T* inv, const T* grads, int64_t ld) {
+  for (int64_t i = 0; i < n; ++i) {
+    int64_t lo, hi;
+    range(i, n, dist, causal, lo, hi);
+    scatter_row(d_table, L, i, lo, hi, dist, inv, grads + i * ld);
+  }
 }
 
 }  // namespace iteach_fast::band

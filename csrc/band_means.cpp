@@ -28,11 +28,6 @@ void check(const at::Tensor& t, const char* name, const c10::optional<at::Tensor
   }
 }
 
-// The valid positions of conversation b: all L without lengths.
-inline int64_t valid(const int64_t* lens, int64_t b, int64_t L) {
-  return lens ? std::clamp<int64_t>(lens[b], 0, L) : L;
-}
-
 }  // namespace
 
 // E is 0 outside the band and, with lengths, unless both positions are valid.
@@ -50,14 +45,9 @@ at::Tensor band_means(const at::Tensor& prefix_in, const c10::optional<at::Tenso
     const int64_t* lens = len.defined() ? len.data_ptr<int64_t>() : nullptr;
     const auto inv = band::reciprocals<scalar_t>(dist);
     at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t bh = begin; bh < end; ++bh) {
-        const int64_t n = valid(lens, bh / H, L);
-        for (int64_t i = 0; i < n; ++i) {
-          int64_t lo, hi;
-          band::range(i, n, dist, causal, lo, hi);
-          band::add_row(P + bh * 3 * L, L, i, lo, hi, dist, inv.data(), out + (bh * L + i) * L);
-        }
-      }
+      for (int64_t bh = begin; bh < end; ++bh)
+        band::add(P + bh * 3 * L, L, band::valid_length(lens, bh / H, L), dist, causal, inv.data(), out + bh * L * L,
+                  L);
     });
   });
   return E;
@@ -80,14 +70,9 @@ at::Tensor band_means_backward(const at::Tensor& grad_in, const c10::optional<at
     const int64_t* lens = len.defined() ? len.data_ptr<int64_t>() : nullptr;
     const auto inv = band::reciprocals<scalar_t>(dist);
     at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t bh = begin; bh < end; ++bh) {
-        const int64_t n = valid(lens, bh / H, L);
-        for (int64_t i = 0; i < n; ++i) {
-          int64_t lo, hi;
-          band::range(i, n, dist, causal, lo, hi);
-          band::scatter_row(D + bh * 3 * L, L, i, lo, hi, dist, inv.data(), G + (bh * L + i) * L);
-        }
-      }
+      for (int64_t bh = begin; bh < end; ++bh)
+        band::scatter(D + bh * 3 * L, L, band::valid_length(lens, bh / H, L), dist, causal, inv.data(), G + bh * L * L,
+                      L);
     });
   });
   return d_prefix;

@@ -412,6 +412,7 @@ class CrossAttention(nn.Module):
         # the padding zeroed first: a NaN there would reach the projections' weight gradients (0 * NaN)
         q_in, kv_in = self.norm_q(zero_invalid(query, pad.valid)), self.norm_kv(zero_invalid(kv, pad.valid))
         q, k, v = _heads(self.q(q_in), self.heads), _heads(self.k(kv_in), self.heads), _heads(self.v(kv_in), self.heads)
+        # no bias, so the band width (dist) is never read
         o = dispatch.ecce_attention(q, k, v, None, pad.lengths, 1, self.scale, self.causal, self.backend)
         o = self.out(o.transpose(1, 2).reshape(B, L, D))  # a view when o has q's layout
         return zero_invalid(self.dropout(o), pad.valid)
