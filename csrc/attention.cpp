@@ -177,6 +177,23 @@ struct Output {
   }
 };
 
+// ECCE's prefix table (B, H, 3, L) as the band code reads it: unit stride along L, the three
+// rows `stride` apart. The model's table is a slice of a chunk-padded one: read in place.
+struct Table {
+  at::Tensor t;  // undefined without a bias
+  int64_t stride = 0;
+
+  explicit Table(const c10::optional<at::Tensor>& prefix) {
+    if (!prefix.has_value()) return;
+    t = prefix->size(3) <= 1 || prefix->stride(3) == 1 ? *prefix : prefix->contiguous();
+    stride = t.stride(2);
+  }
+  template <typename T>
+  const T* head(int64_t b, int64_t h) const {
+    return t.defined() ? t.data_ptr<T>() + b * t.stride(0) + h * t.stride(1) : nullptr;
+  }
+};
+
 void check(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const c10::optional<at::Tensor>& prefix,
            const at::Tensor& lengths, int64_t dist) {
   TORCH_CHECK(q.dim() == 4, "ecce_attention (CPU): q must be (B, H, L, Dh), got ", q.sizes());
@@ -198,12 +215,13 @@ void check(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const 
   }
 }
 
-// One head's scores scale * q k^T + E on its n x n block (row-major, n apart), E from `table`.
+// One head's scores scale * q k^T + E on its n x n block (row-major, n apart), E from `table`
+// (its rows `stride` apart; none: no bias).
 template <typename T>
 void scores(const T* q, int64_t ldq, const T* k, int64_t ldk, int64_t n, int64_t Dh, T scale, const T* table,
-            int64_t L, int64_t dist, const T* inv, bool causal, T* S) {
+            int64_t stride, int64_t dist, const T* inv, bool causal, T* S) {
   gemm<T>(false, true, n, n, Dh, scale, q, ldq, k, ldk, T(0), S, n);
-  if (table != nullptr) band::add(table, L, n, dist, causal, inv, S, n);
+  if (table != nullptr) band::add(table, stride, n, dist, causal, inv, S, n);
 }
 
 template <typename T>
@@ -229,14 +247,13 @@ std::tuple<at::Tensor, at::Tensor> ecce_attention(const at::Tensor& q_in, const 
   check(q_in, k_in, v_in, prefix_in, lengths_in, dist);
   const int64_t B = q_in.size(0), H = q_in.size(1), L = q_in.size(2), Dh = q_in.size(3);
   const Rows q = readable(q_in), k = readable(k_in), v = readable(v_in);
-  const at::Tensor prefix = prefix_in.has_value() ? prefix_in->contiguous() : at::Tensor();
+  const Table prefix(prefix_in);
   const at::Tensor lengths = lengths_in.contiguous();
   Output out(q_in);
   at::Tensor lse = at::zeros({B, H, L}, q_in.options());
   AT_DISPATCH_FLOATING_TYPES(q_in.scalar_type(), "ecce_attention_cpu", [&] {
     const scalar_t scale = scalar_t(scale_in);
     const int64_t* lens = lengths.data_ptr<int64_t>();
-    const scalar_t* table0 = prefix.defined() ? prefix.data_ptr<scalar_t>() : nullptr;
     scalar_t* lse0 = lse.data_ptr<scalar_t>();
     const auto inv = band::reciprocals<scalar_t>(dist);
     at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
@@ -244,9 +261,8 @@ std::tuple<at::Tensor, at::Tensor> ecce_attention(const at::Tensor& q_in, const 
       for (int64_t bh = begin; bh < end; ++bh) {
         const int64_t b = bh / H, h = bh % H, n = band::valid_length(lens, b, L);
         scalar_t* o = out.rows.head<scalar_t>(b, h);
-        const scalar_t* table = table0 ? table0 + bh * 3 * L : nullptr;
-        scores(q.head<scalar_t>(b, h), q.ld, k.head<scalar_t>(b, h), k.ld, n, Dh, scale, table, L, dist, inv.data(),
-               causal, S.get());
+        scores(q.head<scalar_t>(b, h), q.ld, k.head<scalar_t>(b, h), k.ld, n, Dh, scale, prefix.head<scalar_t>(b, h),
+               prefix.stride, dist, inv.data(), causal, S.get());
         for (int64_t i = 0; i < n; ++i) lse0[bh * L + i] = softmax_row(S.get() + i * n, causal ? i + 1 : n, n);
         gemm<scalar_t>(false, false, n, Dh, n, scalar_t(1), S.get(), n, v.head<scalar_t>(b, h), v.ld, scalar_t(0),
                        o, out.rows.ld);
@@ -268,15 +284,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ecce_attention_backwa
   const int64_t B = q_in.size(0), H = q_in.size(1), L = q_in.size(2), Dh = q_in.size(3);
   const Rows q = readable(q_in), k = readable(k_in), v = readable(v_in), o = readable(out_in),
              dout = readable(grad_in.to(q_in.scalar_type()));
-  const at::Tensor prefix = prefix_in.has_value() ? prefix_in->contiguous() : at::Tensor();
+  const Table prefix(prefix_in);
   const at::Tensor lengths = lengths_in.contiguous(), lse = lse_in.contiguous();
   Output dq(q_in), dk(k_in), dv(v_in);
-  at::Tensor d_prefix = prefix.defined() ? at::zeros_like(prefix) : at::zeros({0}, q_in.options());
+  at::Tensor d_prefix = at::zeros(prefix_in.has_value() ? prefix_in->sizes() : at::IntArrayRef{0}, q_in.options());
   AT_DISPATCH_FLOATING_TYPES(q_in.scalar_type(), "ecce_attention_backward_cpu", [&] {
     const scalar_t scale = scalar_t(scale_in);
     const int64_t* lens = lengths.data_ptr<int64_t>();
-    const scalar_t* table0 = prefix.defined() ? prefix.data_ptr<scalar_t>() : nullptr;
-    scalar_t* d_table0 = prefix.defined() ? d_prefix.data_ptr<scalar_t>() : nullptr;
+    scalar_t* d_table0 = d_prefix.data_ptr<scalar_t>();  // contiguous: (B, H, 3, L)
     const scalar_t* lse0 = lse.data_ptr<scalar_t>();
     const auto inv = band::reciprocals<scalar_t>(dist);
     at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
@@ -285,8 +300,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ecce_attention_backwa
         const int64_t b = bh / H, h = bh % H, n = band::valid_length(lens, b, L);
         const scalar_t *qh = q.head<scalar_t>(b, h), *kh = k.head<scalar_t>(b, h);
         const scalar_t *oh = o.head<scalar_t>(b, h), *gh = dout.head<scalar_t>(b, h);
-        const scalar_t* table = table0 ? table0 + bh * 3 * L : nullptr;
-        scores(qh, q.ld, kh, k.ld, n, Dh, scale, table, L, dist, inv.data(), causal, P.get());
+        const scalar_t* table = prefix.head<scalar_t>(b, h);
+        scores(qh, q.ld, kh, k.ld, n, Dh, scale, table, prefix.stride, dist, inv.data(), causal, P.get());
         for (int64_t i = 0; i < n; ++i) probabilities_row(P.get() + i * n, causal ? i + 1 : n, n, lse0[bh * L + i]);
         // d P = dO v^T, then the softmax's backward with delta_i = dO_i . out_i
         gemm<scalar_t>(false, true, n, n, Dh, scalar_t(1), gh, dout.ld, v.head<scalar_t>(b, h), v.ld, scalar_t(0),

@@ -35,10 +35,11 @@ inline void range(int64_t i, int64_t keys, int64_t dist, bool causal, int64_t& l
   hi = std::min<int64_t>(keys - 1, causal ? i : i + dist - 1);
 }
 
-// row[j] += E[i][j] for j in [lo, hi] (one head's table: S, R, zp, each L long).
+// row[j] += E[i][j] for j in [lo, hi]. One head's table: S, R and zp, `stride` apart (L when contiguous).
 template <typename T>
-void add_row(const T* table, int64_t L, int64_t i, int64_t lo, int64_t hi, int64_t dist, const T* inv, T* row) {
-  const T *S = table, *R = table + L, *zp = table + 2 * L;
+void add_row(const T* table, int64_t stride, int64_t i, int64_t lo, int64_t hi, int64_t dist, const T* inv,
+             T* row) {
+  const T *S = table, *R = table + stride, *zp = table + 2 * stride;
   const int64_t start = i / dist * dist, next = start + dist;  // i's chunk is [start, next)
   for (int64_t j = lo; j < std::min(start, hi + 1); ++j) row[j] += (R[j] + S[i]) * inv[i - j];  // chunk before
   for (int64_t j = std::max(lo, start); j <= std::min(i, hi); ++j) row[j] += (zp[j] - S[j] + S[i]) * inv[i - j];
@@ -49,9 +50,9 @@ void add_row(const T* table, int64_t L, int64_t i, int64_t lo, int64_t hi, int64
 
 // The gradient g[j] of E[i][j], j in [lo, hi], added to the table entries each mean reads.
 template <typename T>
-void scatter_row(T* d_table, int64_t L, int64_t i, int64_t lo, int64_t hi, int64_t dist, const T* inv,
+void scatter_row(T* d_table, int64_t stride, int64_t i, int64_t lo, int64_t hi, int64_t dist, const T* inv,
                  const T* g) {
-  T *dS = d_table, *dR = d_table + L, *dzp = d_table + 2 * L;
+  T *dS = d_table, *dR = d_table + stride, *dzp = d_table + 2 * stride;
   const int64_t start = i / dist * dist, next = start + dist;
   T to_si = 0, to_zpi = 0, to_ri = 0;
   for (int64_t j = lo; j < std::min(start, hi + 1); ++j) {
@@ -83,21 +84,22 @@ void scatter_row(T* d_table, int64_t L, int64_t i, int64_t lo, int64_t hi, int64
 
 // One head's n x n block of valid positions (rows `ld` apart): rows[i][j] += E[i][j] on the band.
 template <typename T>
-void add(const T* table, int64_t L, int64_t n, int64_t dist, bool causal, const T* inv, T* rows, int64_t ld) {
+void add(const T* table, int64_t stride, int64_t n, int64_t dist, bool causal, const T* inv, T* rows, int64_t ld) {
   for (int64_t i = 0; i < n; ++i) {
     int64_t lo, hi;
     range(i, n, dist, causal, lo, hi);
-    add_row(table, L, i, lo, hi, dist, inv, rows + i * ld);
+    add_row(table, stride, i, lo, hi, dist, inv, rows + i * ld);
   }
 }
 
 // The gradient of that block's band (rows `ld` apart) onto the head's table.
 template <typename T>
-void scatter(T* d_table, int64_t L, int64_t n, int64_t dist, bool causal, const T* inv, const T* grads, int64_t ld) {
+void scatter(T* d_table, int64_t stride, int64_t n, int64_t dist, bool causal, const T* inv, const T* grads,
+             int64_t ld) {
   for (int64_t i = 0; i < n; ++i) {
     int64_t lo, hi;
     range(i, n, dist, causal, lo, hi);
-    scatter_row(d_table, L, i, lo, hi, dist, inv, grads + i * ld);
+    scatter_row(d_table, stride, i, lo, hi, dist, inv, grads + i * ld);
   }
 }
 

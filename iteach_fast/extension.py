@@ -195,7 +195,7 @@ if _HAS_ATTENTION:  # outputs laid out as the C++ op lays them out (torch.empty_
         torch.empty_like(q), q.new_empty(q.shape[:3])))
     torch.library.register_fake(_ATTN_BWD)(lambda grad, q, k, v, prefix, lengths, out, lse, dist, scale, causal: (
         torch.empty_like(q), torch.empty_like(k), torch.empty_like(v),
-        torch.empty_like(prefix) if prefix is not None else q.new_empty((0,))))
+        prefix.new_empty(prefix.shape) if prefix is not None else q.new_empty((0,))))
 
 
 def _band_means(table: torch.Tensor, dist: int, causal: bool, lengths: torch.Tensor | None = None) -> torch.Tensor:
