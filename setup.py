@@ -23,6 +23,8 @@ with open(os.path.join(ROOT, "iteach_fast", "__init__.py")) as _f:
 # the stable ABI of Python 3.10+: csrc/extension.cpp uses only PyModuleDef / PyModule_Create;
 # torch's BuildExtension defines the same Py_LIMITED_API value for py_limited_api extensions
 LIMITED_API = ("Py_LIMITED_API", "0x030A0000")
+#: the package's subpackages, one per tier (docs/architecture.md)
+TIERS = ("ops", "nn", "data", "training", "evaluation", "reproduce")
 
 
 def _cuda_home():
@@ -104,9 +106,9 @@ setup(
     version=VERSION,
     description="Fused GPU kernels and drop-in PyTorch modules for ITEACH-Net "
                 "(incomplete multimodal emotion recognition in conversation)",
-    packages=["iteach_fast", "iteach_fast.kernels"],
+    packages=["iteach_fast", *(f"iteach_fast.{tier}" for tier in TIERS), "iteach_fast.kernels"],
     package_dir={"iteach_fast": "iteach_fast", "iteach_fast.kernels": "kernels"},
-    package_data={"iteach_fast": ["paper_results.json"]},
+    package_data={"iteach_fast.reproduce": ["paper_results.json"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
     python_requires=">=3.10",

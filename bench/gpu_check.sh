@@ -116,7 +116,7 @@ else
 fi
 step imports 60 10 $PYTHON -c "
 import torch, iteach_fast._C, iteach_fast.kernels.ecce
-from iteach_fast import backends
+from iteach_fast.ops import backends
 device = 'cuda' if torch.cuda.is_available() else 'cpu'
 print('iteach_fast._C and iteach_fast.kernels import; on', device + ':')
 for op, per in backends.available_backends(device).items():

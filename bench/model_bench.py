@@ -1,13 +1,13 @@
 """End-to-end entries: a whole ITEACH-Net training step and inference, per provider, with the
 host synchronisations and kernel launches of one step recorded beside its time.
 
-The training step is the one ``iteach-fast train`` runs (:class:`iteach_fast.train.Step`:
+The training step is the one ``iteach-fast train`` runs (:class:`iteach_fast.training.loop.Step`:
 forward + loss, backward, gradient norm, AdamW, the step's report read once), on batches
 collated on the host and copied to the device as training does. Providers: ``reference``
 (every op on the reference backend), ``auto`` (the registry's best backend of each op),
 ``auto+compile`` (``train --compile``: forward + loss through ``torch.compile(fullgraph=True)``,
 backward through AOTAutograd) and, on CUDA, ``auto+compile+cuda-graphs`` (``train --compile
---cuda-graphs``: :class:`~iteach_fast.train.GraphedStep`, the whole step captured in one CUDA
+--cuda-graphs``: :class:`~iteach_fast.training.loop.GraphedStep`, the whole step captured in one CUDA
 graph). Inference is the student's forward (compiled, and replayed from a CUDA graph, likewise).
 A provider that cannot be built here is a skipped row with the reason.
 """
@@ -19,10 +19,11 @@ from collections.abc import Callable
 
 import torch
 
-from iteach_fast.config import ModelConfig, TrainConfig
-from iteach_fast.distributed import context
-from iteach_fast.model import ITEACHNet
-from iteach_fast.train import GRAPH_WARMUP, Batch, GraphedStep, Step, make_optimizer
+from iteach_fast.nn.config import ModelConfig
+from iteach_fast.nn.model import ITEACHNet
+from iteach_fast.training.config import TrainConfig
+from iteach_fast.training.distributed import context
+from iteach_fast.training.loop import GRAPH_WARMUP, Batch, GraphedStep, Step, make_optimizer
 
 from .cases import Case, Entry, Prepared, Size, Skip
 from .counters import count_cuda_syncs, count_kernels, count_ops, count_syncs
@@ -68,7 +69,7 @@ def make_batches(B: int, L: int, device: torch.device, dtype: torch.dtype, copie
 
 
 def _train_batch(batch: tuple) -> Batch:
-    """One process's whole batch as :class:`iteach_fast.train.Batch` (the loss averages over its own counts)."""
+    """One process's whole batch as :class:`iteach_fast.training.loop.Batch` (the loss averages over its own counts)."""
     complete, incomplete, lengths, present, labels = batch
     return Batch(complete, incomplete, lengths, labels, present)
 

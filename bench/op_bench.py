@@ -2,8 +2,8 @@
 
 An entry says what to measure — sizes per device kind, modes, the work of one call (bytes a
 fused kernel must move, FLOPs) and the peers it is compared with. Its inputs come from
-``iteach_fast.testing.make_inputs`` (the tests' factory) and its own providers from the
-registry (``iteach_fast.backends.implementations``): a newly registered backend gets rows
+``iteach_fast.ops.testing.make_inputs`` (the tests' factory) and its own providers from the
+registry (``iteach_fast.ops.backends.implementations``): a newly registered backend gets rows
 here with no edit.
 """
 from __future__ import annotations
@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from iteach_fast import backends, ops, reference
-from iteach_fast.padding import valid_mask
-from iteach_fast.testing import make_inputs
+from iteach_fast import ops
+from iteach_fast.ops import backends, reference
+from iteach_fast.ops.padding import valid_mask
+from iteach_fast.ops.testing import make_inputs
 
 from .cases import Case, Entry, Prepared, Size, Skip
 
@@ -207,7 +208,7 @@ class OpEntry(Entry):
         return provider in self.peers and self.peers[provider].compiled
 
     def function(self, provider: str, device: torch.device) -> Callable:
-        """``f(op_case)`` running ``provider`` on an :class:`~iteach_fast.testing.OpCase`, or Skip."""
+        """``f(op_case)`` running ``provider`` on an :class:`~iteach_fast.ops.testing.OpCase`, or Skip."""
         if provider in backends.REGISTRY[self.op]:
             impl = backends.REGISTRY[self.op][provider]
             why = impl.unavailable_reason(device)
@@ -232,7 +233,7 @@ class OpEntry(Entry):
                                 dtype=c0.torch_dtype, device=device, garbage=None, requires_grad=grad,
                                 generator=gen, **params) for _ in range(copies)]
         except TypeError as err:  # e.g. an op without a causal mode yet
-            return dict.fromkeys(cases, Skip(f"iteach_fast.testing.make_inputs({self.op!r}, ...): {err}"))
+            return dict.fromkeys(cases, Skip(f"iteach_fast.ops.testing.make_inputs({self.op!r}, ...): {err}"))
         grads_out = {}  # one set of output gradients per input copy, shared by every provider
 
         def output_grads(i: int, outputs: tuple) -> list:

@@ -11,7 +11,7 @@ import itertools
 
 import torch
 
-from iteach_fast import backends
+from iteach_fast.ops import backends
 
 from .cases import Case, Entry, Size, Skip, size_kind
 from .model_bench import MODEL_ENTRY
@@ -101,7 +101,7 @@ def baselines() -> dict[str, str]:
 
 def describe() -> dict[str, str]:
     """Every provider's one-line description (the registry's backends, then each entry's own)."""
-    out = {"reference": "the pure-PyTorch reference (iteach_fast.reference), the oracle",
+    out = {"reference": "the pure-PyTorch reference (iteach_fast.ops.reference), the oracle",
            "triton": "K1, this package's Triton kernels (kernels/); CUDA only (the CPU interpreter is a "
                      "correctness tool)",
            "cpp": "K2, this package's C++/CUDA extension (csrc/), CPU and CUDA"}

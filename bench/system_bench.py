@@ -111,8 +111,8 @@ class StreamEntry(Entry):
 
 def _ddp_supported() -> str | None:
     """None if ``iteach-fast train`` runs data-parallel under torchrun, else why not."""
-    if importlib.util.find_spec("iteach_fast.distributed") is None:
-        return "iteach_fast.train does not run data-parallel under torchrun yet"
+    if importlib.util.find_spec("iteach_fast.training.distributed") is None:
+        return "iteach_fast.training.loop does not run data-parallel under torchrun yet"
     return None
 
 

@@ -1,7 +1,7 @@
 """``iteach-fast`` (also ``python -m iteach_fast``): train, evaluate, ime, demo, reproduce,
 export-synthetic, check-data, bench, info.
 
-Every field of :class:`iteach_fast.config.TrainConfig` is a flag (``--batch-size 16``,
+Every field of :class:`iteach_fast.training.config.TrainConfig` is a flag (``--batch-size 16``,
 ``--syn-dims 64,32,48``); ``--config FILE`` (YAML/JSON) sets defaults that flags override.
 """
 from __future__ import annotations
@@ -19,20 +19,23 @@ import numpy
 import torch
 
 from . import __version__
-from .backends import available_backends
-from .checkpoint import RunDirBusy, atomic_write, load_checkpoint
 from .choices import BACKENDS, EVAL_MODELS, EXPERIMENTS, PRECISIONS
-from .config import MODEL_KEYS, TRAIN_KEYS, ModelConfig, TrainConfig, coerce, load_mapping
-from .data import GCNET_DATASETS
-from .datacheck import LAYOUTS, check_data, export_synthetic
-from .distributed import DistributedError, rank_tag
-from .evaluate import data_gaps, load_for_eval
-from .masking import EVAL_RATES
-from .predict import predict, stream_demo
-from .protocols import DEMO_DEFAULTS, demo, ime, ume
+from .data.check import LAYOUTS, check_data, export_synthetic
+from .data.gcnet import GCNET_DATASETS
+from .data.masking import EVAL_RATES
+from .data.sources import synthetic_spec
+from .evaluation.gaps import data_gaps
+from .evaluation.predict import predict, stream_demo
+from .evaluation.protocols import DEMO_DEFAULTS, demo, ime, ume
+from .files import atomic_write
+from .nn.config import ModelConfig, coerce
+from .ops.backends import available_backends
 from .reproduce import DEFAULT_SEEDS, QUICK, QUICK_SEEDS, VARIED, reproduce
-from .runtime import resolve_device
-from .train import RESUME_SETTINGS, train
+from .training.checkpoint import RunDirBusy, load_checkpoint, load_for_eval
+from .training.config import MODEL_KEYS, TRAIN_KEYS, TrainConfig, load_mapping
+from .training.distributed import DistributedError, rank_tag
+from .training.loop import RESUME_SETTINGS, train
+from .training.runtime import resolve_device
 
 #: the synthetic set's fields that export-synthetic takes, named as for train
 EXPORT_KEYS = ("syn_conversations", "syn_min_len", "syn_max_len", "syn_dims", "seed")
@@ -190,8 +193,8 @@ def cmd_reproduce(args) -> int:
 
 def cmd_export_synthetic(args) -> int:
     given = {k: getattr(args, k) for k in EXPORT_KEYS if getattr(args, k) is not None}
-    res = export_synthetic(args.out, args.dataset, TrainConfig().replace(**given), layout=args.layout,
-                           overwrite=args.overwrite)
+    spec = synthetic_spec(TrainConfig().replace(**given).validate())
+    res = export_synthetic(args.out, args.dataset, spec, layout=args.layout, overwrite=args.overwrite)
     print(f"wrote {res['dialogues']} dialogues / {res['utterances']} utterances for {args.dataset} in GCNet's layout "
           f"under {args.out}: {res['label_file']}; features in {', '.join(res['feature_roots'].values())}; "
           f"dialogues per {'session' if args.dataset.startswith('iemocap') else 'split'}: "

@@ -1,6 +1,6 @@
 """K1: ECCE's banded average-pooling bias fused into attention, in Triton: the stable entry point.
 
-The backend registry (``iteach_fast.backends``) names these functions as
+The backend registry (``iteach_fast.ops.backends``) names these functions as
 ``iteach_fast.kernels.ecce:<name>``; the kernels live in the modules beside this one (see
 ``iteach_fast.kernels``), the maths in ``docs/maths.md``.
 

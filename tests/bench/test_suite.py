@@ -6,7 +6,7 @@ import torch
 
 from bench import suite
 from bench.cases import Prepared, Skip
-from iteach_fast import backends
+from iteach_fast.ops import backends
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")  # a device type is enough to enumerate cases
 
@@ -51,7 +51,7 @@ def test_a_newly_registered_backend_gets_benchmark_rows(monkeypatch):
                                 auto_devices=lambda: None)
     monkeypatch.setitem(backends.BACKEND_SPECS, "fake", spec)
     monkeypatch.setitem(backends.REGISTRY["routed_mixture"], "fake",
-                        backends.Implementation("routed_mixture", "fake", "iteach_fast.reference:routed_mixture"))
+                        backends.Implementation("routed_mixture", "fake", "iteach_fast.ops.reference:routed_mixture"))
     backends.refresh()
     try:
         cases = suite.build_cases(CPU, smoke=True, ops_=("routed_mixture",), modes=("fwd+bwd",))

@@ -1,12 +1,12 @@
-"""Tests of the model (iteach_fast.model): teacher / student, the frameworks, the eq. 12-15
+"""Tests of the model (iteach_fast.nn.model): teacher / student, the frameworks, the eq. 12-15
 loss, the optimiser groups, padding invariance, length 0 / 1, training steps, sizes."""
 import pytest
 import torch
 import torch.nn.functional as F
 
-from iteach_fast.config import ModelConfig
-from iteach_fast.model import REC_WEIGHTS, ITEACHModel, ITEACHNet, ModelOutput
-from iteach_fast.modules import RoutedTokenMixer
+from iteach_fast.nn.config import ModelConfig
+from iteach_fast.nn.model import REC_WEIGHTS, ITEACHModel, ITEACHNet, ModelOutput
+from iteach_fast.nn.modules import RoutedTokenMixer
 
 DIMS = (12, 8, 10)
 SMALL = dict(dim=16, heads=4, max_len=24, dist=5, conv_kernel=3)
@@ -366,7 +366,7 @@ def test_loss_float_class_labels_are_a_type_error():
 def test_loss_ignore_index_left_out_of_sum_and_count():
     """IGNORE_INDEX (-100) at a valid utterance: out of L_emo's sum and its count, as
     F.cross_entropy(ignore_index=-100) does; L_rec still distils that utterance."""
-    from iteach_fast.model import IGNORE_INDEX
+    from iteach_fast.nn.model import IGNORE_INDEX
 
     net = _perturb(ITEACHNet(DIMS, C, **SMALL))
     complete, incomplete, lens, present, labels = batch((9, 7, 5, 2))

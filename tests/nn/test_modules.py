@@ -1,4 +1,4 @@
-"""Tests of the drop-in modules (iteach_fast.modules): shapes, backends, padding invariance,
+"""Tests of the drop-in modules (iteach_fast.nn.modules): shapes, backends, padding invariance,
 length 0 / 1, ECCE's bias and modes, the token mixers against their definitions, causal mode,
 validation once (Padded), no copies around the fused attention."""
 import math
@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from iteach_fast import backends, ops
-from iteach_fast.modules import (
+from iteach_fast import ops
+from iteach_fast.nn.modules import (
     ECCE,
     AvgPoolTokenMixer,
     CrossAttention,
@@ -22,6 +22,7 @@ from iteach_fast.modules import (
     padded,
     set_backend,
 )
+from iteach_fast.ops import backends
 
 B, L, D, H = 3, 11, 16, 4
 MAX_LEN, DIST = 16, 5

@@ -1,12 +1,12 @@
-"""Tests of utterance-by-utterance inference (iteach_fast.streaming): a StreamingSession's
+"""Tests of utterance-by-utterance inference (iteach_fast.nn.streaming): a StreamingSession's
 predictions equal the full causal forward's at every step, for the teacher and the student,
 every mixer, with missing modalities; its errors; its state's size."""
 import pytest
 import torch
 import torch.nn.functional as F
 
-from iteach_fast.model import ITEACHModel, ITEACHNet
-from iteach_fast.streaming import StreamingSession
+from iteach_fast.nn.model import ITEACHModel, ITEACHNet
+from iteach_fast.nn.streaming import StreamingSession
 
 DIMS = (12, 8, 10)
 SMALL = dict(dim=16, heads=4, dist=7, conv_kernel=5)

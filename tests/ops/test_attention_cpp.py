@@ -14,7 +14,8 @@ import sys
 import pytest
 import torch
 
-from iteach_fast import backends, extension, ops, reference
+from iteach_fast import ops
+from iteach_fast.ops import backends, cpp, reference
 
 IMPL = backends.REGISTRY["ecce_attention"]["cpp"]
 pytestmark = pytest.mark.skipif(IMPL.unavailable_reason(torch.device("cpu")) is not None,
@@ -48,7 +49,7 @@ def test_long_ragged_conversations_in_the_models_layout(causal, dist):
     lengths 150 / 77 / 1 / 0."""
     q, k, v, prefix, lens = _case(B=4, H=3, L=150, Dh=16, lengths=(150, 77, 1, 0), dist=dist or 5)
     case = (q, k, v, prefix if dist else None, lens)
-    got = _grads(extension.ecce_attention, *case, dist or 5, causal)
+    got = _grads(cpp.ecce_attention, *case, dist or 5, causal)
     want = _grads(reference.ecce_attention, *[t.double() if t is not None and t.is_floating_point() else t
                                               for t in case], dist or 5, causal)
     atol, rtol = IMPL.tolerances[torch.float32]
@@ -63,7 +64,8 @@ def test_the_loops_without_blas_match_the_reference():
     """ITEACH_FAST_NO_BLAS=1 (read once per process): the products by plain loops."""
     code = (
         "import torch\n"
-        "from iteach_fast import extension, ops, reference\n"
+        "from iteach_fast import ops\n"
+        "from iteach_fast.ops import cpp, reference\n"
         "torch.manual_seed(0)\n"
         "x = torch.randn(2, 9, 3, 2, 4, dtype=torch.float64)\n"
         "q, k, v = (x[:, :, i].transpose(1, 2).requires_grad_() for i in range(3))\n"
@@ -71,7 +73,7 @@ def test_the_loops_without_blas_match_the_reference():
         "prefix = ops.ecce_prefix(torch.randn(2, 9, 6, dtype=torch.float64), torch.randn(6, 2, dtype=torch.float64),"
         " lens, 3, backend='reference')[1].detach().requires_grad_()\n"
         "for causal in (False, True):\n"
-        "    a = extension.ecce_attention(q, k, v, prefix, lens, 3, 0.5, causal)\n"
+        "    a = cpp.ecce_attention(q, k, v, prefix, lens, 3, 0.5, causal)\n"
         "    b = reference.ecce_attention(q, k, v, prefix, lens, 3, 0.5, causal)\n"
         "    ga = torch.autograd.grad(a.sum(), (q, k, v, prefix))\n"
         "    gb = torch.autograd.grad(b.sum(), (q, k, v, prefix))\n"
@@ -88,8 +90,8 @@ def test_the_loops_without_blas_match_the_reference():
 def test_gradcheck_float64(causal):
     q, k, v, prefix, lens = _case(B=2, H=2, L=6, Dh=3, lengths=(6, 4), dist=3, dtype=torch.float64)
     leaves = [t.detach().requires_grad_() for t in (q, k, v, prefix)]
-    assert torch.autograd.gradcheck(lambda *t: extension.ecce_attention(*t, lens, 3, 0.7, causal), leaves)
-    assert torch.autograd.gradcheck(lambda *t: extension.ecce_attention(*t, None, lens, 3, 0.7, causal), leaves[:3])
+    assert torch.autograd.gradcheck(lambda *t: cpp.ecce_attention(*t, lens, 3, 0.7, causal), leaves)
+    assert torch.autograd.gradcheck(lambda *t: cpp.ecce_attention(*t, None, lens, 3, 0.7, causal), leaves[:3])
 
 
 def test_opcheck():
@@ -108,14 +110,14 @@ def test_the_backward_keeps_no_l_by_l_tensor():
     q, k, v, prefix, lens = _case(B=2, H=2, L=64, Dh=4, lengths=(64, 30), dist=8)
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
-        extension.ecce_attention(*(t.requires_grad_() for t in (q, k, v, prefix)), lens, 8, 0.5, False)
+        cpp.ecce_attention(*(t.requires_grad_() for t in (q, k, v, prefix)), lens, 8, 0.5, False)
     assert saved and max(saved) <= q.numel()
 
 
 def test_deterministic():
     case = _case(B=4, H=3, L=40, Dh=8, lengths=(40, 21, 3, 0), dist=6)
-    a = _grads(extension.ecce_attention, *case, 6, False)
-    b = _grads(extension.ecce_attention, *case, 6, False)
+    a = _grads(cpp.ecce_attention, *case, 6, False)
+    b = _grads(cpp.ecce_attention, *case, 6, False)
     assert all(torch.equal(x, y) for x, y in zip(a, b))
 
 
@@ -143,7 +145,7 @@ def test_a_nan_in_a_valid_row_is_not_silently_dropped():
     q, k = q.clone(), k.clone()
     k[0, 0, 4] = float("nan")  # a valid key of conversation 0: every query of it sees NaN
     k[1, 0, 7] = float("nan")  # padding of conversation 1: nothing may see it
-    out = extension.ecce_attention(q, k, v, prefix, lens, 3, 0.5, False)
+    out = cpp.ecce_attention(q, k, v, prefix, lens, 3, 0.5, False)
     ref = reference.ecce_attention(q, k, v, prefix, lens, 3, 0.5, False)
     assert torch.isnan(out[0]).all() and torch.isnan(ref[0]).all()
     assert torch.isfinite(out[1]).all()

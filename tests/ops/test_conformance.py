@@ -1,17 +1,18 @@
-"""Every registered implementation (iteach_fast.backends.REGISTRY) against the float64
+"""Every registered implementation (iteach_fast.ops.backends.REGISTRY) against the float64
 reference: every dtype it declares x ragged lengths (0 and 1 included) x garbage in the
 padding x causal (where it declares the feature), the forward and the gradient of every
 tensor input; and every backend's prefix table read by every backend's attention. A new
 backend registered there is tested here with no edit.
 
-The tolerances are the registry's (iteach_fast.testing.assert_close); the padding holds
+The tolerances are the registry's (iteach_fast.ops.testing.assert_close); the padding holds
 large values (or NaN), so equal valid outputs also prove that padding is never read.
 """
 import pytest
 import torch
 
-from iteach_fast import backends, ops, testing
-from iteach_fast.padding import valid_mask
+from iteach_fast import ops
+from iteach_fast.ops import backends, testing
+from iteach_fast.ops.padding import valid_mask
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 

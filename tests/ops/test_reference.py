@@ -3,7 +3,7 @@ accuracy, causal mode, gradients, the strided layouts, errors.
 
 These tests pin the oracle; tests/ops/test_conformance.py holds every other implementation
 to it (padding, empty conversations, low precision, every gradient). Inputs come from
-``iteach_fast.testing.make_inputs``; the oracles here are literal loops.
+``iteach_fast.ops.testing.make_inputs``; the oracles here are literal loops.
 """
 import dataclasses
 import math
@@ -11,8 +11,9 @@ import math
 import pytest
 import torch
 
-from iteach_fast import ops, reference, testing
-from iteach_fast.padding import valid_mask
+from iteach_fast import ops
+from iteach_fast.ops import reference, testing
+from iteach_fast.ops.padding import valid_mask
 
 
 def algorithm1(Z, fc_weight, fc_bias=None, dist=30):

@@ -9,8 +9,9 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import iteach_fast
-from iteach_fast import backends, dispatch, extension, ops, reference, testing
-from iteach_fast.backends import BackendUnavailable
+from iteach_fast import ops
+from iteach_fast.ops import backends, cpp, reference, testing
+from iteach_fast.ops.backends import BackendUnavailable
 
 
 def _import_with(env_extra):
@@ -36,7 +37,7 @@ def test_available_backends_lists_every_op_and_reason():
 
 
 def test_extension_reports_its_build():
-    module, why = extension.STATUS
+    module, why = cpp.STATUS
     if module is None:
         pytest.skip(f"extension not built: {why}")
     assert torch.ops.iteach_fast.version() == iteach_fast.__version__
@@ -135,7 +136,7 @@ class _Syncs(TorchDispatchMode):
 @pytest.mark.parametrize("impl", [pytest.param(i, id=f"{i.op}-{i.backend}") for op in backends.OPS
                                   for i in backends.implementations(op)])
 def test_dispatch_never_reads_device_values_on_the_host(impl):
-    """The unchecked twins (iteach_fast.dispatch) and every implementation behind them, forward and
+    """The unchecked twins (iteach_fast.ops.backends) and every implementation behind them, forward and
     backward: no host synchronisation (the public ops' eager lengths check is the only one)."""
     if impl.unavailable_reason("cpu") is not None:
         pytest.skip(impl.unavailable_reason("cpu"))
@@ -143,14 +144,14 @@ def test_dispatch_never_reads_device_values_on_the_host(impl):
     t = list(case.tensors.values())
     with _Syncs() as syncs:
         if impl.op == "ecce_prefix":
-            out = dispatch.ecce_prefix(*t, case.lengths, 4, impl.backend)
+            out = backends.call("ecce_prefix", impl.backend, *t, case.lengths, 4)
         elif impl.op == "ecce_bias":
-            out = dispatch.ecce_bias(*t, case.lengths, 4, False, impl.backend)
+            out = backends.call("ecce_bias", impl.backend, *t, case.lengths, 4, False)
         elif impl.op == "ecce_attention":
             prefix = reference.prefix_table(t[3], 4)
-            out = dispatch.ecce_attention(*t[:3], prefix, case.lengths, 4, 0.5, False, impl.backend)
+            out = backends.call("ecce_attention", impl.backend, *t[:3], prefix, case.lengths, 4, 0.5, False)
         else:
-            out = dispatch.routed_mixture(*t, case.lengths, 3, False, impl.backend)
+            out = backends.call("routed_mixture", impl.backend, *t, case.lengths, 3, False)
         out = out if isinstance(out, tuple) else (out,)
         torch.autograd.backward(out, [torch.ones_like(o) for o in out])
     assert syncs.seen == [], syncs.seen

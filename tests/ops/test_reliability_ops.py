@@ -10,13 +10,15 @@ import textwrap
 import pytest
 import torch
 
-from iteach_fast import backends, ops, testing
+from iteach_fast import ops
+from iteach_fast.ops import backends, testing
 
 # --- torch.compile from a cold process ----------------------------------------------------
 
 _COLD_COMPILE = textwrap.dedent("""
     import torch
-    from iteach_fast import ops, testing
+    from iteach_fast import ops
+    from iteach_fast.ops import testing
 
     failures = []
     for op in ("ecce_prefix", "ecce_bias", "ecce_attention", "routed_mixture"):

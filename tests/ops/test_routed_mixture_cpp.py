@@ -14,7 +14,8 @@ import warnings
 import pytest
 import torch
 
-from iteach_fast import backends, extension, ops
+from iteach_fast import ops
+from iteach_fast.ops import backends, cpp
 
 pytestmark = pytest.mark.skipif(
     backends.REGISTRY["routed_mixture"]["cpp"].unavailable_reason() is not None,
@@ -281,7 +282,7 @@ def test_extension_has_cuda_where_expected():
     """CI sets ITEACH_FAST_EXPECT_CUDA=1 where nvcc exists: the build must then contain the CUDA kernels."""
     if os.environ.get("ITEACH_FAST_EXPECT_CUDA", "0") != "1":
         pytest.skip("ITEACH_FAST_EXPECT_CUDA is not set")
-    assert extension.has_cuda(), "iteach_fast._C was built without CUDA"
+    assert cpp.has_cuda(), "iteach_fast._C was built without CUDA"
     if torch.cuda.is_available():  # and on a GPU machine every backend must be able to run
         for op, reasons in backends.available_backends("cuda").items():
             assert all(why is None for why in reasons.values()), f"{op}: {reasons}"
@@ -298,7 +299,7 @@ def test_extension_has_cuda_where_expected():
 # vectors on 4-32 lanes (two tokens a warp for 16-bit types at 128), 200 / 520 several vectors a lane
 @pytest.mark.parametrize("D", [1, 13, 64, 128, 200, 520])
 def test_cuda_matches_reference(dtype, pool_size, D, causal):
-    if not extension.has_cuda():
+    if not cpp.has_cuda():
         pytest.skip("iteach_fast._C was built without CUDA")
     args, lens = _inputs(5, 37, D, [37, 0, 1, 20, 36], dtype, device="cuda", garbage=True)
     out, grads = _compare(args, lens, pool_size, dtype, causal=causal)
@@ -313,7 +314,7 @@ def test_cuda_matches_reference(dtype, pool_size, D, causal):
 def test_cuda_many_conversations_and_misaligned_rows():
     """A grid split over 65535-conversation launches; rows that are not 16-byte aligned (a
     storage offset of one element) take the scalar path."""
-    if not extension.has_cuda():
+    if not cpp.has_cuda():
         pytest.skip("iteach_fast._C was built without CUDA")
     args, lens = _inputs(70000, 2, 2, torch.randint(0, 3, (70000,)), torch.float32, device="cuda")
     _compare(args, lens, 3, torch.float32, causal=True)
@@ -326,7 +327,7 @@ def test_cuda_many_conversations_and_misaligned_rows():
 
 @pytest.mark.gpu
 def test_cuda_torch_func_grad():
-    if not extension.has_cuda():
+    if not cpp.has_cuda():
         pytest.skip("iteach_fast._C was built without CUDA")
     args, lens = _inputs(2, 6, 8, [6, 3], torch.float64, device="cuda")
     grads = [torch.func.grad(lambda *a, b=b: _mixture(b, True, lens)(*a).square().sum(), argnums=(0, 1, 2, 3))(*args)
@@ -338,7 +339,7 @@ def test_cuda_torch_func_grad():
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16], ids=str)
 def test_cuda_ties_and_determinism(dtype):
-    if not extension.has_cuda():
+    if not cpp.has_cuda():
         pytest.skip("iteach_fast._C was built without CUDA")
     (logits, _, y_attn, y_mlp), lens = _inputs(3, 50, 64, [50, 17, 1], dtype, device="cuda")
     x = (torch.randint(-1, 2, (3, 50, 64)) + 0.5).to(device="cuda", dtype=dtype)
@@ -352,7 +353,7 @@ def test_cuda_ties_and_determinism(dtype):
 
 @pytest.mark.gpu
 def test_cuda_opcheck_and_compile():
-    if not extension.has_cuda():
+    if not cpp.has_cuda():
         pytest.skip("iteach_fast._C was built without CUDA")
     args, lens = _inputs(2, 9, 16, [9, 4], torch.float32, device="cuda")
     args = [a.requires_grad_() for a in args]

@@ -22,8 +22,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 if __name__ == "__main__" and not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # as tests/conftest.py does, before triton loads
 
-from iteach_fast import backends, ops, reference, testing
-from iteach_fast.padding import valid_mask
+from iteach_fast import ops
+from iteach_fast.ops import backends, reference, testing
+from iteach_fast.ops.padding import valid_mask
 
 pytest.importorskip("triton", reason="triton is not installed")
 # not skipped: without it the package is not installed (kernels/ becomes iteach_fast.kernels

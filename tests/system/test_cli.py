@@ -82,7 +82,7 @@ def test_config_file_yaml_and_resume(tmp_path, capsys):
     out = tmp_path / "run"
     rc, stdout, err = run_main(["train", "--config", str(cfg), "--out-dir", str(out), *TINY_FLAGS], capsys)
     assert rc == 0, err
-    from iteach_fast.checkpoint import load_checkpoint
+    from iteach_fast.training.checkpoint import load_checkpoint
 
     ck = load_checkpoint(str(out / "last.pt"))
     assert ck["config"]["strategy"] == "progressive" and ck["config"]["syn_dims"] == [6, 4, 5]

@@ -20,12 +20,12 @@ import pytest
 import torch
 
 from iteach_fast import cli
-from iteach_fast import train as training
-from iteach_fast.config import TrainConfig
-from iteach_fast.data import splits_for
-from iteach_fast.distributed import Context
-from iteach_fast.model import ITEACHNet
-from iteach_fast.runtime import set_threads
+from iteach_fast.data.sources import splits_for
+from iteach_fast.nn.model import ITEACHNet
+from iteach_fast.training import loop as training
+from iteach_fast.training.config import TrainConfig
+from iteach_fast.training.distributed import Context
+from iteach_fast.training.runtime import set_threads
 
 TINY = dict(syn_conversations=10, syn_min_len=3, syn_max_len=8, syn_dims=(6, 4, 5), dim=8, heads=2, max_len=8,
             dist=4, conv_kernel=3, teacher_layers=1, student_layers=1, batch_size=4, progress=False, threads=1)
@@ -60,9 +60,9 @@ def losses(step, splits, ctx, n: int, shape=None) -> list:
 COLD = """
 import json, sys
 import torch
-from iteach_fast import train as training
-from iteach_fast.config import TrainConfig
-from iteach_fast.data import splits_for
+from iteach_fast.training import loop as training
+from iteach_fast.training.config import TrainConfig
+from iteach_fast.data.sources import splits_for
 sys.path.insert(0, {here!r})
 from test_compile_step import TINY, losses, make_steps
 

@@ -4,8 +4,8 @@ each op here) follow the same loss curve within the registry's float32 tolerance
 that is right on one call but drifts (a wrong gradient, say) shows up as diverging losses."""
 import torch
 
-from iteach_fast import backends
-from iteach_fast.model import ITEACHNet
+from iteach_fast.nn.model import ITEACHNet
+from iteach_fast.ops import backends
 
 DIMS, C, B, L, STEPS = (12, 8, 10), 4, 4, 24, 10
 

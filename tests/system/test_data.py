@@ -6,7 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from iteach_fast.data import DataError, SyntheticSpec, collate, load_dataset, load_gcnet, make_synthetic
+from iteach_fast.data.dataset import DataError, collate
+from iteach_fast.data.gcnet import load_gcnet
+from iteach_fast.data.sources import load_dataset
+from iteach_fast.data.synthetic import SyntheticSpec, make_synthetic
 
 TINY = dict(num_conversations=12, min_len=3, max_len=9, dims=(6, 4, 5))
 

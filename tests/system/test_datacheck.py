@@ -1,4 +1,4 @@
-"""Tests of iteach_fast.datacheck: the synthetic conversations exported in GCNet's layout load
+"""Tests of iteach_fast.data.check: the synthetic conversations exported in GCNet's layout load
 back unchanged through the real-data loader (IEMOCAP's five folds, MOSI's splits), train end
 to end through the command line with ``--select-on test``, and ``check-data`` names the file
 of each defect seeded into an export."""
@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from iteach_fast import cli
-from iteach_fast.config import TrainConfig
-from iteach_fast.data import load_dataset, load_gcnet, splits_for
-from iteach_fast.datacheck import check_data, export_synthetic
+from iteach_fast.data.check import check_data, export_synthetic
+from iteach_fast.data.gcnet import load_gcnet
+from iteach_fast.data.sources import load_dataset, splits_for, synthetic_spec
+from iteach_fast.training.config import TrainConfig
 
 SYN = dict(syn_conversations=12, syn_min_len=3, syn_max_len=8, syn_dims=(6, 4, 5), seed=2)
 TINY_FLAGS = ["--dim", "8", "--heads", "2", "--max-len", "8", "--dist", "4", "--conv-kernel", "3",
@@ -25,7 +26,7 @@ TEXT, AUDIO, VISUAL = "deberta-large-4-UTT", "wav2vec-large-c-UTT", "manet_UTT"
 @pytest.fixture(scope="module")
 def export(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("export") / "iemocap")
-    return root, export_synthetic(root, "iemocap4", TrainConfig.from_dict(SYN))
+    return root, export_synthetic(root, "iemocap4", synthetic_spec(TrainConfig.from_dict(SYN)))
 
 
 @pytest.fixture
@@ -62,7 +63,7 @@ def test_export_iemocap_loads_back_unchanged_in_every_fold(export):
 
 
 def test_export_mosi_keeps_the_synthetic_splits(tmp_path):
-    info = export_synthetic(str(tmp_path / "mosi"), "cmumosi", TrainConfig.from_dict(SYN))
+    info = export_synthetic(str(tmp_path / "mosi"), "cmumosi", synthetic_spec(TrainConfig.from_dict(SYN)))
     s = load_dataset("cmumosi", data_root=str(tmp_path / "mosi"))
     original = splits_for(TrainConfig.from_dict({**SYN, "syn_classes": 1}))
     assert [c["id"] for c in s.test] == sorted(c["id"] for c in original.test)

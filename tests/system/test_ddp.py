@@ -19,10 +19,11 @@ import time
 import pytest
 import torch
 
-from iteach_fast import checkpoint, cli, distributed
-from iteach_fast import train as training
-from iteach_fast.config import TrainConfig
-from iteach_fast.model import ITEACHNet
+from iteach_fast import cli
+from iteach_fast.nn.model import ITEACHNet
+from iteach_fast.training import checkpoint, distributed
+from iteach_fast.training import loop as training
+from iteach_fast.training.config import TrainConfig
 
 # 9 training conversations in global batches of 4: the last batch has one, so rank 1 trains on
 # a zero-length conversation there (every rank joins every step)

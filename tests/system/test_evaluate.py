@@ -1,4 +1,4 @@
-"""Tests of evaluation (iteach_fast.evaluate) and the figures (iteach_fast.plots): metric
+"""Tests of evaluation (iteach_fast.training.validation) and the figures (iteach_fast.evaluation.plots): metric
 parity with a hand computation, the UME / IME outputs (JSON, CSV, table, average row),
 the PNGs, the data-gap report, and the teacher on complete data (Table 1)."""
 import csv
@@ -9,14 +9,17 @@ import numpy as np
 import pytest
 import torch
 
-from iteach_fast import cli, masking, metrics, plots, protocols
-from iteach_fast import evaluate as ev
-from iteach_fast import train as training
-from iteach_fast.checkpoint import load_checkpoint
-from iteach_fast.config import TrainConfig
-from iteach_fast.data import SyntheticSpec, make_synthetic
-from iteach_fast.masking import EVAL_RATES
-from iteach_fast.model import ITEACHNet
+from iteach_fast import cli
+from iteach_fast.data import masking
+from iteach_fast.data.masking import EVAL_RATES
+from iteach_fast.data.synthetic import SyntheticSpec, make_synthetic
+from iteach_fast.evaluation import plots, protocols
+from iteach_fast.evaluation.gaps import data_gaps
+from iteach_fast.nn.model import ITEACHNet
+from iteach_fast.training import loop as training
+from iteach_fast.training import validation as ev
+from iteach_fast.training.checkpoint import load_checkpoint, load_for_eval
+from iteach_fast.training.config import TrainConfig
 
 TINY = dict(syn_conversations=8, syn_min_len=3, syn_max_len=8, syn_dims=(6, 4, 5), dim=8, heads=2, max_len=8,
             dist=4, conv_kernel=3, teacher_layers=1, student_layers=1, epochs=1, batch_size=4,
@@ -51,11 +54,11 @@ def _hand_waf(t, p):
 def test_classification_metrics_match_hand_computation():
     t = [0, 0, 1, 1, 1, 2, 3, 3, 2, 0]
     p = [0, 1, 1, 1, 0, 2, 3, 2, 2, 3]
-    m = metrics.compute_metrics(np.array(t), np.array(p))
+    m = ev.compute_metrics(np.array(t), np.array(p))
     assert m["acc"] == pytest.approx(100 * 6 / 10)
     assert m["waf"] == pytest.approx(_hand_waf(t, p))
     assert set(m) == {"waf", "acc"}
-    empty = metrics.compute_metrics(np.zeros(0), np.zeros(0))
+    empty = ev.compute_metrics(np.zeros(0), np.zeros(0))
     assert np.isnan(empty["waf"]) and np.isnan(empty["acc"])
 
 
@@ -63,7 +66,7 @@ def test_regression_metrics_binary_rule_and_mae():
     # GCNet's MOSI rule: > 0 positive, < 0 negative, label exactly 0 excluded; MAE over all
     y = np.array([2.0, -1.0, 0.0, 0.5, -2.5, 1.0])
     s = np.array([1.5, 0.4, 2.0, 0.2, -1.0, -0.3])
-    m = metrics.compute_metrics(y, s, task="regression")
+    m = ev.compute_metrics(y, s, task="regression")
     kept_t = [True, False, True, False, True]  # labels without the 0
     kept_p = [True, True, True, False, False]
     assert m["acc"] == pytest.approx(100 * 3 / 5)
@@ -133,8 +136,8 @@ def test_ime_one_model_per_rate(tmp_path):
 
 
 def test_data_gaps_report(checkpoint):
-    net, _, splits, _ = ev.load_for_eval(checkpoint, device="cpu")
-    res = ev.data_gaps(splits, net, log=quiet)
+    net, _, splits, _ = load_for_eval(checkpoint, device="cpu")
+    res = data_gaps(splits, net, log=quiet)
     models = {r["model"] for r in res["rows"]}
     assert {"per-utterance logreg (no context)", "ITEACH student (context)", "majority class (chance)"} <= models
     assert all(0 <= r["waf"] <= 100 for r in res["rows"])
@@ -147,7 +150,7 @@ def test_plots_are_pngs(tmp_path, checkpoint):
     rows = [{"rate": r, "waf": 50 - 10 * r} for r in (0.0, 0.3, 0.7)] + [{"rate": "average", "waf": 46.7}]
     p1 = plots.waf_vs_rate({"a": rows, "b": rows[:2]}, str(tmp_path / "x" / "waf.png"))
     p2 = plots.confusion_grid({0.0: np.eye(3) * 4, 0.5: np.ones((3, 3))}, ["a", "b", "c"], str(tmp_path / "cm.png"))
-    net, _, splits, _ = ev.load_for_eval(checkpoint, device="cpu")
+    net, _, splits, _ = load_for_eval(checkpoint, device="cpu")
     p3 = plots.ecce_heatmap(net, splits.test, str(tmp_path / "ecce.png"))
     for p in (p1, p2, p3):
         with open(p, "rb") as f:
@@ -160,7 +163,7 @@ def test_plots_are_pngs(tmp_path, checkpoint):
 # ----------------------------------------------------------------------------- the teacher (Table 1)
 
 def test_teacher_is_evaluated_on_complete_data(checkpoint, tmp_path):
-    net, _, splits, _ = ev.load_for_eval(checkpoint, device="cpu")
+    net, _, splits, _ = load_for_eval(checkpoint, device="cpu")
     test = splits.test
     (row,) = ev.evaluate_rates(net, test, (0.0,), model="teacher")
     # by hand: the teacher's logits on the complete, padded conversations
@@ -171,7 +174,7 @@ def test_teacher_is_evaluated_on_complete_data(checkpoint, tmp_path):
             logits = net.teacher(*x, torch.tensor([len(conv["labels"])])).logits[0]
             ys.append(conv["labels"])
             ps.append(logits.argmax(-1).numpy())
-    want = metrics.compute_metrics(np.concatenate(ys), np.concatenate(ps))
+    want = ev.compute_metrics(np.concatenate(ys), np.concatenate(ps))
     assert row["waf"] == pytest.approx(want["waf"]) and row["acc"] == pytest.approx(want["acc"])
     assert row["realised_rate"] == 0.0 and row["n"] == sum(len(c["labels"]) for c in test)
     with pytest.raises(ValueError, match=r"rates \[0.0, 0.5\].*complete data"):
@@ -210,7 +213,7 @@ def test_teacher_of_pre_is_the_student_on_complete_data():
 
 
 def test_hidden_features_follow_the_masks(checkpoint):
-    net, _, splits, _ = ev.load_for_eval(checkpoint, device="cpu")
+    net, _, splits, _ = load_for_eval(checkpoint, device="cpu")
     test = splits.test
     full = ev.hidden_features(net, test, None)
     masked = ev.hidden_features(net, test, masking.fixed_masks(test, 0.7, 0))

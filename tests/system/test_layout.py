@@ -1,6 +1,7 @@
-"""The package's import graph: no cycle, no function-local import of a package module (the
-usual way to dodge a cycle), no private name imported across modules. Run as a script it
-prints the graph, layer by layer (what docs/architecture.md shows)."""
+"""The package's import graph: the tiers (each subpackage imports only its own tier and those
+below), no cycle, no function-local import of a package module (the usual way to dodge a
+cycle), no private name imported across modules. Run as a script it prints the graph, layer
+by layer (what docs/architecture.md shows)."""
 import ast
 import os
 import sys
@@ -10,14 +11,43 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 PACKAGES = {"iteach_fast": os.path.join(ROOT, "iteach_fast"), "iteach_fast.kernels": os.path.join(ROOT, "kernels")}
 
 
+#: the tiers, bottom up: a module may import modules of its own tier or a lower one only
+TIERS = (
+    ("leaves", ("iteach_fast.choices", "iteach_fast.files")),
+    ("ops", ("iteach_fast.ops", "iteach_fast.kernels", "iteach_fast")),  # the package's face imports ops only
+    ("nn", ("iteach_fast.nn",)),
+    ("data", ("iteach_fast.data",)),
+    ("training", ("iteach_fast.training",)),
+    ("evaluation", ("iteach_fast.evaluation",)),
+    ("reproduce", ("iteach_fast.reproduce",)),
+    ("cli", ("iteach_fast.cli", "iteach_fast.__main__")),
+)
+
+
+def tier(module: str) -> int:
+    """The rank of ``module``'s tier in :data:`TIERS` (the longest matching prefix decides)."""
+    best, rank = -1, None
+    for k, (_, prefixes) in enumerate(TIERS):
+        for p in prefixes:
+            if (module == p or module.startswith(p + ".")) and len(p) > best:
+                best, rank = len(p), k
+    assert rank is not None, f"{module} belongs to no tier: add it to TIERS"
+    return rank
+
+
 def _modules() -> dict[str, str]:
-    """``{dotted name: path}`` of every module of the package (kernels/ installs as iteach_fast.kernels)."""
+    """``{dotted name: path}`` of every module of the package, subpackages included
+    (kernels/ installs as iteach_fast.kernels)."""
     found = {}
     for package, folder in PACKAGES.items():
-        for name in sorted(os.listdir(folder)):
-            if name.endswith(".py"):
-                stem = name[:-3]
-                found[package if stem == "__init__" else f"{package}.{stem}"] = os.path.join(folder, name)
+        for dirpath, dirnames, files in os.walk(folder):
+            dirnames[:] = sorted(d for d in dirnames if os.path.isfile(os.path.join(dirpath, d, "__init__.py")))
+            sub = os.path.relpath(dirpath, folder)
+            prefix = package if sub == "." else f"{package}.{sub.replace(os.sep, '.')}"
+            for name in sorted(files):
+                if name.endswith(".py"):
+                    stem = name[:-3]
+                    found[prefix if stem == "__init__" else f"{prefix}.{stem}"] = os.path.join(dirpath, name)
     return found
 
 
@@ -98,6 +128,24 @@ def layers(edges) -> list[list[str]]:
     return [sorted(out[k]) for k in sorted(out)]
 
 
+def tier_violations(edges) -> list[str]:
+    return [f"{m} ({TIERS[tier(m)][0]}) imports {n} ({TIERS[tier(n)][0]}), a higher tier"
+            for m, targets in sorted(edges.items()) for n in sorted(targets) if tier(n) > tier(m)]
+
+
+def test_every_module_imports_only_its_tier_and_below():
+    edges, _, _ = import_graph()
+    assert len(_modules()) > 30  # the walk found the subpackages
+    problems = tier_violations(edges)
+    assert not problems, "\n".join(problems)
+
+
+def test_the_tier_check_finds_a_back_arrow():
+    edges = {"iteach_fast.ops.reference": {"iteach_fast.nn.modules"}, "iteach_fast.nn.model": {"iteach_fast.ops"}}
+    assert tier_violations(edges) == [
+        "iteach_fast.ops.reference (ops) imports iteach_fast.nn.modules (nn), a higher tier"]
+
+
 def test_no_import_cycle():
     edges, _, _ = import_graph()
     cycle = _cycle(edges)
@@ -121,6 +169,8 @@ def test_no_private_name_imported_across_modules():
 
 if __name__ == "__main__":
     graph, _, _ = import_graph()
+    for name, prefixes in TIERS:
+        print(f"tier {name}: {', '.join(p.replace('iteach_fast.', '') for p in prefixes)}")
     for k, layer in enumerate(layers(graph)):
         print(f"layer {k}:")
         for m in layer:

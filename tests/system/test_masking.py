@@ -3,8 +3,16 @@ realised rate, at-least-one rule, determinism, padding."""
 import pytest
 import torch
 
-from iteach_fast.data import SyntheticSpec, collate, make_synthetic
-from iteach_fast.masking import EVAL_RATES, apply_mask, fixed_masks, missing_rate, present_for_batch, sample_present
+from iteach_fast.data.dataset import collate
+from iteach_fast.data.masking import (
+    EVAL_RATES,
+    apply_mask,
+    fixed_masks,
+    missing_rate,
+    present_for_batch,
+    sample_present,
+)
+from iteach_fast.data.synthetic import SyntheticSpec, make_synthetic
 
 
 @pytest.mark.parametrize("rate", EVAL_RATES + (0.05, 0.66, 0.9))

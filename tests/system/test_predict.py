@@ -1,4 +1,4 @@
-"""Tests of `iteach-fast predict` (iteach_fast.predict): a checkpoint on new conversations
+"""Tests of `iteach-fast predict` (iteach_fast.evaluation.predict): a checkpoint on new conversations
 from .npz, .pt and GCNet-layout folders, CSV / JSON rows that equal the model's own output,
 --stream through a causal checkpoint, and one clear error for each bad input."""
 import csv
@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from iteach_fast.checkpoint import save_checkpoint
 from iteach_fast.cli import main
-from iteach_fast.config import TrainConfig
-from iteach_fast.data import CLASS_NAMES, DataError
-from iteach_fast.datacheck import export_synthetic
-from iteach_fast.model import ITEACHNet
-from iteach_fast.predict import load_conversations, load_model, predict
+from iteach_fast.data.check import export_synthetic
+from iteach_fast.data.dataset import CLASS_NAMES, DataError
+from iteach_fast.data.sources import synthetic_spec
+from iteach_fast.evaluation.predict import load_conversations, predict
+from iteach_fast.nn.model import ITEACHNet
+from iteach_fast.training.checkpoint import load_model, save_checkpoint
+from iteach_fast.training.config import TrainConfig
 
 DIMS = (12, 8, 10)
 MODEL = dict(dim=16, heads=4, max_len=24, dist=5, conv_kernel=3, teacher_layers=1, student_layers=2)
@@ -126,7 +127,7 @@ def test_predict_gcnet_folder(tmp_path):
     """A GCNet-layout folder, read by the package's loader; its labels come along."""
     root = tmp_path / "gcnet"
     cfg = TrainConfig(syn_conversations=10, syn_min_len=3, syn_max_len=8, syn_dims=DIMS)
-    export_synthetic(str(root), "iemocap4", cfg)
+    export_synthetic(str(root), "iemocap4", synthetic_spec(cfg))
     ckpt, _ = _checkpoint(tmp_path / "best.pt")
     res = predict(ckpt, str(root), dataset="iemocap4", device="cpu", out=str(tmp_path / "p.csv"))
     assert res["meta"]["conversations"] == 10
@@ -167,5 +168,6 @@ def test_predict_errors_name_what_is_wrong(tmp_path, capsys):
     assert "--stream needs a causal model" in capsys.readouterr().err
     assert main(["predict", ckpt, str(tmp_path / "absent.npz"), "--device", "cpu"]) == 2
     assert "absent.npz: no such file" in capsys.readouterr().err
-    net, _, data = load_model(ckpt)
+    net, _, stored = load_model(ckpt, device="cpu")
+    data = stored["data"]
     assert data["num_classes"] == 4 and not net.training

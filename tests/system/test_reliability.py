@@ -14,11 +14,15 @@ import numpy as np
 import pytest
 import torch
 
-from iteach_fast import backends, checkpoint, cli, evaluate
-from iteach_fast import train as training
-from iteach_fast.config import ConfigError, TrainConfig
-from iteach_fast.data import DataError, load_gcnet
-from iteach_fast.model import ITEACHNet
+from iteach_fast import cli
+from iteach_fast.data.dataset import DataError
+from iteach_fast.data.gcnet import load_gcnet
+from iteach_fast.nn.config import ConfigError
+from iteach_fast.nn.model import ITEACHNet
+from iteach_fast.ops import backends
+from iteach_fast.training import checkpoint
+from iteach_fast.training import loop as training
+from iteach_fast.training.config import TrainConfig
 
 TINY = dict(syn_conversations=8, syn_min_len=3, syn_max_len=8, syn_dims=(6, 4, 5), dim=8, heads=2, max_len=8,
             dist=4, conv_kernel=3, teacher_layers=1, student_layers=1, epochs=1, batch_size=4,
@@ -243,7 +247,7 @@ def test_item3_checkpoint_config_that_does_not_match_its_weights_lists_the_hyper
     out = training.train(tiny(tmp_path), log=quiet)
     bad = _edited(out["last"], tmp_path / "edited.pt", dim=16, student_layers=2)
     with pytest.raises(checkpoint.CheckpointError) as err:
-        evaluate.load_for_eval(bad, device="cpu")
+        checkpoint.load_for_eval(bad, device="cpu")
     for w in ("edited.pt: the weights do not match the config", "dim: config 16, weights 8",
               "student_layers: config 2, weights 1"):
         assert w in str(err.value)

@@ -8,10 +8,11 @@ import os
 import numpy as np
 import pytest
 
-from iteach_fast import cli, plots
+from iteach_fast import cli
 from iteach_fast import reproduce as rp
-from iteach_fast.config import TrainConfig
-from iteach_fast.masking import EVAL_RATES
+from iteach_fast.data.masking import EVAL_RATES
+from iteach_fast.evaluation import plots
+from iteach_fast.training.config import TrainConfig
 
 TINY = dict(syn_conversations=8, syn_min_len=3, syn_max_len=8, syn_dims=(6, 4, 5), dim=8, heads=2, max_len=8,
             dist=4, conv_kernel=3, teacher_layers=1, student_layers=1, epochs=1, batch_size=4,

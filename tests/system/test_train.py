@@ -1,4 +1,4 @@
-"""Tests of the training loop (iteach_fast.train): every strategy and framework for one
+"""Tests of the training loop (iteach_fast.training.loop): every strategy and framework for one
 epoch on tiny data, the strategies' rates, atomic checkpoints, bit-identical resume, and
 the errors of the set-up helpers. The eq. 12-15 loss itself is tested in test_model.py."""
 import os
@@ -6,10 +6,10 @@ import os
 import pytest
 import torch
 
-from iteach_fast import checkpoint, runtime
-from iteach_fast import train as training
-from iteach_fast.config import TrainConfig
-from iteach_fast.evaluate import load_for_eval
+from iteach_fast.training import checkpoint, runtime
+from iteach_fast.training import loop as training
+from iteach_fast.training.checkpoint import load_for_eval
+from iteach_fast.training.config import TrainConfig
 
 # a tiny run: 8 conversations of 3-8 utterances, a 1-layer model of width 8
 TINY = dict(syn_conversations=8, syn_min_len=3, syn_max_len=8, syn_dims=(6, 4, 5), dim=8, heads=2, max_len=8,

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .choices import MODALITIES
+from ..choices import MODALITIES
 
 __all__ = ["StreamingSession"]
 
@@ -87,7 +87,7 @@ class _Encoder:
 
 
 class StreamingSession:
-    """Utterance-by-utterance inference with a causal :class:`~iteach_fast.model.ITEACHModel`
+    """Utterance-by-utterance inference with a causal :class:`~iteach_fast.nn.model.ITEACHModel`
     for ``batch_size`` conversations advancing together (see the module docstring).
 
     :meth:`push` takes one new utterance per conversation and returns its prediction;

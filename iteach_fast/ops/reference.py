@@ -8,7 +8,7 @@ device. Every output at an invalid position is exactly 0 and invalid positions n
 influence valid ones (``torch.where``, not multiplication, so garbage such as inf in the
 padding cannot leak through a ``0 * inf``).
 
-The signatures are the registry's (``iteach_fast.backends``), one per op:
+The signatures are the registry's (``iteach_fast.ops.backends``), one per op:
 
     ecce_prefix(z, w, lengths, dist)                              -> (zp, prefix)
     ecce_bias(zp, lengths, dist, causal)                          -> E (B, H, L, L)

@@ -8,7 +8,7 @@
   ``<dialogue>_{F|M}{i:03d}``; CMU-MOSI / MOSEI: the synthetic train / valid / test split as
   ``trainVids`` / ``valVids`` / ``testVids``, labels in [-3, 3].
 * :func:`check_data` — a GCNet-layout folder checked file by file with the loader's own
-  readers and label checks (:mod:`iteach_fast.data`), every problem listed rather than the
+  readers and label checks (:mod:`iteach_fast.data.dataset`), every problem listed rather than the
   first: missing or unreadable feature files, feature dims per modality, NaN / inf, empty
   conversations, labels out of range, a dialogue in two MOSI splits, IEMOCAP sessions
   without a dialogue; files that match no utterance are named as warnings (GCNet's IEMOCAP
@@ -17,6 +17,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import pickle
@@ -26,22 +27,20 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .checkpoint import atomic_write
-from .choices import MODALITIES
-from .config import TrainConfig
-from .data import (
-    CLASS_NAMES,
+from ..choices import MODALITIES
+from ..files import atomic_write
+from .dataset import CLASS_NAMES, DataError
+from .gcnet import (
     GCNET_DATASETS,
     GCNET_FEATURES,
-    DataError,
     check_disjoint,
     dialogue_labels,
     find_feature_root,
     find_label_file,
     load_label_pickle,
-    splits_for,
     utterance_feature,
 )
+from .synthetic import SyntheticSpec, make_synthetic
 
 __all__ = ["export_synthetic", "check_data", "DataReport", "LAYOUTS"]
 
@@ -54,10 +53,10 @@ _SPEAKERS = ("F", "M")  # the synthetic speakers 0 / 1 as IEMOCAP's letters (the
 
 # ----------------------------------------------------------------------------- export
 
-def export_synthetic(out_dir: str, dataset: str = "iemocap4", cfg: TrainConfig | None = None,
+def export_synthetic(out_dir: str, dataset: str = "iemocap4", spec: SyntheticSpec | None = None,
                      layout: str = "gcnet", overwrite: bool = False) -> dict:
-    """Write the synthetic conversations of ``cfg`` (its ``syn_*`` fields and ``seed``; the
-    classes follow ``dataset``: 4, 6, or regression for MOSI / MOSEI) under ``out_dir`` in
+    """Write the synthetic conversations of ``spec`` (:func:`~iteach_fast.data.sources.synthetic_spec`
+    gives a run config's; the classes follow ``dataset``: 4, 6, or regression for MOSI / MOSEI) under ``out_dir`` in
     GCNet's layout for ``dataset``. Returns ``{"label_file", "feature_roots", "dialogues",
     "utterances", "splits"}``."""
     if layout not in LAYOUTS:
@@ -69,8 +68,7 @@ def export_synthetic(out_dir: str, dataset: str = "iemocap4", cfg: TrainConfig |
             raise ValueError(f"{out_dir}: the folder is not empty; pass --overwrite to replace it")
         shutil.rmtree(out_dir)
     kind, num_classes, label_files = GCNET_DATASETS[dataset]
-    cfg = (cfg or TrainConfig()).replace(dataset="synthetic", syn_classes=num_classes, select_on="valid").validate()
-    splits = splits_for(cfg)
+    splits = make_synthetic(dataclasses.replace(spec or SyntheticSpec(), num_classes=num_classes))
     ids, labels, speakers, sentences, utterances = {}, {}, {}, {}, {}
     if kind == "iemocap":
         convs = sorted((c for part in (splits.train, splits.valid, splits.test) for c in part), key=lambda c: c["id"])

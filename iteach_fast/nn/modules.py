@@ -10,12 +10,12 @@ to the fused operators; :func:`set_backend` changes it for a whole model.
 model, the lengths are checked once at the boundary (:func:`padded`, without a host-device
 synchronisation) and handed down as a :class:`Padded` — the lengths with their valid mask —
 which every module trusts; the modules then call the unchecked operators of
-:mod:`iteach_fast.dispatch`. Nothing in a forward or backward reads a value back to the host.
+:mod:`iteach_fast.ops.backends`. Nothing in a forward or backward reads a value back to the host.
 
 **Causal mode** (``causal=True``, real-time ERC): every output ``i`` depends on positions
 ``<= i`` only — ECCE's conv padded on the left, causal attention and ECCE band, pools over
 ``[i - p + 1, i]``, and the MLP token mixer's weights masked lower-triangular in the forward
-(docs/maths.md, "Causal mode"). :mod:`iteach_fast.streaming` runs such a model one utterance
+(docs/maths.md, "Causal mode"). :mod:`iteach_fast.nn.streaming` runs such a model one utterance
 at a time.
 
 Modules, bottom up:
@@ -39,9 +39,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import dispatch, ops
-from .choices import ECCE_MODES, MIXERS, check_choice
-from .padding import masked_avg_pool, masked_max_pool, valid_mask, zero_invalid
+from .. import ops
+from ..choices import ECCE_MODES, MIXERS, check_choice
+from ..ops import backends
+from ..ops.padding import masked_avg_pool, masked_max_pool, valid_mask, zero_invalid
 
 __all__ = [
     "Padded", "padded", "ECCE", "ECCEAttention", "MLPTokenMixer", "AvgPoolTokenMixer",
@@ -166,7 +167,7 @@ class ECCE(nn.Module):
             return x.new_zeros(B, L, self.heads), None
         z = self.local(x, pad)
         # the projection in z's dtype, as nn.Linear would under autocast
-        return dispatch.ecce_prefix(z, self.fc.weight.T.to(z.dtype), pad.lengths, self.dist, self.backend)
+        return backends.call("ecce_prefix", self.backend, z, self.fc.weight.T.to(z.dtype), pad.lengths, self.dist)
 
     def forward(self, x: torch.Tensor, lengths=None) -> torch.Tensor | None:
         """``x (B, L, D)`` -> the band-mean table ``(B, H, 3, L)`` for :class:`ECCEAttention`
@@ -222,7 +223,8 @@ class ECCEAttention(nn.Module):
         B, L, D = x.shape
         x = zero_invalid(x, pad.valid)  # padding never reaches a projection's weight gradient
         q, k, v = (_heads(proj(x), self.heads) for proj in (self.q, self.k, self.v))
-        o = dispatch.ecce_attention(q, k, v, prefix, pad.lengths, self.dist, self.scale, self.causal, self.backend)
+        o = backends.call("ecce_attention", self.backend, q, k, v, prefix, pad.lengths, self.dist, self.scale,
+                          self.causal)
         o = self.out(o.transpose(1, 2).reshape(B, L, D))  # a view when o has q's layout
         return zero_invalid(self.dropout(o), pad.valid)  # W_o's bias would otherwise land on the padding
 
@@ -332,8 +334,8 @@ class RoutedTokenMixer(nn.Module):
         logits, y_attn, y_mlp = self.router(x), self.attention(x, prefix, pad), self.mlp(x, None, pad)
         # one dtype for the fused op: under autocast the Linear outputs may be half while x is float32
         dt = y_attn.dtype
-        return dispatch.routed_mixture(logits.to(dt), x.to(dt), y_attn, y_mlp.to(dt), pad.lengths, self.pool_size,
-                                       self.causal, self.backend)
+        return backends.call("routed_mixture", self.backend, logits.to(dt), x.to(dt), y_attn, y_mlp.to(dt), pad.lengths,
+                             self.pool_size, self.causal)
 
     def routing_weights(self, x: torch.Tensor, lengths=None) -> torch.Tensor:
         """The per-token mixer weights ``softmax(router(X)) (B, L, 4)`` (0 at invalid rows), for analysis."""
@@ -413,7 +415,7 @@ class CrossAttention(nn.Module):
         q_in, kv_in = self.norm_q(zero_invalid(query, pad.valid)), self.norm_kv(zero_invalid(kv, pad.valid))
         q, k, v = _heads(self.q(q_in), self.heads), _heads(self.k(kv_in), self.heads), _heads(self.v(kv_in), self.heads)
         # no bias, so the band width (dist) is never read
-        o = dispatch.ecce_attention(q, k, v, None, pad.lengths, 1, self.scale, self.causal, self.backend)
+        o = backends.call("ecce_attention", self.backend, q, k, v, None, pad.lengths, 1, self.scale, self.causal)
         o = self.out(o.transpose(1, 2).reshape(B, L, D))  # a view when o has q's layout
         return zero_invalid(self.dropout(o), pad.valid)
 

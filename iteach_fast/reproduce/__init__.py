@@ -4,11 +4,11 @@ aggregated over folds x seeds, with the paper's own numbers beside ours.
     iteach-fast reproduce all --dataset synthetic --quick --jobs 2 --out-dir runs/reproduce
 
 * Each experiment is a list of :class:`Variant` s (the rows of the paper's table), each a set
-  of changes to one base :class:`~iteach_fast.config.TrainConfig`; a *run* is one variant at
+  of changes to one base :class:`~iteach_fast.training.config.TrainConfig`; a *run* is one variant at
   one fold and one seed. Runs shared by several experiments (the ITS TF/NAS model with random
   missing rates is Table 1's local+global row, Table 2's ITS TF NAS, Table 4, Fig. 6's NAS
   student and Fig. 9) have the same config, so they are trained once.
-* A run trains with :func:`iteach_fast.train.train`, then measures its best checkpoint on the
+* A run trains with :func:`iteach_fast.training.loop.train`, then measures its best checkpoint on the
   test split: the student at UME's rates 0.0..0.7 (fixed-seed masks), the teacher on complete
   data (Table 1) and the mean ``|H'_1 - H_1|`` at each rate (Fig. 6). The result is written to
   ``<out_dir>/runs/<key>/result.json``, ``key`` a hash of the run's config (not of where or
@@ -40,18 +40,20 @@ import numpy as np
 from sklearn.manifold import TSNE
 from tqdm import tqdm
 
-from . import plots
-from .checkpoint import atomic_write
-from .choices import EXPERIMENTS
-from .config import ModelConfig, TrainConfig
-from .data import splits_for
-from .evaluate import evaluate_rates, hidden_features, load_for_eval
-from .masking import EVAL_RATES, fixed_masks
-from .metrics import public_rows
-from .model import ITEACHNet, roles
-from .protocols import DEMO_DEFAULTS, ime_config
-from .runtime import check_precision, resolve_device
-from .train import train
+from ..choices import EXPERIMENTS
+from ..data.masking import EVAL_RATES, fixed_masks
+from ..data.sources import splits_for
+from ..evaluation import plots
+from ..evaluation.protocols import DEMO_DEFAULTS, ime_config
+from ..evaluation.tables import public_rows
+from ..files import atomic_write
+from ..nn.config import ModelConfig
+from ..nn.model import ITEACHNet, roles
+from ..training.checkpoint import load_for_eval
+from ..training.config import TrainConfig
+from ..training.loop import train
+from ..training.runtime import check_precision, resolve_device
+from ..training.validation import evaluate_rates, hidden_features
 
 __all__ = ["reproduce", "plan", "run_key", "run_one", "render", "paper_results", "parameter_counts", "Variant",
            "VARIANTS", "QUICK", "QUICK_SEEDS", "DEFAULT_SEEDS", "RESULT_VERSION"]
@@ -77,7 +79,7 @@ BASE_CHANGES = dict(framework="its", teacher_mixer=None, student_mixer=None, ecc
 @dataclasses.dataclass(frozen=True)
 class Variant:
     """One row of a paper table: ``cells`` its heading cells, ``changes`` to the base config
-    (``ime_rate``: the IME run at that rate, :func:`iteach_fast.protocols.ime_config`)."""
+    (``ime_rate``: the IME run at that rate, :func:`iteach_fast.evaluation.protocols.ime_config`)."""
     label: str
     cells: tuple
     changes: tuple = ()

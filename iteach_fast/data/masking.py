@@ -24,7 +24,7 @@ import zlib
 
 import torch
 
-from .choices import MODALITIES
+from ..choices import MODALITIES
 
 __all__ = ["sample_present", "apply_mask", "fixed_masks", "present_for_batch", "missing_rate", "EVAL_RATES",
            "MAX_RATE"]

@@ -1,51 +1,32 @@
-"""Evaluation primitives: a checkpoint's model and data, its predictions on a split at
-fixed-seed masks, the metrics per missing rate, and the data's gaps.
+"""How a model is scored on a split: its predictions at fixed-seed masks and their metrics.
+Model selection reads these every epoch; every evaluation (:mod:`iteach_fast.evaluation`)
+reports them.
 
-* :func:`load_for_eval` — ``(net, cfg, splits, ckpt)`` from a checkpoint.
+* :func:`compute_metrics` — weighted F1 (WAF) and accuracy over valid utterances (GCNet's
+  definitions, via scikit-learn); for regression (CMU-MOSI / MOSEI) predictions and labels
+  made binary (``> 0`` / ``< 0``), label-0 utterances excluded, plus the MAE of the raw
+  scores. Percent (MAE in label units).
 * :func:`predict` — the student's predictions on a split with given masks (or complete
   data), or the teacher's on complete data (``model="teacher"``, as the paper's Table 1).
 * :func:`evaluate_rates` — the student on a split at several missing rates, each with a
-  fixed-seed mask (:func:`iteach_fast.masking.fixed_masks`): every model sees the same masks;
-  or the teacher on complete data (rate 0.0 only).
+  fixed-seed mask (:func:`iteach_fast.data.masking.fixed_masks`): every model sees the same
+  masks; or the teacher on complete data (rate 0.0 only).
 * :func:`hidden_features` — the teacher's ``H_1`` on complete data and the student's
   ``H'_1`` on masked data per valid utterance (the distance of Fig. 6, the t-SNE of Fig. 9).
-* :func:`data_gaps` — how much context and each modality are worth on a dataset.
-
-The protocols built from these (UME, IME, the demo) live in :mod:`iteach_fast.protocols`.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 from torch.utils.data import DataLoader
 
-from .checkpoint import load_checkpoint, load_weights
-from .choices import EVAL_MODELS, MODALITIES, check_choice
-from .config import TrainConfig
-from .data import collate, splits_for
-from .masking import EVAL_RATES, apply_mask, fixed_masks, missing_rate, present_for_batch
-from .metrics import compute_metrics
-from .model import ITEACHNet
-from .padding import valid_mask
-from .runtime import autocast, resolve_device
+from ..choices import EVAL_MODELS, MODALITIES, check_choice
+from ..data.dataset import collate
+from ..data.masking import EVAL_RATES, apply_mask, fixed_masks, missing_rate, present_for_batch
+from ..ops.padding import valid_mask
+from .runtime import autocast
 
-__all__ = ["load_for_eval", "predict", "evaluate_rates", "hidden_features", "data_gaps", "EVAL_MODELS"]
-
-
-def load_for_eval(path: str, device: str = "auto", backend: str | None = None):
-    """``(net, cfg, splits, ckpt)``: the checkpoint's model in eval mode on ``device`` and its data."""
-    ckpt = load_checkpoint(path)
-    cfg = TrainConfig.from_dict(ckpt["config"], source=path)
-    if backend:
-        cfg = cfg.replace(backend=backend)
-    splits = splits_for(cfg)
-    net = ITEACHNet.from_config(cfg.model, splits.input_dims, splits.num_classes)
-    load_weights(net, ckpt["model"], path)  # the config vs the weights: one message naming what differs
-    net.to(resolve_device(device)).eval()
-    return net, cfg, splits, ckpt
+__all__ = ["compute_metrics", "predict", "evaluate_rates", "hidden_features", "EVAL_MODELS"]
 
 
 def _batches(dataset, masks: dict | None, batch_size: int):
@@ -133,7 +114,7 @@ def evaluate_rates(net, dataset, rates=EVAL_RATES, seed: int = 0, batch_size: in
     ``model="teacher"``: the teacher on complete data, so ``rates`` must be ``(0.0,)``.
     Data-parallel evaluation: ``part`` (default: all of ``dataset``) are the conversations
     this process predicts, with ``dataset``'s masks; ``gather`` combines every process's
-    ``(y_true, y_pred, realised rate)`` (:meth:`iteach_fast.distributed.Context.gather_predictions`)."""
+    ``(y_true, y_pred, realised rate)`` (:meth:`iteach_fast.training.distributed.Context.gather_predictions`)."""
     check_choice("model", model, EVAL_MODELS)
     if model == "teacher" and any(float(r) != 0.0 for r in rates):
         raise ValueError(f"rates {list(rates)}: the teacher is evaluated on complete data only (rate 0.0), "
@@ -154,80 +135,22 @@ def evaluate_rates(net, dataset, rates=EVAL_RATES, seed: int = 0, batch_size: in
 
 # ------------------------------------------------------------------ the data's gaps
 
-MODALITY_SUBSETS = (("text", "audio", "visual"), ("text", "audio"), ("text", "visual"), ("audio", "visual"),
-                    ("text",), ("audio",), ("visual",))
 
+def compute_metrics(y_true, y_pred, task: str = "classification") -> dict:
+    """``{"waf", "acc"}`` in percent (``+ "mae"`` for regression) over the given utterances.
 
-def _labels(dataset) -> np.ndarray:
-    return np.concatenate([np.asarray(c["labels"]) for c in dataset])
-
-
-def _utterance_features(dataset, modalities):
-    """``(X, y, conversation sizes)`` over all utterances, the chosen modalities' features concatenated."""
-    xs = [np.concatenate([np.asarray(c[m], dtype=np.float64) for m in modalities], axis=1) for c in dataset]
-    return np.concatenate(xs), _labels(dataset), [len(c["labels"]) for c in dataset]
-
-
-def _window_sum(v: np.ndarray, k: int) -> np.ndarray:
-    """``out[i] = sum of v[i-k .. i+k]`` within one conversation."""
-    n = len(v)
-    csum = np.concatenate([np.zeros((1,) + v.shape[1:]), np.cumsum(v, 0)])
-    idx = np.arange(n)
-    return csum[np.clip(idx + k + 1, 0, n)] - csum[np.clip(idx - k, 0, n)]
-
-
-def _only(dataset, modalities) -> dict:
-    """A fixed mask table keeping only ``modalities`` in every utterance."""
-    keep = torch.tensor([m in modalities for m in ("text", "audio", "visual")])
-    return {c["id"]: keep.expand(len(c["labels"]), 3).clone() for c in dataset}
-
-
-def data_gaps(splits, net=None, split: str = "test", context_windows=(1, 2, 3), device="cpu",
-              batch_size: int = 32, log=print) -> dict:
-    """How much context and each modality are worth on a dataset (classification).
-
-    * ``context``: a per-utterance logistic regression (no context) against the same
-      classifier whose log-probabilities are summed over a ``±k`` window of the conversation
-      (the simplest use of local emotional stability), and, with ``net``, the trained
-      student on complete data (a learned context model).
-    * ``modalities``: the per-utterance classifier trained and tested on each subset of
-      modalities; with ``net``, the student tested with only that subset present.
-
-    Rows ``{"model", "modalities", "waf", "acc"}`` (percent), printed as a table.
+    Classification: ``y_pred`` are class ids. Regression: ``y_pred`` are raw scores.
     """
-    if splits.train.task != "classification":
-        raise ValueError("data_gaps: classification datasets only")
-    test = getattr(splits, split)
-    rows, ctx_rows = [], []
+    from sklearn.metrics import accuracy_score, f1_score, mean_absolute_error  # scikit-learn: where used
 
-    def fit(mods):
-        xtr, ytr, _ = _utterance_features(splits.train, mods)
-        return make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(xtr, ytr)
-
-    for mods in MODALITY_SUBSETS:
-        clf = fit(mods)
-        xte, yte, sizes = _utterance_features(test, mods)
-        rows.append({"model": "per-utterance logreg (no context)", "modalities": "+".join(m[0] for m in mods),
-                     **compute_metrics(yte, clf.predict(xte))})
-        if len(mods) == 3:
-            logp = np.split(clf.predict_log_proba(xte), np.cumsum(sizes)[:-1])
-            for k in context_windows:
-                pred = np.concatenate([clf.classes_[_window_sum(lp, k).argmax(1)] for lp in logp])
-                ctx_rows.append({"model": f"logreg, log-probs summed over ±{k} utterances",
-                                 "modalities": "t+a+v", **compute_metrics(yte, pred)})
-    rows += ctx_rows
-    if net is not None:
-        for mods in MODALITY_SUBSETS:
-            y, p, _ = predict(net, test, _only(test, mods), batch_size, device)
-            rows.append({"model": "ITEACH student (context)", "modalities": "+".join(m[0] for m in mods),
-                         **compute_metrics(y, p)})
-    prior = np.bincount(_labels(splits.train).astype(np.int64), minlength=splits.num_classes)
-    y_test = _labels(test)
-    rows.append({"model": "majority class (chance)", "modalities": "-",
-                 **compute_metrics(y_test, np.full_like(y_test, int(prior.argmax())))})
-    head = f"{'model':46s} {'mods':>6s} {'WAF':>7s} {'Acc':>7s}"
-    lines = [f"data gaps on {test.name} [{split}]", head, "-" * len(head)]
-    lines += [f"{r['model']:46s} {r['modalities']:>6s} {r['waf']:7.2f} {r['acc']:7.2f}" for r in rows]
-    table = "\n".join(lines)
-    log(table)
-    return {"rows": rows, "table": table}
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    if task == "regression":
+        out = {"mae": float(mean_absolute_error(y_true, y_pred)) if len(y_true) else float("nan")}
+        keep = y_true != 0  # GCNet: label-0 utterances have no polarity
+        t, p = y_true[keep] > 0, y_pred[keep] > 0
+    else:
+        out, t, p = {}, y_true, y_pred
+    if len(t) == 0:
+        return {"waf": float("nan"), "acc": float("nan"), **out}
+    return {"waf": 100.0 * float(f1_score(t, p, average="weighted")),
+            "acc": 100.0 * float(accuracy_score(t, p)), **out}

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from . import backends, ops
+from .. import ops
+from . import backends
 from .padding import valid_mask
 
 __all__ = ["OP_SPECS", "OpCase", "make_inputs", "tolerance", "assert_close", "output_masks"]

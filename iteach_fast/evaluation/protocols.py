@@ -17,14 +17,15 @@ import time
 
 from sklearn.metrics import confusion_matrix
 
-from . import plots as plotting
-from .choices import EVAL_MODELS, check_choice
-from .config import TrainConfig
-from .evaluate import evaluate_rates, load_for_eval
-from .masking import EVAL_RATES
-from .metrics import average_row, format_table, public_rows, write_rows
-from .runtime import check_precision, resolve_device
-from .train import train
+from ..choices import EVAL_MODELS, check_choice
+from ..data.masking import EVAL_RATES
+from ..evaluation import plots as plotting
+from ..training.checkpoint import load_for_eval
+from ..training.config import TrainConfig
+from ..training.loop import train
+from ..training.runtime import check_precision, resolve_device
+from ..training.validation import evaluate_rates
+from .tables import average_row, format_table, public_rows, write_rows
 
 __all__ = ["ume", "ime", "ime_config", "demo", "DEMO_DEFAULTS"]
 

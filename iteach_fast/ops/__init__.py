@@ -1,17 +1,15 @@
-"""The public operators: validation, then dispatch to a backend (docs/maths.md gives the maths).
+"""The operator tier: ITEACH-Net's fused operators, checked, and everything they stand on.
 
-    ecce_prefix(z, w_fc, lengths=None, dist=30, backend="auto")          -> (zp, prefix)  (B, L, H), (B, H, 3, L)
-    ecce_bias(zp, lengths=None, dist=30, causal=False, backend="auto")   -> E   (B, H, L, L)
-    ecce_attention(q, k, v, zp=None, lengths=None, dist=30, scale=None, causal=False, backend="auto",
-                   *, prefix=None)                                       -> out (B, H, L, Dh)
-    routed_mixture(logits, x, y_attn, y_mlp, lengths=None, pool_size=3, causal=False,
-                   backend="auto")                                       -> out (B, L, D)
-
-Backends: ``"reference"`` (pure PyTorch, the oracle), ``"triton"`` (K1), ``"cpp"`` (K2, the
-compiled extension), ``"auto"`` (the most preferred one that runs on the inputs' device
-and dtype and supports the call, e.g. ``causal=True``; see ``iteach_fast.backends``). Bad
-input raises ``ValueError`` / ``TypeError`` naming the argument. Code that validated once
-(the modules, at the model's boundary) calls the unchecked twins in ``iteach_fast.dispatch``.
+The public operators (this module): ``ecce_prefix``, ``ecce_bias``, ``ecce_attention``,
+``routed_mixture`` — each validates every argument (a ``ValueError`` / ``TypeError`` naming
+it), then runs the implementation the backend registry picks (:func:`.backends.call`).
+Owns also: the registry (:mod:`.backends`: each backend's probe, devices, dtypes, features,
+tolerances, and the operator contract :data:`.backends.SIGNATURES`), the pure-PyTorch oracle
+(:mod:`.reference`), the ragged-batch primitives and the band table layout (:mod:`.padding`),
+the compiled extension's Python face (:mod:`.cpp`), and what tests and benchmarks share
+(:mod:`.testing`). The Triton kernels are ``iteach_fast.kernels``, the C++/CUDA ones ``_C``.
+May import: torch, :mod:`iteach_fast.choices` and the kernels; nothing above it (nn, data,
+training, evaluation, reproduce).
 """
 from __future__ import annotations
 
@@ -19,7 +17,7 @@ import math
 
 import torch
 
-from . import dispatch
+from . import backends
 from .backends import BackendUnavailable  # noqa: F401  (re-exported)
 from .padding import valid_mask, zero_invalid
 from .reference import accumulation_dtype, prefix_table
@@ -123,7 +121,7 @@ def ecce_prefix(z: torch.Tensor, w_fc: torch.Tensor, lengths=None, dist: int = 3
     _check_dims("w_fc", w_fc, {0: ("input dim", D)})
     dist = _check_int("dist", dist, 1)
     lengths = check_lengths(lengths, B, L, z.device)
-    return dispatch.ecce_prefix(z, w_fc, lengths, dist, backend)
+    return backends.call("ecce_prefix", backend, z, w_fc, lengths, dist)
 
 
 def ecce_bias(zp: torch.Tensor, lengths=None, dist: int = 30, causal: bool = False,
@@ -137,7 +135,7 @@ def ecce_bias(zp: torch.Tensor, lengths=None, dist: int = 30, causal: bool = Fal
     dist = _check_int("dist", dist, 1)
     causal = _check_bool("causal", causal)
     lengths = check_lengths(lengths, B, L, zp.device)
-    return dispatch.ecce_bias(zp, lengths, dist, causal, backend)
+    return backends.call("ecce_bias", backend, zp, lengths, dist, causal)
 
 
 def ecce_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, zp: torch.Tensor | None = None, lengths=None,
@@ -179,7 +177,7 @@ def ecce_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, zp: torch.
     lengths = check_lengths(lengths, B, L, q.device)
     if zp is not None:
         prefix = prefix_table(zero_invalid(zp.to(acc), valid_mask(lengths, L)[..., None]), dist)
-    return dispatch.ecce_attention(q, k, v, prefix, lengths, dist, float(scale), causal, backend)
+    return backends.call("ecce_attention", backend, q, k, v, prefix, lengths, dist, float(scale), causal)
 
 
 def _check_companion(name: str, t: torch.Tensor, q: torch.Tensor, dtypes: tuple) -> None:
@@ -212,4 +210,4 @@ def routed_mixture(logits: torch.Tensor, x: torch.Tensor, y_attn: torch.Tensor, 
         raise ValueError(f"pool_size must be odd (a window centred on each token), got {pool_size}")
     causal = _check_bool("causal", causal)
     lengths = check_lengths(lengths, B, L, x.device)
-    return dispatch.routed_mixture(logits, x, y_attn, y_mlp, lengths, pool_size, causal, backend)
+    return backends.call("routed_mixture", backend, logits, x, y_attn, y_mlp, lengths, pool_size, causal)

@@ -23,9 +23,15 @@ import socket
 import numpy as np
 import torch
 
+from ..data.sources import splits_for
+from ..files import atomic_write
+from ..nn.model import ITEACHNet
+from .config import TrainConfig
+from .runtime import resolve_device
+
 __all__ = ["CHECKPOINT_VERSION", "CheckpointError", "RunDirBusy", "atomic_write", "save_checkpoint",
            "load_checkpoint", "require_keys", "load_weights", "check_weights", "weights_hparams", "rng_state",
-           "set_rng_state", "check_writable", "run_lock"]
+           "set_rng_state", "check_writable", "run_lock", "load_model", "load_for_eval"]
 
 CHECKPOINT_VERSION = 1
 
@@ -36,23 +42,6 @@ class CheckpointError(ValueError):
 
 class RunDirBusy(RuntimeError):
     """Another live run holds the output folder; the message names it (pid, host, start time)."""
-
-
-def atomic_write(path: str, data: str | bytes) -> str:
-    """Write ``data`` (text gets a trailing newline) to ``path`` atomically; returns ``path``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    if isinstance(data, str):
-        data = (data if data.endswith("\n") else data + "\n").encode()
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
 
 
 def save_checkpoint(path: str, **payload) -> str:
@@ -214,3 +203,31 @@ def run_lock(folder: str):
             yield path
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def load_model(path: str, device: str = "auto", backend: str | None = None):
+    """``(net, cfg, ckpt)``: the checkpoint's net in eval mode on ``device``, built from its stored
+    config and data description (``ckpt["data"]``: input dims, classes) without reading any data.
+    The one loader behind evaluation, prediction and streaming."""
+    ckpt = load_checkpoint(path)
+    cfg = TrainConfig.from_dict(ckpt["config"], source=path)
+    if backend:
+        cfg = cfg.replace(backend=backend)
+    data = ckpt.get("data")
+    if not isinstance(data, dict) or not {"input_dims", "num_classes"} <= set(data):
+        raise CheckpointError(f"{path}: the checkpoint does not describe its data (input_dims, num_classes); "
+                              "it was not written by `iteach-fast train`")
+    net = ITEACHNet.from_config(cfg.model, data["input_dims"], data["num_classes"])
+    load_weights(net, ckpt["model"], path)  # the config vs the weights: one message naming what differs
+    net.to(resolve_device(device)).eval()
+    return net, cfg, ckpt
+
+
+def load_for_eval(path: str, device: str = "auto", backend: str | None = None):
+    """``(net, cfg, splits, ckpt)``: :func:`load_model` and the data its config names."""
+    net, cfg, ckpt = load_model(path, device, backend)
+    splits = splits_for(cfg)
+    if list(splits.input_dims) != list(ckpt["data"]["input_dims"]):
+        raise CheckpointError(f"{path}: trained on features of dims {list(ckpt['data']['input_dims'])}, but "
+                              f"its data now has {list(splits.input_dims)}")
+    return net, cfg, splits, ckpt

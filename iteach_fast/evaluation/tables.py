@@ -1,8 +1,6 @@
-"""Metrics and the tables they fill (GCNet's definitions, via scikit-learn).
+"""The per-rate tables that evaluations print and write (the metrics themselves:
+:func:`iteach_fast.training.validation.compute_metrics`).
 
-* :func:`compute_metrics` — weighted F1 (WAF) and accuracy over valid utterances; for
-  regression (CMU-MOSI / MOSEI) predictions and labels made binary (``> 0`` / ``< 0``),
-  label-0 utterances excluded, plus the MAE of the raw scores. Percent (MAE in label units).
 * :func:`average_row`, :func:`format_table` — one row per missing rate and their average.
 * :func:`write_rows` — the same rows as JSON (with metadata) and CSV, written atomically.
 """
@@ -13,29 +11,10 @@ import io
 import json
 
 import numpy as np
-from sklearn.metrics import accuracy_score, f1_score, mean_absolute_error
 
-from .checkpoint import atomic_write
+from ..files import atomic_write
 
-__all__ = ["compute_metrics", "average_row", "format_table", "public_rows", "write_rows"]
-
-
-def compute_metrics(y_true, y_pred, task: str = "classification") -> dict:
-    """``{"waf", "acc"}`` in percent (``+ "mae"`` for regression) over the given utterances.
-
-    Classification: ``y_pred`` are class ids. Regression: ``y_pred`` are raw scores.
-    """
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    if task == "regression":
-        out = {"mae": float(mean_absolute_error(y_true, y_pred)) if len(y_true) else float("nan")}
-        keep = y_true != 0  # GCNet: label-0 utterances have no polarity
-        t, p = y_true[keep] > 0, y_pred[keep] > 0
-    else:
-        out, t, p = {}, y_true, y_pred
-    if len(t) == 0:
-        return {"waf": float("nan"), "acc": float("nan"), **out}
-    return {"waf": 100.0 * float(f1_score(t, p, average="weighted")),
-            "acc": 100.0 * float(accuracy_score(t, p)), **out}
+__all__ = ["average_row", "format_table", "public_rows", "write_rows"]
 
 
 def average_row(rows: list[dict]) -> dict:

@@ -6,14 +6,12 @@ which (device, dtype) pairs it refuses, and its rank (``auto`` prefers the highe
 implementation adds where its code lives, its dtypes, its features (``"causal"``: it takes
 ``causal=True``) and the tolerances its tests hold it to against the reference.
 
-Every implementation has its op's signature (all positional; ``iteach_fast.dispatch`` calls it):
-
-    ecce_prefix(z, w_fc, lengths, dist)                            -> (zp, prefix)
-    ecce_bias(zp, lengths, dist, causal)                           -> E
-    ecce_attention(q, k, v, prefix, lengths, dist, scale, causal)  -> out    (prefix may be None)
-    routed_mixture(logits, x, y_attn, y_mlp, lengths, pool_size, causal) -> out
-
-An implementation written to an older signature names an ``adapt`` that wraps it into this one.
+Every implementation takes its op's positional arguments as :data:`SIGNATURES` states them
+(the one statement of the operator contract; :func:`call` runs one). ``lengths`` is an int64
+``(B,)`` tensor on the inputs' device with values in ``[0, L]``, ``prefix`` the band table of
+``ecce_prefix`` (or None: no bias), and nothing is checked: :mod:`iteach_fast.ops` validates
+the public calls, the model validates once at its boundary. An implementation written to an
+older signature names an ``adapt`` that wraps it into this one.
 
 Three things iterate over this one table: dispatch (:func:`select`), the conformance tests
 (``tests/ops/test_conformance.py``) and the benchmarks (``bench/``). Adding a backend is a
@@ -35,13 +33,20 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import extension
-from .choices import BACKENDS
+from ..choices import BACKENDS
+from . import cpp
 
-__all__ = ["OPS", "FEATURES", "BackendUnavailable", "BackendSpec", "Implementation", "REGISTRY", "register",
-           "implementations", "select", "available_backends", "refresh", "warn_missing_once"]
+__all__ = ["SIGNATURES", "call", "OPS", "FEATURES", "BackendUnavailable", "BackendSpec", "Implementation", "REGISTRY",
+           "register", "implementations", "select", "available_backends", "refresh", "warn_missing_once"]
 
-OPS = ("ecce_prefix", "ecce_bias", "ecce_attention", "routed_mixture")
+#: the operator contract: each op's positional arguments and outputs, the same for every backend
+SIGNATURES = {
+    "ecce_prefix": "(z, w_fc, lengths, dist) -> (zp (B, L, H), prefix (B, H, 3, L))",
+    "ecce_bias": "(zp, lengths, dist, causal) -> E (B, H, L, L)",
+    "ecce_attention": "(q, k, v, prefix, lengths, dist, scale, causal) -> out (B, H, L, Dh)",
+    "routed_mixture": "(logits, x, y_attn, y_mlp, lengths, pool_size, causal) -> out (B, L, D)",
+}
+OPS = tuple(SIGNATURES)
 #: what a call may need beyond the plain op, and which ops take it
 FEATURES = {"causal": ("ecce_bias", "ecce_attention", "routed_mixture")}
 
@@ -89,11 +94,11 @@ def probe_triton() -> str | None:
 
 def probe_cpp(op: str) -> str | None:
     """None if the compiled extension has ``op`` and its backward, else why not."""
-    module, why = extension.STATUS
+    module, why = cpp.STATUS
     if module is None:
         return why
-    forward, backward = extension.CPP_OPS[op]
-    if not extension.has_ops(forward, backward):
+    forward, backward = cpp.CPP_OPS[op]
+    if not cpp.has_ops(forward, backward):
         return f"iteach_fast._C has no op {forward!r} (with its {backward!r}) in this build"
     return None
 
@@ -129,7 +134,7 @@ BACKEND_SPECS = {
                           auto_devices=lambda: ("cuda",), refuses=triton_refuses,
                           wrong_device="Triton kernels need CUDA tensors (or set TRITON_INTERPRET=1 for the CPU)"),
     "cpp": BackendSpec("cpp", rank=1, probe=probe_cpp,
-                       devices=lambda: ("cpu", "cuda") if extension.has_cuda() else ("cpu",),
+                       devices=lambda: ("cpu", "cuda") if cpp.has_cuda() else ("cpu",),
                        auto_devices=lambda: None,
                        wrong_device="iteach_fast._C has kernels for cpu and cuda (cuda only when built with CUDA)"),
 }
@@ -198,18 +203,18 @@ def register(impl: Implementation) -> None:
 
 
 for _op in OPS:
-    register(Implementation(_op, "reference", f"iteach_fast.reference:{_op}", features=frozenset(
+    register(Implementation(_op, "reference", f"iteach_fast.ops.reference:{_op}", features=frozenset(
         f for f, ops_ in FEATURES.items() if _op in ops_)))
 for _op in ("ecce_prefix", "ecce_bias", "ecce_attention"):
     register(Implementation(_op, "triton", f"iteach_fast.kernels.ecce:{_op}", dtypes=HALF_AND_FLOAT,
                             tolerances={torch.float32: (1e-4, 1e-3), torch.float16: (3e-3, 3e-3),
                                         torch.bfloat16: (2e-2, 2e-2)},
                             features=frozenset({"causal"} if _op != "ecce_prefix" else ())))
-register(Implementation("routed_mixture", "cpp", "iteach_fast.extension:routed_mixture",
+register(Implementation("routed_mixture", "cpp", "iteach_fast.ops.cpp:routed_mixture",
                         features=frozenset({"causal"})))
 # ECCE's band means in C++ (the reference's code around them): the CPU's fast path; CUDA has Triton
 for _op in ("ecce_bias", "ecce_attention"):
-    register(Implementation(_op, "cpp", f"iteach_fast.extension:{_op}", features=frozenset({"causal"}),
+    register(Implementation(_op, "cpp", f"iteach_fast.ops.cpp:{_op}", features=frozenset({"causal"}),
                             devices=("cpu",)))
 assert set(BACKEND_SPECS) <= set(BACKENDS), "every backend must be a choice in iteach_fast.choices.Backend"
 
@@ -307,6 +312,14 @@ def select(op: str, backend: str, device: torch.device, dtype: torch.dtype, caus
     return choice
 
 
+def call(op: str, backend: str, *args):
+    """Run ``op`` on ``args`` (its :data:`SIGNATURES`, unchecked) with the implementation
+    :func:`select` picks for ``backend`` and the first argument's device and dtype (and
+    ``causal``, the last argument of the ops that take it): the fused operators' one path."""
+    causal = bool(args[-1]) if op in FEATURES["causal"] else False
+    return select(op, backend, args[0].device, args[0].dtype, causal).load()(*args)
+
+
 def available_backends(device: torch.device | str = "cpu") -> dict[str, dict[str, str | None]]:
     """``{op: {backend: None if it runs on device else the reason}}`` (used by ``iteach-fast info``)."""
     return {op: {b: impl.unavailable_reason(device) for b, impl in REGISTRY[op].items()} for op in OPS}
@@ -321,7 +334,7 @@ def warn_missing_once() -> None:
     if _warned:
         return
     _warned = True
-    ext_reason = extension.STATUS[1]
+    ext_reason = cpp.STATUS[1]
     if ext_reason is None:
         return
     parts = [f"cpp ({ext_reason})"]

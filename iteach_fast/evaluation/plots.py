@@ -32,7 +32,7 @@ def _save(fig, path: str) -> str:
 
 
 def waf_vs_rate(results: dict, path: str, metric: str = "waf") -> str:
-    """``results``: ``{label: rows}`` with rows as written by :func:`iteach_fast.evaluate.evaluate_rates`."""
+    """``results``: ``{label: rows}`` with rows as written by :func:`iteach_fast.training.validation.evaluate_rates`."""
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, rows in results.items():
         rows = [r for r in rows if isinstance(r["rate"], float)]

@@ -199,19 +199,19 @@ if _HAS_ATTENTION:  # outputs laid out as the C++ op lays them out (torch.empty_
 
 
 def _band_means(table: torch.Tensor, dist: int, causal: bool, lengths: torch.Tensor | None = None) -> torch.Tensor:
-    """:func:`iteach_fast.reference.band_means` by the C++ op."""
+    """:func:`iteach_fast.ops.reference.band_means` by the C++ op."""
     if not _HAS_BAND:
         raise NotImplementedError("iteach_fast._C has no band_means op in this build")
     return _BandMeans.apply(table.contiguous(), lengths, int(dist), bool(causal))
 
 
 def ecce_bias(zp: torch.Tensor, lengths: torch.Tensor, dist: int, causal: bool = False) -> torch.Tensor:
-    """:func:`iteach_fast.reference.ecce_bias` with the band means in C++ (CPU)."""
+    """:func:`iteach_fast.ops.reference.ecce_bias` with the band means in C++ (CPU)."""
     return reference.ecce_bias(zp, lengths, dist, causal, band=_band_means)
 
 
 def ecce_attention(q, k, v, prefix, lengths, dist: int, scale: float, causal: bool) -> torch.Tensor:
-    """:func:`iteach_fast.reference.ecce_attention` fused per (batch, head) in C++ (csrc/attention.cpp):
+    """:func:`iteach_fast.ops.reference.ecce_attention` fused per (batch, head) in C++ (csrc/attention.cpp):
     each head's scores stay in cache, the band bias is added from the table, the padding is
     neither read nor computed, and the ``(B, L, H, Dh)`` views are read and written in place.
     Half-precision inputs are computed in float32 (the reference's accumulation) and cast back."""

@@ -11,7 +11,7 @@ import random
 import numpy as np
 import torch
 
-from .choices import PRECISIONS, check_choice
+from ..choices import PRECISIONS, check_choice
 
 __all__ = ["resolve_device", "check_precision", "autocast", "op_dtype", "seed_everything", "set_threads"]
 

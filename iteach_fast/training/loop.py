@@ -12,7 +12,7 @@ over ``select_rates`` (default UME's 0.0..0.7; the fixed strategy: its own rate)
 fixed-seed masks; ``best.pt`` is written only when an epoch improves on the best recorded
 so far (a resumed run carries that record), ``last.pt`` after every epoch. Both are full
 checkpoints (model, optimiser, config, RNG states of torch / numpy / python and the two
-generators, history), written atomically (:mod:`iteach_fast.checkpoint`); ``resume``
+generators, history), written atomically (:mod:`iteach_fast.training.checkpoint`); ``resume``
 continues bit-identically.
 
 What makes a run trustworthy, in the order it is checked: every setting validated, the
@@ -22,7 +22,7 @@ before any data is read; then, each step, the loss terms and the gradient norm a
 into one small device tensor read once (the only host synchronisation of a step): a
 non-finite value stops the run at once, and nothing of that epoch is saved.
 
-Data parallelism (:mod:`iteach_fast.distributed`): under ``torchrun`` every rank takes its
+Data parallelism (:mod:`iteach_fast.training.distributed`): under ``torchrun`` every rank takes its
 share of each global batch; the result follows the single process with the same
 ``batch_size``. ``compile`` and ``cuda_graphs`` change the speed, not what is computed.
 """
@@ -41,7 +41,12 @@ from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import BatchSampler, RandomSampler
 from tqdm import tqdm
 
-from . import backends
+from ..choices import MODALITIES
+from ..data.dataset import collate
+from ..data.masking import apply_mask, sample_present
+from ..data.sources import splits_for
+from ..nn.model import ITEACHNet, roles
+from ..ops import backends
 from .checkpoint import (
     atomic_write,
     check_weights,
@@ -53,14 +58,10 @@ from .checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from .choices import MODALITIES
 from .config import TrainConfig
-from .data import collate, splits_for
 from .distributed import Context, DistributedError, context
-from .evaluate import evaluate_rates
-from .masking import apply_mask, sample_present
-from .model import ITEACHNet, roles
 from .runtime import autocast, check_precision, op_dtype, seed_everything, set_threads
+from .validation import evaluate_rates
 
 __all__ = ["train", "rate_for", "TrainingDiverged", "RESUME_SETTINGS", "TERMS", "length_bucket", "Batch",
            "make_batch", "make_optimizer", "Step", "GraphedStep"]

@@ -13,7 +13,7 @@ against the model's, finite values, shapes):
 - ``.pt``: ``{conversation: {"text": ..., "audio": ..., "visual": ..., "present": ...}}``
   (tensors or arrays; loaded with ``weights_only``).
 - a folder in GCNet's layout (label pickle + feature folders, docs/data.md), read by the
-  package's own loader (:func:`iteach_fast.data.load_gcnet`); its labels (checked by that
+  package's own loader (:func:`iteach_fast.data.gcnet.load_gcnet`); its labels (checked by that
   loader) are reported alongside the predictions. Other keys of a file are ignored.
 
 Output: one row per utterance — ``conversation``, ``utterance`` (its index), the predicted
@@ -21,7 +21,7 @@ class (``prediction``, ``class_id``) and one ``p_<class>`` column per class, or 
 ``score`` of a regressor (CMU-MOSI / MOSEI) — as CSV or JSON.
 
 ``stream=True`` replays each conversation utterance by utterance through a causal model
-(:class:`~iteach_fast.streaming.StreamingSession`): each row is what the model said when
+(:class:`~iteach_fast.nn.streaming.StreamingSession`): each row is what the model said when
 that utterance arrived, knowing only the utterances before it (``known`` of them, and the
 push's ``latency_ms``). A bidirectional model cannot do that: its prediction for an utterance
 depends on what is said after it.
@@ -37,34 +37,17 @@ import time
 import numpy as np
 import torch
 
-from .checkpoint import atomic_write, load_checkpoint, load_weights
-from .choices import EVAL_MODELS, MODALITIES, check_choice
-from .config import TrainConfig
-from .data import DataError, load_gcnet
-from .evaluate import load_for_eval
-from .model import ITEACHNet
+from ..choices import EVAL_MODELS, MODALITIES, check_choice
+from ..data.dataset import DataError
+from ..data.gcnet import load_gcnet
+from ..files import atomic_write
+from ..nn.model import ITEACHNet
+from ..training.checkpoint import load_for_eval, load_model
+from ..training.config import TrainConfig
+from ..training.runtime import resolve_device
 from .protocols import demo
-from .runtime import resolve_device
 
-__all__ = ["load_model", "load_conversations", "predict_rows", "write_rows", "predict", "replay", "stream_demo"]
-
-
-def load_model(checkpoint: str, device="cpu", backend: str | None = None) -> tuple[ITEACHNet, TrainConfig, dict]:
-    """``(net, cfg, data)``: the checkpoint's net in eval mode on ``device`` — built from its
-    stored config and data description, without reading its training data — and ``data``
-    (``input_dims``, ``num_classes``, ``class_names``)."""
-    ckpt = load_checkpoint(checkpoint)
-    cfg = TrainConfig.from_dict(ckpt["config"], source=checkpoint)
-    if backend:
-        cfg = cfg.replace(backend=backend)
-    data = ckpt.get("data")
-    if not isinstance(data, dict) or not {"input_dims", "num_classes"} <= set(data):
-        raise ValueError(f"{checkpoint}: the checkpoint does not describe its data (input_dims, num_classes); "
-                         "it was not written by `iteach-fast train`")
-    net = ITEACHNet.from_config(cfg.model, data["input_dims"], data["num_classes"])
-    load_weights(net, ckpt["model"], checkpoint)
-    net.to(torch.device(device)).eval()
-    return net, cfg, data
+__all__ = ["load_conversations", "predict_rows", "write_rows", "predict", "replay", "stream_demo"]
 
 
 # ------------------------------------------------------------------ inputs
@@ -285,7 +268,8 @@ def predict(checkpoint: str, inputs: str, out: str | None = None, fmt: str | Non
         check_choice("format", fmt, ("csv", "json"))
     check_choice("model", model, EVAL_MODELS)
     dev = resolve_device(device)
-    net, cfg, data = load_model(checkpoint, dev, backend)
+    net, cfg, ckpt = load_model(checkpoint, dev, backend)
+    data = ckpt["data"]
     if stream and not net.causal:  # before reading any data
         raise ValueError(f"{checkpoint}: --stream needs a causal model (trained with --causal); this one is "
                          "bidirectional: its prediction for an utterance depends on the utterances after it")
@@ -322,7 +306,7 @@ def replay(net: ITEACHNet, conversation: dict, class_names=(), log=print) -> lis
 
 
 def stream_demo(cfg: TrainConfig, log=print) -> dict:
-    """``iteach-fast demo --stream``: the demo's training (:func:`iteach_fast.protocols.demo`) of
+    """``iteach-fast demo --stream``: the demo's training (:func:`iteach_fast.evaluation.protocols.demo`) of
     a causal ``cfg``, then its test conversation with the most emotion shifts replayed live."""
     if not cfg.model.causal:
         raise ValueError("demo --stream trains a causal model: drop --no-causal")

@@ -11,7 +11,7 @@ lengths without a host-device synchronisation: :func:`iteach_fast.ops.check_leng
 every module below trusts them, and neither forward, loss nor backward reads a value back to
 the host, so a training step can be compiled whole or captured as a CUDA graph. ``backend``
 is passed down to every module. ``causal=True`` builds the real-time variant, which
-:meth:`ITEACHModel.stream` runs one utterance at a time (:mod:`iteach_fast.streaming`).
+:meth:`ITEACHModel.stream` runs one utterance at a time (:mod:`iteach_fast.nn.streaming`).
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .choices import MIXERS, MODALITIES, check_choice
+from ..choices import MIXERS, MODALITIES, check_choice
 from .config import ModelConfig
 from .modules import ECCE, EncoderLayer, Padded, padded, set_backend
 from .streaming import StreamingSession
@@ -106,7 +106,7 @@ class ITEACHModel(nn.Module):
 
     def check_inputs(self, inputs, lengths, present) -> Padded:
         """Validate ``(text, audio, visual)``, ``lengths`` and ``present`` once; returns the
-        :class:`~iteach_fast.modules.Padded` every module then trusts. Shapes and dtypes are
+        :class:`~iteach_fast.nn.modules.Padded` every module then trusts. Shapes and dtypes are
         read on the host; the lengths' values without a synchronisation (a CPU tensor on the
         host, a device tensor by a device-side assert)."""
         for name, x in zip(MODALITIES, inputs):
@@ -163,7 +163,7 @@ class ITEACHModel(nn.Module):
         return ModelOutput(logits, hidden)
 
     def stream(self, batch_size: int = 1) -> StreamingSession:
-        """A :class:`~iteach_fast.streaming.StreamingSession` on this (causal) model: push one
+        """A :class:`~iteach_fast.nn.streaming.StreamingSession` on this (causal) model: push one
         utterance per conversation at a time, get its prediction at once."""
         return StreamingSession(self, batch_size)
 
@@ -180,7 +180,7 @@ class ITEACHNet(nn.Module):
         self.student``): 3 x TF, the paper's "PRE | TF", or 4 x NAS with ``student_mixer="nas"``.
     ``teacher_layers`` / ``student_layers`` / ``teacher_mixer`` / ``student_mixer`` left as
     None take the framework's defaults above; given, they override them (e.g. the ablation
-    ``student_mixer="tf"``). Every keyword is a :class:`~iteach_fast.config.ModelConfig` field
+    ``student_mixer="tf"``). Every keyword is a :class:`~iteach_fast.nn.config.ModelConfig` field
     (the net is built from one: :meth:`from_config`), and the rest go to both models
     (``causal=True``: both are causal).
     """
@@ -243,7 +243,7 @@ class ITEACHNet(nn.Module):
         return self.student(*incomplete, lengths, present).logits
 
     def stream(self, batch_size: int = 1, model: str = "student") -> StreamingSession:
-        """A :class:`~iteach_fast.streaming.StreamingSession` on the student (``model="teacher"``:
+        """A :class:`~iteach_fast.nn.streaming.StreamingSession` on the student (``model="teacher"``:
         the teacher, which expects complete inputs) of a causal net."""
         check_choice("model", model, ("student", "teacher"))
         return StreamingSession(getattr(self, model), batch_size)

@@ -1,0 +1,134 @@
+"""Conversations: a synthetic generator (the default) and a loader for GCNet's feature files.
+
+Every dataset yields conversations as dicts of numpy arrays::
+
+    {"id": str, "text": (n, d_t), "audio": (n, d_a), "visual": (n, d_v) float32,
+     "labels": (n,) int64 (classification) or float32 (regression), "speakers": (n,) int64}
+
+and :func:`collate` pads a list of them into a batch (see its docstring).
+
+Synthetic conversations (``synthetic``; docs/data.md "Dataset facts" are what they mimic)
+-----------------------------------------------------------------------------------------
+* 10-110 utterances, two alternating speakers (one for regression, like CMU-MOSI).
+* Labels follow *local emotional stability*: a sticky Markov chain — runs of one emotion
+  that change at context shifts (probability ``shift_prob`` per utterance), the new emotion
+  drawn from IEMOCAP-like class frequencies.
+* Each modality sees the label through a latent class prototype plus noise, mapped by a
+  fixed random matrix into ``d_m`` dimensions. Modalities differ in reliability (text >
+  audio > visual) and each merges particular class pairs (audio: arousal — happy/angry and
+  sad/neutral; visual: neutral/sad, happy/excited; text: mild ones), so modalities are
+  complementary and dropping one costs accuracy.
+* Context matters: a fraction ``ambiguous`` of utterances carry only a weak signal in every
+  modality (the label is still the run's emotion), and each conversation and speaker adds
+  its own offset to the features; a model that looks at the neighbours resolves both, a
+  per-utterance classifier cannot.
+
+GCNet layout (``iemocap4``, ``iemocap6``, ``cmumosi``, ``cmumosei``)
+--------------------------------------------------------------------
+``<data_root>/<label pickle>`` holding ``(videoIDs, videoLabels, videoSpeakers,
+videoSentences, trainVid, testVid)`` (MOSI/MOSEI: ``..., trainVids, valVids, testVids``)
+and one feature folder per modality holding ``<utterance-id>*.npy`` (``[D]`` or ``[T, D]``,
+averaged over time) or, for faces, a folder per utterance with one ``.npy`` per face (for
+IEMOCAP the faces whose file name contains the speaker's letter F/M; none gives zeros),
+as GCNet's ``dataloader_iemocap.py`` / ``dataloader_cmumosi.py`` read them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..choices import MODALITIES
+
+CLASS_NAMES = {
+    4: ("happy", "sad", "neutral", "angry"),
+    6: ("happy", "sad", "neutral", "angry", "excited", "frustrated"),
+}
+# utterance counts of GCNet's IEMOCAP label files (docs/data.md, "Dataset facts"): the synthetic class frequencies
+CLASS_COUNTS = {4: (1636, 1084, 1708, 1103), 6: (648, 1084, 1708, 1103, 1041, 1849)}
+
+SYNTHETIC_DIMS = {"small": (64, 32, 48), "iemocap": (1024, 512, 1024)}
+
+
+class DataError(ValueError):
+    """A data file is missing or malformed; the message names the path and what was expected."""
+
+
+class ConversationDataset(Dataset):
+    """A list of conversations plus what a model needs to know about them."""
+
+    def __init__(self, conversations: list[dict], input_dims, num_classes: int, class_names=(), name=""):
+        self.conversations = conversations
+        self.input_dims = tuple(int(d) for d in input_dims)
+        self.num_classes = int(num_classes)  # 1 = regression
+        self.class_names = tuple(class_names)
+        self.name = name
+
+    @property
+    def task(self) -> str:
+        return "regression" if self.num_classes == 1 else "classification"
+
+    def __len__(self):
+        return len(self.conversations)
+
+    def __getitem__(self, i):
+        return self.conversations[i]
+
+    def num_utterances(self) -> int:
+        return sum(len(c["labels"]) for c in self.conversations)
+
+
+@dataclass
+class DataSplits:
+    train: ConversationDataset
+    valid: ConversationDataset
+    test: ConversationDataset
+    input_dims: tuple
+    num_classes: int
+    class_names: tuple = ()
+    notes: list = field(default_factory=list)  # protocol remarks to print (e.g. selection on test)
+
+    @property
+    def task(self) -> str:
+        return "regression" if self.num_classes == 1 else "classification"
+
+    def summary(self) -> str:
+        parts = [f"{k}: {len(d)} conversations / {d.num_utterances()} utterances"
+                 for k, d in (("train", self.train), ("valid", self.valid), ("test", self.test))]
+        return f"{self.train.name}: " + "; ".join(parts) + f"; dims (t, a, v) = {self.input_dims}"
+
+
+def collate(conversations: list[dict]) -> dict:
+    """Pad a list of conversations to the longest one.
+
+    Returns ``{"text", "audio", "visual"}`` float32 ``(B, L, d_m)``, ``"labels"`` ``(B, L)``
+    (int64, or float32 for regression), ``"speakers"`` ``(B, L)`` int64, ``"lengths"``
+    ``(B,)`` int64 and ``"ids"`` (list of str). Padded positions are 0 everywhere; ``lengths``
+    says which positions are real (losses and metrics must use it).
+    """
+    B = len(conversations)
+    lengths = torch.tensor([len(c["labels"]) for c in conversations], dtype=torch.int64)
+    L = int(lengths.max()) if B else 0
+    batch = {}
+    for m in MODALITIES:
+        d = conversations[0][m].shape[1] if B else 0
+        x = torch.zeros(B, L, d, dtype=torch.float32)
+        for b, c in enumerate(conversations):
+            x[b, : len(c[m])] = torch.from_numpy(np.ascontiguousarray(c[m], dtype=np.float32))
+        batch[m] = x
+    regression = B > 0 and np.asarray(conversations[0]["labels"]).dtype.kind == "f"
+    labels = torch.zeros(B, L, dtype=torch.float32 if regression else torch.int64)
+    speakers = torch.zeros(B, L, dtype=torch.int64)
+    for b, c in enumerate(conversations):
+        n = len(c["labels"])
+        labels[b, :n] = torch.as_tensor(np.asarray(c["labels"]), dtype=labels.dtype)
+        speakers[b, :n] = torch.as_tensor(np.asarray(c["speakers"]), dtype=torch.int64)
+    batch.update(labels=labels, speakers=speakers, lengths=lengths, ids=[c["id"] for c in conversations])
+    return batch
+
+
+# ----------------------------------------------------------------------------------------
+# synthetic conversations
+# ----------------------------------------------------------------------------------------
