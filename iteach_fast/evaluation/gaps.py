@@ -1,94 +1,132 @@
-"""The data's gaps: how much context and each modality are worth on a dataset, measured
-with a per-utterance logistic regression (and its log-probabilities summed over a window of
-neighbours), beside a trained model tested with the same modalities.
+"""The data's gaps, measured like with like: how much context and each modality are worth,
+and whether the trained model uses them as well as the baselines do.
+
+Three sections, every row on the same utterances for every model (the student, the
+per-utterance logistic regression, the recurrent baseline; :mod:`.baselines` trains both with
+the run's missing-rate strategy):
+
+* **context** — complete data: the per-utterance model, the same with its log-probabilities
+  summed over ``±k`` neighbours (``k`` chosen on validation), the recurrent model, the
+  student and the teacher. A model that reads context should beat the per-utterance row.
+* **kept** — the paper's masks (UME, every rate in ``rates`` pooled): the test utterances
+  grouped by which modalities each kept (t+a+v, t+a, ..., v), each model scored on each
+  group. This is what the training masks teach: a missing modality here is missing for some
+  utterances of a conversation, not all.
+* **outage** — a named robustness case the paper's masks never produce: one or two
+  modalities down for *every* utterance of a conversation (a channel lost for a whole
+  call). Train with ``outage_prob`` > 0 for it.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
+from ..choices import MODALITIES
+from ..data.masking import EVAL_RATES, fixed_masks
 from ..training.validation import compute_metrics, predict
+from .baselines import BaselineConfig, fit_linear, gru_predictions, linear_predictions, train_gru
 
 __all__ = ["MODALITY_SUBSETS", "data_gaps"]
 
-
 MODALITY_SUBSETS = (("text", "audio", "visual"), ("text", "audio"), ("text", "visual"), ("audio", "visual"),
                     ("text",), ("audio",), ("visual",))
+MODELS = ("student", "teacher", "logreg", "logreg_context", "gru")
 
 
-def _labels(dataset) -> np.ndarray:
-    return np.concatenate([np.asarray(c["labels"]) for c in dataset])
-
-
-def _utterance_features(dataset, modalities):
-    """``(X, y, conversation sizes)`` over all utterances, the chosen modalities' features concatenated."""
-    xs = [np.concatenate([np.asarray(c[m], dtype=np.float64) for m in modalities], axis=1) for c in dataset]
-    return np.concatenate(xs), _labels(dataset), [len(c["labels"]) for c in dataset]
-
-
-def _window_sum(v: np.ndarray, k: int) -> np.ndarray:
-    """``out[i] = sum of v[i-k .. i+k]`` within one conversation."""
-    n = len(v)
-    csum = np.concatenate([np.zeros((1,) + v.shape[1:]), np.cumsum(v, 0)])
-    idx = np.arange(n)
-    return csum[np.clip(idx + k + 1, 0, n)] - csum[np.clip(idx - k, 0, n)]
+def _subset_name(keep: np.ndarray) -> str:
+    return "+".join(m[0] for m, k in zip(MODALITIES, keep) if k)
 
 
 def _only(dataset, modalities) -> dict:
     """A fixed mask table keeping only ``modalities`` in every utterance."""
-    keep = torch.tensor([m in modalities for m in ("text", "audio", "visual")])
+    keep = torch.tensor([m in modalities for m in MODALITIES])
     return {c["id"]: keep.expand(len(c["labels"]), 3).clone() for c in dataset}
 
 
-def data_gaps(splits, net=None, split: str = "test", context_windows=(1, 2, 3), device="cpu",
-              batch_size: int = 32, log=print) -> dict:
-    """How much context and each modality are worth on a dataset (classification).
-
-    * ``context``: a per-utterance logistic regression (no context) against the same
-      classifier whose log-probabilities are summed over a ``±k`` window of the conversation
-      (the simplest use of local emotional stability), and, with ``net``, the trained
-      student on complete data (a learned context model).
-    * ``modalities``: the per-utterance classifier trained and tested on each subset of
-      modalities; with ``net``, the student tested with only that subset present.
-
-    Rows ``{"model", "modalities", "waf", "acc"}`` (percent), printed as a table.
-    """
+def data_gaps(splits, net=None, split: str = "test", device="cpu", batch_size: int = 32, log=print,
+              config: BaselineConfig | None = None, rates=EVAL_RATES[1:], mask_seed: int = 0) -> dict:
+    """Rows ``{"section", "modalities", "model", "waf", "acc", "n"}`` (percent) of the three
+    sections above on ``split`` (classification datasets), printed as one table; ``net``
+    (a trained ITEACHNet) adds the student's and the teacher's columns."""
     if splits.train.task != "classification":
         raise ValueError("data_gaps: classification datasets only")
+    config = config or BaselineConfig()
     test = getattr(splits, split)
-    rows, ctx_rows = [], []
+    labels = np.concatenate([np.asarray(c["labels"]) for c in test])
+    linear = fit_linear(splits, config)
+    gru, _ = train_gru(splits, config)
+    # the context window, chosen on validation (complete data)
+    vmask = {c["id"]: np.ones((len(c["labels"]), 3), bool) for c in splits.valid}
+    vlabels = np.concatenate([np.asarray(c["labels"]) for c in splits.valid])
+    k = max(config.windows, key=lambda w: compute_metrics(vlabels, np.concatenate(
+        list(linear_predictions(linear, splits.valid, vmask, w, False).values())))["waf"])
 
-    def fit(mods):
-        xtr, ytr, _ = _utterance_features(splits.train, mods)
-        return make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(xtr, ytr)
+    def predict_all(masks: dict) -> dict:
+        """Every model's predictions over ``test``'s utterances, in order, with ``masks``."""
+        np_masks = {cid: np.asarray(m) for cid, m in masks.items()}
+        order = lambda d: np.concatenate([d[c["id"]] for c in test])  # noqa: E731
+        out = {"logreg": order(linear_predictions(linear, test, np_masks, 0, False)),
+               "logreg_context": order(linear_predictions(linear, test, np_masks, k, False)),
+               "gru": order(gru_predictions(gru, test, np_masks, False))}
+        if net is not None:
+            torch_masks = {cid: torch.as_tensor(m) for cid, m in masks.items()}
+            out["student"] = predict(net, test, torch_masks, batch_size, device)[1]
+        return out
 
-    for mods in MODALITY_SUBSETS:
-        clf = fit(mods)
-        xte, yte, sizes = _utterance_features(test, mods)
-        rows.append({"model": "per-utterance logreg (no context)", "modalities": "+".join(m[0] for m in mods),
-                     **compute_metrics(yte, clf.predict(xte))})
-        if len(mods) == 3:
-            logp = np.split(clf.predict_log_proba(xte), np.cumsum(sizes)[:-1])
-            for k in context_windows:
-                pred = np.concatenate([clf.classes_[_window_sum(lp, k).argmax(1)] for lp in logp])
-                ctx_rows.append({"model": f"logreg, log-probs summed over ±{k} utterances",
-                                 "modalities": "t+a+v", **compute_metrics(yte, pred)})
-    rows += ctx_rows
+    rows = []
+
+    def add(section, subset, preds, pick=slice(None)):
+        for model, p in preds.items():
+            rows.append({"section": section, "modalities": subset, "model": model, "n": int(np.size(labels[pick])),
+                         **compute_metrics(labels[pick], p[pick])})
+
+    complete = predict_all(_only(test, MODALITIES))
     if net is not None:
-        for mods in MODALITY_SUBSETS:
-            y, p, _ = predict(net, test, _only(test, mods), batch_size, device)
-            rows.append({"model": "ITEACH student (context)", "modalities": "+".join(m[0] for m in mods),
-                         **compute_metrics(y, p)})
-    prior = np.bincount(_labels(splits.train).astype(np.int64), minlength=splits.num_classes)
-    y_test = _labels(test)
-    rows.append({"model": "majority class (chance)", "modalities": "-",
-                 **compute_metrics(y_test, np.full_like(y_test, int(prior.argmax())))})
-    head = f"{'model':46s} {'mods':>6s} {'WAF':>7s} {'Acc':>7s}"
-    lines = [f"data gaps on {test.name} [{split}]", head, "-" * len(head)]
-    lines += [f"{r['model']:46s} {r['modalities']:>6s} {r['waf']:7.2f} {r['acc']:7.2f}" for r in rows]
-    table = "\n".join(lines)
+        complete["teacher"] = predict(net, test, None, batch_size, device, model="teacher")[1]
+    add("context", "t+a+v", complete)
+    # the paper's masks, pooled over the rates, grouped by what each utterance kept
+    pooled, kept = {}, []
+    for rate in rates:
+        masks = fixed_masks(test, rate, mask_seed)
+        for model, p in predict_all(masks).items():
+            pooled.setdefault(model, []).append(p)
+        kept.append(np.concatenate([masks[c["id"]].numpy() for c in test]))
+    pooled = {m: np.concatenate(ps) for m, ps in pooled.items()}
+    kept = np.concatenate(kept)
+    labels_pooled = np.tile(labels, len(rates))
+    for mods in MODALITY_SUBSETS:
+        want = np.array([m in mods for m in MODALITIES])
+        pick = (kept == want).all(1)
+        for model, p in pooled.items():
+            rows.append({"section": "kept", "modalities": _subset_name(want), "model": model, "n": int(pick.sum()),
+                         **compute_metrics(labels_pooled[pick], p[pick])})
+    for mods in MODALITY_SUBSETS[1:]:
+        add("outage", "+".join(m[0] for m in mods), predict_all(_only(test, mods)))
+    prior = np.bincount(np.concatenate([c["labels"] for c in splits.train]).astype(np.int64))
+    rows.append({"section": "chance", "modalities": "-", "model": "majority", "n": len(labels),
+                 **compute_metrics(labels, np.full_like(labels, int(prior.argmax())))})
+    table = _format(rows, test.name, split, rates, k)
     log(table)
-    return {"rows": rows, "table": table}
+    return {"rows": rows, "table": table, "context_window": k}
+
+
+def _format(rows: list[dict], name: str, split: str, rates, k: int) -> str:
+    models = [m for m in MODELS if any(r["model"] == m for r in rows)]
+    heads = {"student": "student", "teacher": "teacher", "logreg": "logreg", "logreg_context": f"logreg±{k}",
+             "gru": "BiGRU"}
+    titles = {"context": "context: complete data",
+              "kept": f"kept: the paper's masks (rates {', '.join(f'{r:.1f}' for r in rates)} pooled), "
+                      "utterances by what they kept",
+              "outage": "outage: the other modalities missing for every utterance of every conversation"}
+    lines = [f"data gaps on {name} [{split}], WAF %"]
+    head = f"{'':10s}{'n':>7s}" + "".join(f"{heads[m]:>11s}" for m in models)
+    for section, title in titles.items():
+        lines += ["", title, head, "-" * len(head)]
+        for subset in dict.fromkeys(r["modalities"] for r in rows if r["section"] == section):
+            cells = {r["model"]: r for r in rows if r["section"] == section and r["modalities"] == subset}
+            n = next(iter(cells.values()))["n"]
+            lines.append(f"{subset:10s}{n:7d}" + "".join(
+                f"{cells[m]['waf']:11.2f}" if m in cells else f"{'':11s}" for m in models))
+    chance = next(r for r in rows if r["section"] == "chance")
+    lines += ["", f"majority class (chance): {chance['waf']:.2f}"]
+    return "\n".join(lines)
