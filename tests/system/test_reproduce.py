@@ -161,12 +161,12 @@ def test_render_from_fake_results_on_a_paper_dataset(tmp_path):
     assert "ECCE local+global > global: **holds**" in report and "off > global" in report
     assert "folds 1, 2 (leave one session out) x seeds 0, 1" in report
     # a difference inside the runs' spread is said to be unresolved
-    close = rp._orderings({"table1": {"off": (57.0, 3.0, 3), "global": (58.0, 2.5, 3), "local+global": (64.0, 1.0, 3)}})
+    close = rp.orderings({"table1": {"off": (57.0, 3.0, 3), "global": (58.0, 2.5, 3), "local+global": (64.0, 1.0, 3)}})
     assert "local+global > global: **holds** here (64.00 ± 1.00 vs 58.00 ± 2.50)" in close[0]
     assert "off > global" in close[2] and "**does not hold**" in close[2] and "within one std (3.00)" in close[2]
     # one run per row: no std to show (not "± 0.00"), and the claim says so
     one = {"off": (57.0, 0.0, 1), "global": (58.0, 0.0, 1), "local+global": (64.0, 0.0, 1)}
-    single = rp._orderings({"table1": one})
+    single = rp.orderings({"table1": one})
     assert "local+global > global: **holds** here (64.00 vs 58.00; one run per row, so no spread" in single[0]
     assert all("±" not in claim for claim in single)
     # files: CSV of every run x rate x metric, one Markdown per table, the PNGs
@@ -195,7 +195,7 @@ def test_render_on_synthetic_data_has_no_paper_numbers(tmp_path):
     ts = next(line for line in res["tables"]["table2"].splitlines() if line.startswith("| TS |"))
     assert ts.endswith("| 2 |")
     assert "3 runs per row: seeds 0, 1, 2" in res["report"]
-    assert rp._runs_line(context("synthetic", (None,), (0,)), {"off": [{}]}, "table1").startswith("1 run per row:")
+    assert rp.runs_line(context("synthetic", (None,), (0,)), {"off": [{}]}, "table1").startswith("1 run per row:")
 
 
 def test_fig9_embedding_grid_from_fake_features(tmp_path):

@@ -1,0 +1,141 @@
+"""What the paper's tables and figures need trained: the variants (their rows), the runs
+(a variant at one fold and one seed) and the key that caches each run.
+
+A run's key is a hash of its config (not of where or how fast it runs: :data:`NOT_HASHED`),
+so runs shared by several experiments are planned, and trained, once.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+
+from ..choices import EXPERIMENTS
+from ..data.masking import EVAL_RATES
+from ..evaluation.protocols import DEMO_DEFAULTS, ime_config
+from ..training.config import TrainConfig
+
+__all__ = ["Variant", "VARIANTS", "Run", "run_key", "expand", "has_folds", "resolve_folds", "plan", "RESULT_VERSION",
+           "NOT_HASHED", "DEFAULT_SEEDS", "QUICK_SEEDS", "IEMOCAP_FOLDS", "QUICK", "VARIED", "BASE_CHANGES"]
+
+#: bump when what a run measures changes: every cached result is then recomputed
+RESULT_VERSION = 1
+#: config fields that say where or how fast a run computes, not what: left out of its key
+NOT_HASHED = ("out_dir", "progress", "threads", "device", "compile", "cuda_graphs")
+#: the paper runs each model three times (§4.4); ``--quick`` runs one seed unless told otherwise
+DEFAULT_SEEDS = (0, 1, 2)
+QUICK_SEEDS = (0,)
+IEMOCAP_FOLDS = (1, 2, 3, 4, 5)
+#: ``--quick``: the demo's small synthetic set and model, 10 epochs, the progressive
+#: schedule compressed to one step per epoch (0.0, 0.1, ..., 0.7 within the 10 epochs)
+QUICK = {**{k: v for k, v in DEMO_DEFAULTS.items() if k not in ("framework", "strategy", "out_dir")},
+         "progressive_every": 1}
+#: the fields an experiment sets per run (a base config's values for them are replaced)
+VARIED = ("framework", "teacher_mixer", "student_mixer", "ecce", "strategy", "rate", "seed", "fold")
+#: every variant starts from the paper's ITEACH-Net: ITS, 3 x TF teacher, 4 x NAS student, full ECCE, random rates
+BASE_CHANGES = dict(framework="its", teacher_mixer=None, student_mixer=None, ecce="local+global", strategy="random")
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One row of a paper table: ``cells`` its heading cells, ``changes`` to the base config
+    (``ime_rate``: the IME run at that rate, :func:`iteach_fast.evaluation.protocols.ime_config`)."""
+    label: str
+    cells: tuple
+    changes: tuple = ()
+    ime_rate: float | None = None
+
+    def build(self, base: TrainConfig) -> TrainConfig:
+        cfg = base.replace(**{**BASE_CHANGES, **dict(self.changes)})
+        return ime_config(cfg, self.ime_rate) if self.ime_rate is not None else cfg
+
+
+def _v(label: str, cells: tuple, **changes) -> Variant:
+    return Variant(label, cells, tuple(sorted(changes.items())))
+
+
+_ITS = _v("ITS TF NAS", ("ITS", "TF", "NAS"))  # the paper's ITEACH-Net: random missing rates
+VARIANTS = {
+    "table1": (_v("off", ("✗", "✗"), ecce="off"), _v("global", ("✗", "✓"), ecce="global"),
+               dataclasses.replace(_ITS, label="local+global", cells=("✓", "✓"))),
+    "table2": (_v("PRE TF", ("PRE", "TF", "–"), framework="pre", student_mixer="tf"),
+               _v("ITS TF TF", ("ITS", "TF", "TF"), student_mixer="tf"), _ITS,
+               _v("TS NAS TF", ("TS", "NAS", "TF"), framework="ts")),
+    "table3": (),
+    "table4": (dataclasses.replace(_ITS, label="ITEACH-Net", cells=("ITEACH-Net (random)",)),),
+    "table5": (_v("ITEACH-Net", ("ITEACH-Net (progressive)",), strategy="progressive"),),
+    "fig6": (dataclasses.replace(_ITS, label="NAS student", cells=("NAS (4 layers)",)),
+             _v("TF student", ("TF (4 layers)",), student_mixer="tf")),
+    "fig78": tuple(Variant(f"fixed {r:.1f}", (f"{r:.1f}",), ime_rate=r) for r in EVAL_RATES),
+    "fig9": (dataclasses.replace(_ITS, label="ITEACH-Net", cells=("ITEACH-Net",)),),
+}
+
+
+@dataclasses.dataclass
+class Run:
+    key: str
+    config: TrainConfig  # out_dir: the run's folder
+    fold: int | None
+    seed: int
+
+    @property
+    def folder(self) -> str:
+        return self.config.out_dir
+
+    @property
+    def result_path(self) -> str:
+        return os.path.join(self.folder, "result.json")
+
+
+def run_key(cfg: TrainConfig) -> str:
+    """A hash of what ``cfg`` computes (every field but :data:`NOT_HASHED`) and :data:`RESULT_VERSION`."""
+    what = {k: v for k, v in cfg.to_dict().items() if k not in NOT_HASHED}
+    text = json.dumps({"result_version": RESULT_VERSION, "config": what}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def expand(what) -> tuple[str, ...]:
+    """``what`` (names from :data:`EXPERIMENTS`, or ``all``) in the canonical order, each once."""
+    names = [what] if isinstance(what, str) else list(what)
+    unknown = [n for n in names if n != "all" and n not in EXPERIMENTS]
+    if unknown or not names:
+        raise ValueError(f"reproduce: unknown experiment(s) {unknown}; expected one or more of "
+                         f"{', '.join(EXPERIMENTS)} or all")
+    return EXPERIMENTS if "all" in names else tuple(e for e in EXPERIMENTS if e in names)
+
+
+def has_folds(dataset: str) -> bool:
+    return dataset.startswith("iemocap")
+
+
+def resolve_folds(dataset: str, folds) -> tuple:
+    """IEMOCAP: the given folds (default all five sessions); elsewhere ``(None,)``: one split."""
+    if not has_folds(dataset):
+        if folds:
+            raise ValueError(f"--folds: {dataset} has one train/test split (folds are IEMOCAP's "
+                             "leave-one-session-out); repeat runs with --seeds instead")
+        return (None,)
+    folds = tuple(folds or IEMOCAP_FOLDS)
+    bad = [f for f in folds if f not in IEMOCAP_FOLDS]
+    if bad or len(set(folds)) != len(folds):
+        raise ValueError(f"--folds must be distinct IEMOCAP sessions among 1..5, got {list(folds)}")
+    return folds
+
+
+def plan(experiments, base: TrainConfig, seeds, folds, out_dir: str) -> tuple[dict, dict]:
+    """``(runs, groups)``: ``{key: Run}`` (each distinct config once) and
+    ``{experiment: {variant label: [keys]}}``; Fig. 9 reads the first fold and seed only."""
+    runs, groups = {}, {}
+    for exp in experiments:
+        groups[exp] = {}
+        for variant in VARIANTS[exp]:
+            cells = [(f, s) for f in folds for s in seeds]
+            keys = []
+            for fold, seed in cells[:1] if exp == "fig9" else cells:
+                cfg = variant.build(base).replace(seed=seed, **({"fold": fold} if fold is not None else {}))
+                key = run_key(cfg)
+                runs.setdefault(key, Run(key, cfg.replace(out_dir=os.path.join(out_dir, "runs", key)), fold, seed))
+                keys.append(key)
+            groups[exp][variant.label] = keys
+    return runs, groups
