@@ -17,6 +17,9 @@ exactly makes the rate hold per batch.
 False. Training draws a fresh mask per batch from a ``torch.Generator``; evaluation uses
 :func:`fixed_masks`, one mask per conversation id drawn once per (rate, seed) over the
 whole split, so every model and batch size sees the same test masks.
+
+:func:`add_outages` is a robustness option the paper's sampler never produces: a channel
+down for a whole conversation (every utterance loses the same one or two modalities).
 """
 from __future__ import annotations
 
@@ -26,8 +29,8 @@ import torch
 
 from ..choices import MODALITIES
 
-__all__ = ["sample_present", "apply_mask", "fixed_masks", "present_for_batch", "missing_rate", "EVAL_RATES",
-           "MAX_RATE"]
+__all__ = ["sample_present", "add_outages", "OUTAGE_SUBSETS", "apply_mask", "fixed_masks", "present_for_batch",
+           "missing_rate", "EVAL_RATES", "MAX_RATE"]
 
 #: UME's test rates (§4.3): 0.0, 0.1, ..., 0.7
 EVAL_RATES = tuple(round(0.1 * i, 1) for i in range(8))
@@ -61,6 +64,31 @@ def sample_present(lengths: torch.Tensor, L: int, rate: float,
     present = torch.zeros(B, L, 3, dtype=torch.bool)
     present[valid] = _draw(int(valid.sum()), rate, generator)
     return present
+
+
+#: what a conversation keeps in an outage: every non-empty proper subset of the modalities
+OUTAGE_SUBSETS = torch.tensor([[True, True, False], [True, False, True], [False, True, True],
+                               [True, False, False], [False, True, False], [False, False, True]])
+
+
+def add_outages(present: torch.Tensor, lengths: torch.Tensor, prob: float,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """``present`` with, in each conversation independently with probability ``prob``, one or
+    two modalities gone for every utterance (what it keeps: uniform over :data:`OUTAGE_SUBSETS`).
+    An utterance whose kept modalities were all lost keeps one of the conversation's survivors
+    (uniform), so no utterance loses all three."""
+    if not 0.0 <= prob <= 1.0:
+        raise ValueError(f"outage probability must lie in [0, 1], got {prob}")
+    B, L, _ = present.shape
+    hit = torch.rand(B, generator=generator) < prob
+    subset = OUTAGE_SUBSETS[torch.randint(0, len(OUTAGE_SUBSETS), (B,), generator=generator)]  # (B, 3)
+    # a survivor per utterance: the kept modality with the largest random key
+    keys = torch.rand(B, L, 3, generator=generator).masked_fill(~subset[:, None, :], -1.0)
+    fallback = torch.zeros(B, L, 3, dtype=torch.bool).scatter_(2, keys.argmax(-1, keepdim=True), True)
+    out = present & subset[:, None, :]
+    valid = torch.arange(L)[None, :] < torch.as_tensor(lengths).cpu()[:, None]
+    out = torch.where((~out.any(-1, keepdim=True)) & valid[..., None], fallback, out)
+    return torch.where(hit[:, None, None], out, present)
 
 
 def apply_mask(batch: dict, present: torch.Tensor) -> dict:

@@ -36,7 +36,7 @@ from ..data.masking import EVAL_RATES, fixed_masks, sample_present
 from ..training.validation import compute_metrics
 
 __all__ = ["BASELINES", "LABELS", "BaselineConfig", "GRUBaseline", "fit_linear", "linear_predictions", "train_gru",
-           "gru_inputs", "gru_predictions", "baseline_rows",
+           "gru_inputs", "gru_predictions", "window_sum", "baseline_rows",
            "majority_rows"]
 
 #: the baselines, in the order the tables show them
@@ -90,7 +90,7 @@ def _inputs(conv: dict, keep: np.ndarray) -> np.ndarray:
     return np.concatenate(xs + [keep.astype(np.float64)], axis=1)
 
 
-def _window_sum(v: np.ndarray, k: int) -> np.ndarray:
+def window_sum(v: np.ndarray, k: int) -> np.ndarray:
     """``out[i] = sum of v[i-k .. i+k]`` within one conversation."""
     n = len(v)
     csum = np.concatenate([np.zeros((1,) + v.shape[1:]), np.cumsum(v, 0)])
@@ -150,10 +150,10 @@ def linear_predictions(model, dataset, masks: dict, window: int, regression: boo
         x = _inputs(conv, masks[conv["id"]])
         if regression:  # the window's mean score
             score = model.predict(x)[:, None]
-            out[conv["id"]] = (_window_sum(score, window) / _window_sum(np.ones_like(score), window))[:, 0]
+            out[conv["id"]] = (window_sum(score, window) / window_sum(np.ones_like(score), window))[:, 0]
         else:
             logp = model.predict_log_proba(x)
-            out[conv["id"]] = model.classes_[(_window_sum(logp, window) if window else logp).argmax(1)]
+            out[conv["id"]] = model.classes_[(window_sum(logp, window) if window else logp).argmax(1)]
     return out
 
 

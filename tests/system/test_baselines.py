@@ -100,3 +100,24 @@ def test_gaps_compare_like_with_like(splits):
                             ("outage", {"student", "logreg", "logreg_context", "gru"})):
         assert {r["model"] for r in rows if r["section"] == section} == models
     assert "outage" in res["table"] and "kept" in res["table"]
+
+
+def test_outages_take_channels_down_for_whole_conversations():
+    from iteach_fast.data.masking import add_outages, sample_present
+
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.tensor([9, 4, 0, 7] * 50)
+    present = sample_present(lengths, 9, 0.3, g)
+    out = add_outages(present, lengths, 0.5, g)
+    valid = torch.arange(9)[None] < lengths[:, None]
+    assert not (out & ~valid[..., None]).any()  # the padding stays absent
+    assert out[valid].any(-1).all()  # every utterance keeps one modality
+    changed = (out != present).any(-1).any(-1)
+    assert 0.3 < changed[lengths > 0].float().mean() < 0.7  # about half the conversations
+    for b in torch.nonzero(changed).flatten().tolist():
+        n = int(lengths[b])
+        gone = ~out[b, :n].any(0)  # the modalities no utterance of the conversation kept
+        assert 1 <= int(gone.sum()) <= 2
+    assert torch.equal(add_outages(present, lengths, 0.0, g), present)
+    with pytest.raises(ValueError, match="outage probability"):
+        add_outages(present, lengths, 1.5, g)
