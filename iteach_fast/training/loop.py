@@ -2,7 +2,11 @@
 
 Each step: a batch of complete conversations; a fresh missing-modality mask at the
 strategy's rate; the teacher sees the complete batch, the student the masked copy;
-``loss = L_emo + L_rec`` (:meth:`ITEACHNet.loss`); AdamW with the router at its own lr.
+``loss = L_emo + L_rec`` (:meth:`ITEACHNet.loss`); AdamW with the router at its own lr
+(the step itself: :mod:`iteach_fast.training.step`). A run is :func:`train`'s checks at the
+door, then a :class:`TrainingRun`: built, restored when resumed, trained epoch by epoch
+(each: its steps, then validation, best / last checkpoints), or, with no epoch to train, its
+initial weights saved.
 
 Strategies: ``fixed`` (one rate, IME), ``random`` (each batch U[0, max_rate]),
 ``progressive`` (0 %, + ``progressive_step`` every ``progressive_every`` epochs, capped).
@@ -37,13 +41,8 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import BatchSampler, RandomSampler
-from tqdm import tqdm
 
-from ..choices import MODALITIES
-from ..data.dataset import collate
-from ..data.masking import apply_mask, sample_present
 from ..data.sources import splits_for
 from ..nn.model import ITEACHNet, roles
 from ..ops import backends
@@ -60,216 +59,20 @@ from .checkpoint import (
 )
 from .config import TrainConfig
 from .distributed import Context, DistributedError, context
-from .runtime import autocast, check_precision, op_dtype, seed_everything, set_threads
+from .runtime import check_precision, op_dtype, seed_everything, set_threads
+from .step import GRAPH_WARMUP, TERMS, Batch, GraphedStep, Step, length_bucket, make_batch, make_optimizer, rate_for
 from .validation import evaluate_rates
 
-__all__ = ["train", "rate_for", "TrainingDiverged", "RESUME_SETTINGS", "TERMS", "length_bucket", "Batch",
-           "make_batch", "make_optimizer", "Step", "GraphedStep"]
+__all__ = ["train", "TrainingRun", "EpochStats", "TrainingDiverged", "RESUME_SETTINGS",
+           # the step's, re-exported: bench/model_bench.py imports them from here
+           "Batch", "GraphedStep", "Step", "make_optimizer", "GRAPH_WARMUP"]
 
 #: what a resumed run may change; everything else is the checkpoint's
 RESUME_SETTINGS = ("epochs", "out_dir", "progress", "compile", "cuda_graphs", "threads", "device")
-#: the per-step values read from the device: the loss terms, then the gradient norm
-TERMS = ("total", "emo", "rec", "emo_teacher", "emo_student")
-#: optimiser steps run eagerly before a CUDA graph captures the step (lazy initialisations)
-GRAPH_WARMUP = 3
-#: the torch.compile backend of ``compile`` (the tests trace with "aot_eager": Dynamo and
-#: AOTAutograd as in a real run, without Inductor's code generation)
-COMPILE_BACKEND = "inductor"
 
 
 class TrainingDiverged(ValueError):
     """A loss term or the gradient became NaN or infinite; nothing of that epoch was saved."""
-
-
-def rate_for(cfg: TrainConfig, epoch: int, generator: torch.Generator) -> float:
-    """The missing rate of one training batch (epoch counted from 0)."""
-    if cfg.strategy == "fixed":
-        return cfg.rate
-    if cfg.strategy == "random":
-        return float(torch.rand((), generator=generator)) * cfg.max_rate
-    return min(cfg.progressive_step * (epoch // cfg.progressive_every), cfg.max_rate)
-
-
-# ------------------------------------------------------------------ batches
-
-def length_bucket(n: int, longest: int) -> int:
-    """The padded length of a batch whose longest conversation has ``n`` utterances, for a
-    compiled or graph-captured step: the next power of two >= ``n`` (at least 16), capped at
-    the training set's ``longest`` — a few shapes in all, not one per batch."""
-    return min(max(16, 1 << max(n - 1, 0).bit_length()), longest)
-
-
-class Batch(NamedTuple):
-    """One rank's share of a global batch, on the CPU. ``counts``: int64 ``(2,)``, the
-    denominators of the loss — the *global* batch's labelled valid utterances and lost
-    utterances (:meth:`ITEACHNet.loss_counts`), so that each rank's loss is its share of the
-    global means; None: this batch's own (one process)."""
-    complete: tuple
-    incomplete: tuple
-    lengths: torch.Tensor
-    labels: torch.Tensor
-    present: torch.Tensor
-    counts: torch.Tensor | None = None
-
-    def flat(self) -> list:
-        return [*self.complete, *self.incomplete, self.lengths, self.labels, self.present, self.counts]
-
-    @staticmethod
-    def from_flat(ts) -> Batch:
-        return Batch(tuple(ts[0:3]), tuple(ts[3:6]), *ts[6:])
-
-
-def _empty_conversation(like: dict) -> dict:
-    """A zero-length conversation (padding rows: DDP needs every rank in every step, and a
-    compiled step a fixed batch size); its lengths mask it out of every loss and metric."""
-    return {"id": "", "labels": np.asarray(like["labels"])[:0], "speakers": np.asarray(like["speakers"])[:0],
-            **{m: np.asarray(like[m])[:0] for m in MODALITIES}}
-
-
-def _pad(t: torch.Tensor, length: int) -> torch.Tensor:
-    """``t (B, L, ...)`` zero-padded (or cut) to ``(B, length, ...)``."""
-    out = t.new_zeros((t.shape[0], length, *t.shape[2:]))
-    n = min(length, t.shape[1])
-    out[:, :n] = t[:, :n]
-    return out
-
-
-def make_batch(dataset, idx: list, rate: float, generator: torch.Generator, ctx: Context, count,
-               shape: tuple[int, int] | None = None) -> Batch:
-    """This rank's share of the global batch ``idx`` (positions in ``dataset``).
-
-    The missing-modality mask is drawn for the whole global batch, so every rank (and a
-    single process) draws the same one, and ``count`` (:meth:`ITEACHNet.loss_counts`) gives
-    the global batch's loss denominators, known to every rank without communication;
-    ``shape`` = ``(rows, length)`` pads the share with zero-length conversations and zero
-    positions to a fixed shape (compiled / captured steps); without it a rank's share has at
-    least one row and one position."""
-    convs = [dataset[i] for i in idx]
-    lengths_g = torch.tensor([len(c["labels"]) for c in convs], dtype=torch.int64)
-    present_g = sample_present(lengths_g, int(lengths_g.max()) if len(convs) else 0, rate, generator)
-    labels_g = pad_sequence([torch.as_tensor(np.asarray(c["labels"])) for c in convs], batch_first=True)
-    counts = count(labels_g, lengths_g, present_g)
-    mine = ctx.shard(range(len(convs)))
-    rows = shape[0] if shape else max(len(mine), 1)
-    batch = collate([convs[i] for i in mine] + [_empty_conversation(convs[0])] * (rows - len(mine)))
-    # at least one position: a share of only zero-length conversations still runs every layer
-    length = shape[1] if shape else max(batch["labels"].shape[1], 1)
-    batch.update({k: _pad(batch[k], length) for k in (*MODALITIES, "labels")})
-    present = torch.zeros(rows, length, 3, dtype=torch.bool)
-    present[: len(mine)] = _pad(present_g[mine], length)
-    masked = apply_mask(batch, present)
-    return Batch(tuple(batch[m] for m in MODALITIES), tuple(masked[m] for m in MODALITIES), batch["lengths"],
-                 batch["labels"], present, torch.stack([counts["valid"], counts["lost"]]))
-
-
-# ------------------------------------------------------------------ the step
-
-def make_optimizer(raw: ITEACHNet, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW over the net's parameter groups (router at its own lr), fused on the CPU and CUDA:
-    one kernel over all parameters instead of a Python loop over them (~3x faster on the CPU
-    for the paper's net), and on CUDA a step count that stays on the device, which the default
-    implementation reads on the host every step; capturable for a CUDA graph."""
-    groups = raw.parameter_groups(cfg.lr, cfg.router_lr, cfg.weight_decay)
-    if device.type == "cuda" and cfg.cuda_graphs:
-        return torch.optim.AdamW(groups, capturable=True)
-    return torch.optim.AdamW(groups, fused=device.type in ("cpu", "cuda") or None)
-
-
-class Step:
-    """One optimisation step: forward + loss (``torch.compile(fullgraph=True)`` with
-    ``compile``), backward, clipping, AdamW. A call returns the :data:`TERMS` and the
-    gradient norm summed over the ranks, read from the device once."""
-
-    def __init__(self, net: torch.nn.Module, raw: ITEACHNet, optim, scaler, cfg: TrainConfig, ctx: Context,
-                 dtype: str):
-        self.net, self.raw, self.optim, self.scaler, self.cfg, self.ctx, self.dtype = (
-            net, raw, optim, scaler, cfg, ctx, dtype)
-        self.params = [p for p in raw.parameters() if p.requires_grad]
-        self.autocast_cache = True
-        self.model, self.loss, self.forward_loss = net, raw.loss, self._forward_loss
-        if cfg.compile:  # one graph per batch shape (length buckets), backward through AOTAutograd
-            opts = dict(fullgraph=True, dynamic=False, backend=COMPILE_BACKEND)
-            if ctx.parallel:  # Dynamo compiles a DDP module's inner module (split at its gradient buckets);
-                # DDP's own bookkeeping around it stays eager, so the module cannot be one full graph
-                self.model = torch.compile(net, **{**opts, "fullgraph": False})
-                self.loss = torch.compile(raw.loss, **opts)
-            else:
-                self.forward_loss = torch.compile(self._forward_loss, **opts)
-
-    def _forward_loss(self, complete, incomplete, lengths, labels, present, counts=None) -> torch.Tensor:
-        with autocast(self.ctx.device, self.dtype, self.autocast_cache):
-            t_out, s_out = self.model(complete, incomplete, lengths, present)
-            losses = self.loss(t_out, s_out, labels, lengths, present,
-                               counts=None if counts is None else {"valid": counts[0], "lost": counts[1]})
-        return torch.stack([losses[k] for k in TERMS])
-
-    def body(self, b: Batch) -> torch.Tensor:
-        """Forward, backward and update on device tensors; the report tensor, not yet reduced."""
-        terms = self.forward_loss(b.complete, b.incomplete, b.lengths, b.labels, b.present, b.counts)
-        # the ranks' losses sum to the global batch's; DDP averages gradients, hence x world
-        self.scaler.scale(terms[0] * self.ctx.world).backward()
-        if self.scaler.is_enabled():  # fp16: the scaler skips steps with inf gradients by design
-            if self.cfg.grad_clip > 0:
-                self.scaler.unscale_(self.optim)
-                torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
-            norm = terms.new_zeros(())
-        elif self.cfg.grad_clip > 0:
-            norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
-        else:
-            norm = torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])
-        self.scaler.step(self.optim)
-        self.scaler.update()
-        return torch.cat([terms.detach().float(), (norm.detach().float() / self.ctx.world).reshape(1)])
-
-    def to_device(self, b: Batch) -> Batch:
-        if self.ctx.device.type != "cuda":
-            return b
-        return Batch.from_flat([t if t is None else t.pin_memory().to(self.ctx.device, non_blocking=True)
-                                for t in b.flat()])
-
-    def __call__(self, b: Batch) -> list[float]:
-        self.optim.zero_grad(set_to_none=True)
-        report = self.body(self.to_device(b))
-        return self.ctx.sum_(report).tolist()  # the step's one host synchronisation
-
-
-class GraphedStep(Step):
-    """:class:`Step` captured whole in a CUDA graph (``cuda_graphs``): every batch is copied
-    into static buffers (pinned host memory, non-blocking copies) and the graph replayed.
-    The first :data:`GRAPH_WARMUP` steps run eagerly on a side stream, the next is captured
-    and replayed; batches must all have one shape (:func:`make_batch` with ``shape``)."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.autocast_cache = False
-        self.graph, self.host, self.static, self.report, self.warm = None, None, None, None, 0
-
-    def __call__(self, b: Batch) -> list[float]:
-        flat = b.flat()
-        if self.static is None:
-            self.host = [None if t is None else torch.empty_like(t).pin_memory() for t in flat]
-            self.static = [None if t is None else torch.empty_like(t, device=self.ctx.device) for t in flat]
-        for h, s, t in zip(self.host, self.static, flat):
-            if t is not None:
-                h.copy_(t)
-                s.copy_(h, non_blocking=True)
-        static = Batch.from_flat(self.static)
-        if self.graph is None and self.warm < GRAPH_WARMUP:
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                self.optim.zero_grad(set_to_none=True)
-                report = self.body(static)
-            torch.cuda.current_stream().wait_stream(side)
-            self.warm += 1
-            return report.tolist()
-        if self.graph is None:
-            self.optim.zero_grad(set_to_none=True)  # gradients allocated inside the graph's pool
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
-                self.report = self.body(static)
-        self.graph.replay()
-        return self.report.tolist()
 
 
 # ------------------------------------------------------------------ checks at the door
@@ -318,8 +121,6 @@ def _check_resumed_weights(cfg: TrainConfig, ckpt: dict, path: str) -> None:
     check_weights(net.state_dict(), ckpt["model"], path)
 
 
-# ------------------------------------------------------------------ the loop
-
 def _log_line(epoch, epochs, stats, score, best, secs, rate_desc, speed):
     return (f"epoch {epoch + 1:3d}/{epochs}  loss {stats['total']:.4f} (emo {stats['emo']:.4f}, "
             f"rec {stats['rec']:.4f})  {rate_desc}  valid WAF {score:6.2f}  best {best:6.2f}  {secs:5.1f}s  "
@@ -352,7 +153,6 @@ def _lost_peer(err: RuntimeError) -> bool:
 
 def _quiet(*_args, **_kwargs):
     pass
-
 
 def train(cfg: TrainConfig, resume: str | None = None, log=print, max_steps: int | None = None) -> dict:
     """Train per ``cfg``; returns ``{"best", "last", "best_score", "best_epoch", "history", "config"}``
@@ -394,145 +194,204 @@ def train(cfg: TrainConfig, resume: str | None = None, log=print, max_steps: int
         return _run(cfg, ctx, splits, dtype, ckpt, resume, paths, log, max_steps)
 
 
-def _run(cfg, ctx, splits, dtype, ckpt, resume, paths, log, max_steps) -> dict:
-    device = ctx.device
-    for note in splits.notes:
-        log(f"note: {note}")
-    raw = ITEACHNet.from_config(cfg.model, splits.input_dims, splits.num_classes).to(device)
-    optim = make_optimizer(raw, cfg, device)
-    scaler = torch.amp.GradScaler("cuda", enabled=dtype == "fp16")
-    gens = {"shuffle": torch.Generator().manual_seed(cfg.seed + 1),  # batch order
-            "mask": torch.Generator().manual_seed(cfg.seed + 2)}  # batch rates and masks
-    select_rates = (cfg.rate,) if cfg.strategy == "fixed" else tuple(cfg.select_rates)
-    start, best_score, best_epoch, history = 0, -math.inf, -1, []
-    if ckpt is not None:
+# ------------------------------------------------------------------ the run
+
+class EpochStats(NamedTuple):
+    """One epoch's steps: the :data:`TERMS` averaged over them, each batch's missing rate, the
+    conversations trained on, when the epoch began and the seconds its steps took."""
+    means: dict
+    rates: list
+    conversations: int
+    started: float
+    seconds: float
+
+
+class TrainingRun:
+    """One run's model, optimiser and generators, and what it carries from epoch to epoch and
+    into its checkpoints (the best score and epoch, the history): :meth:`restore` (resume),
+    :meth:`train_epoch` (the steps), :meth:`select_and_save` (validation, ``last.pt`` and an
+    improved ``best.pt``), :meth:`save_initial` (no epoch to train), :meth:`summary`."""
+
+    def __init__(self, cfg: TrainConfig, ctx: Context, splits, dtype: str, paths: dict, log):
+        self.cfg, self.ctx, self.splits, self.dtype, self.paths, self.log = cfg, ctx, splits, dtype, paths, log
+        self.raw = ITEACHNet.from_config(cfg.model, splits.input_dims, splits.num_classes).to(ctx.device)
+        self.optim = make_optimizer(self.raw, cfg, ctx.device)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=dtype == "fp16")
+        self.gens = {"shuffle": torch.Generator().manual_seed(cfg.seed + 1),  # batch order
+                     "mask": torch.Generator().manual_seed(cfg.seed + 2)}  # batch rates and masks
+        self.select_rates = (cfg.rate,) if cfg.strategy == "fixed" else tuple(cfg.select_rates)
+        self.start, self.best_score, self.best_epoch, self.history = 0, -math.inf, -1, []
+        self.best_file = None  # the file known to hold the weights of best_epoch
+        self.resumed_from = None
+        self.last_good = None  # the newest checkpoint a divergence leaves intact
+        self.steps = 0
+        self.longest = max(len(c["labels"]) for c in splits.train)
+        self.share = -(-cfg.batch_size // ctx.world)  # a rank's rows of a full global batch
+        self.valid_part = ctx.shard(splits.valid.conversations) if ctx.parallel else None
+
+    def restore(self, ckpt: dict, path: str) -> None:
+        """Continue from the checkpoint ``ckpt`` read from ``path``: weights, optimiser, scaler,
+        every generator, the epoch and the best so far; ``best.pt`` carried into this run's folder."""
         data = ckpt.get("data") or {}
-        if list(data.get("input_dims", splits.input_dims)) != list(splits.input_dims):
-            raise ValueError(f"{resume}: trained on features of dims {data['input_dims']}, but the data now has "
-                             f"{list(splits.input_dims)}")
-        load_weights(raw, ckpt["model"], resume)
-        optim.load_state_dict(ckpt["optimizer"])
+        if list(data.get("input_dims", self.splits.input_dims)) != list(self.splits.input_dims):
+            raise ValueError(f"{path}: trained on features of dims {data['input_dims']}, but the data now has "
+                             f"{list(self.splits.input_dims)}")
+        load_weights(self.raw, ckpt["model"], path)
+        self.optim.load_state_dict(ckpt["optimizer"])
         if "scaler" in ckpt:
-            scaler.load_state_dict(ckpt["scaler"])
+            self.scaler.load_state_dict(ckpt["scaler"])
+        ctx = self.ctx
         own = ckpt.get("rng_ranks") or []
-        set_rng_state(own[ctx.rank] if len(own) == ctx.world else ckpt["rng"], gens)
+        set_rng_state(own[ctx.rank] if len(own) == ctx.world else ckpt["rng"], self.gens)
         if ctx.parallel and len(own) != ctx.world:
-            log(f"note: {resume} was written by {len(own) or 1} process(es), this job has {ctx.world}: the data "
-                "order and masks continue exactly, dropout draws do not")
-        start, best_score, best_epoch = ckpt["epoch"] + 1, ckpt["best_score"], ckpt["best_epoch"]
-        history = list(ckpt["history"])
-        log(f"resumed from {resume} at epoch {start + 1}")
-        best_file = _carry_best(resume, paths["best"], best_epoch, log if ctx.is_main else None)
-    else:
-        best_file = None  # the file known to hold the weights of best_epoch
-    net = ctx.wrap(raw)
+            self.log(f"note: {path} was written by {len(own) or 1} process(es), this job has {ctx.world}: the data "
+                     "order and masks continue exactly, dropout draws do not")
+        self.start, self.best_score, self.best_epoch = ckpt["epoch"] + 1, ckpt["best_score"], ckpt["best_epoch"]
+        self.history = list(ckpt["history"])
+        self.log(f"resumed from {path} at epoch {self.start + 1}")
+        self.best_file = _carry_best(path, self.paths["best"], self.best_epoch, self.log if ctx.is_main else None)
+        self.resumed_from = self.last_good = path
 
-    def payload(epoch: int, rngs: list) -> dict:  # a checkpoint (rank 0 writes it)
-        out = dict(model=raw.state_dict(), optimizer=optim.state_dict(), scaler=scaler.state_dict(),
-                   config=cfg.to_dict(), epoch=epoch, best_score=best_score, best_epoch=best_epoch, history=history,
-                   rng=rngs[0], world=ctx.world,
-                   data={"name": splits.train.name, "input_dims": list(splits.input_dims),
-                         "num_classes": splits.num_classes, "class_names": list(splits.class_names)})
-        if ctx.parallel:
-            out["rng_ranks"] = rngs  # each rank's dropout stream continues exactly on resume
-        return out
+    def describe(self) -> str:
+        """The data, the model and the settings, for the log."""
+        cfg, raw, ctx = self.cfg, self.raw, self.ctx
+        n_params = sum(p.numel() for p in raw.parameters())
+        shape = (f"one {raw.student.num_layers}x{raw.student.mixer.upper()} model" if raw.teacher is raw.student else
+                 f"teacher {raw.teacher.num_layers}x{raw.teacher.mixer.upper()}, student "
+                 f"{raw.student.num_layers}x{raw.student.mixer.upper()}")
+        return (f"{self.splits.summary()}\nITEACH-Net {cfg.model.framework}: {shape}, "
+                f"{n_params / 1e6:.2f}M parameters, dim {cfg.model.dim}, ecce {cfg.model.ecce}; strategy "
+                f"{cfg.strategy}; device {ctx.device}, dtype {self.dtype}"
+                + (f", {ctx.world} processes" if ctx.parallel else "")
+                + (", compiled" if cfg.compile else "") + (", CUDA graphs" if cfg.cuda_graphs else "")
+                + f"; selection: valid WAF averaged over rates {list(self.select_rates)}")
 
-    step = (GraphedStep if cfg.cuda_graphs else Step)(net, raw, optim, scaler, cfg, ctx, dtype)
-    n_params = sum(p.numel() for p in raw.parameters())
-    shape = (f"one {raw.student.num_layers}x{raw.student.mixer.upper()} model" if raw.teacher is raw.student else
-             f"teacher {raw.teacher.num_layers}x{raw.teacher.mixer.upper()}, student "
-             f"{raw.student.num_layers}x{raw.student.mixer.upper()}")
-    log(f"{splits.summary()}\nITEACH-Net {cfg.model.framework}: {shape}, "
-        f"{n_params / 1e6:.2f}M parameters, dim {cfg.model.dim}, ecce {cfg.model.ecce}; strategy {cfg.strategy}; "
-        f"device {device}, dtype {dtype}"
-        + (f", {ctx.world} processes" if ctx.parallel else "")
-        + (", compiled" if cfg.compile else "") + (", CUDA graphs" if cfg.cuda_graphs else "")
-        + f"; selection: valid WAF averaged over rates {list(select_rates)}")
-    train_set = splits.train
-    longest = max(len(c["labels"]) for c in train_set)
-    share = -(-cfg.batch_size // ctx.world)  # a rank's rows of a full global batch
-    fixed = cfg.compile or cfg.cuda_graphs
-    valid_part = ctx.shard(splits.valid.conversations) if ctx.parallel else None
-    steps, last_good = 0, resume
-    for epoch in range(start, cfg.epochs):
+    def train_epoch(self, epoch: int, step: Step, max_steps: int | None) -> EpochStats:
+        """One epoch of optimiser steps (fewer once ``max_steps`` steps are done in all); a
+        non-finite loss or gradient stops the run, a lost peer is named as such."""
+        cfg, ctx, train_set = self.cfg, self.ctx, self.splits.train
         t0 = time.time()
-        raw.train()
+        self.raw.train()
         sums, count, rates, samples = dict.fromkeys(TERMS, 0.0), 0, [], 0
-        batches = BatchSampler(RandomSampler(train_set, generator=gens["shuffle"]), cfg.batch_size, drop_last=False)
+        batches = BatchSampler(RandomSampler(train_set, generator=self.gens["shuffle"]), cfg.batch_size,
+                               drop_last=False)
         bar = batches
         if cfg.progress and ctx.is_main:
+            from tqdm import tqdm  # the progress bar: only where one is shown
+
             bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, file=sys.stderr,
                        dynamic_ncols=True)
         for idx in bar:
-            rate = rate_for(cfg, epoch, gens["mask"])
+            rate = rate_for(cfg, epoch, self.gens["mask"])
             rates.append(rate)
             shape = None
             if cfg.cuda_graphs:
-                shape = (share, longest)
-            elif fixed:
-                shape = (share, length_bucket(max(len(train_set[i]["labels"]) for i in idx), longest))
+                shape = (self.share, self.longest)
+            elif cfg.compile:
+                shape = (self.share, length_bucket(max(len(train_set[i]["labels"]) for i in idx), self.longest))
             try:
-                vals = step(make_batch(train_set, idx, rate, gens["mask"], ctx, raw.loss_counts, shape))
+                vals = step(make_batch(train_set, idx, rate, self.gens["mask"], ctx, self.raw.loss_counts, shape))
             except RuntimeError as err:
                 if not (ctx.parallel and _lost_peer(err)):
                     raise
                 raise DistributedError(f"another process of this job stopped (a collective at epoch {epoch + 1}, "
-                                       f"step {steps + 1} failed: {str(err).splitlines()[0][:200]}); its own "
+                                       f"step {self.steps + 1} failed: {str(err).splitlines()[0][:200]}); its own "
                                        "message, and torchrun's summary, name it") from None
-            steps += 1
+            self.steps += 1
             if not all(map(math.isfinite, vals)):
-                raise TrainingDiverged(_diverged(vals, epoch, steps, raw, optim, last_good))
+                raise TrainingDiverged(_diverged(vals, epoch, self.steps, self.raw, self.optim, self.last_good))
             for k, v in zip(TERMS, vals):
                 sums[k] += v
             count += 1
             samples += len(idx)
             if cfg.progress and ctx.is_main:
                 bar.set_postfix(loss=f"{sums['total'] / count:.4f}", rate=f"{rate:.2f}")
-            if max_steps is not None and steps >= max_steps:
+            if max_steps is not None and self.steps >= max_steps:
                 break
-        train_secs = time.time() - t0
-        stats = {k: v / max(count, 1) for k, v in sums.items()}
-        scores = evaluate_rates(raw, splits.valid, select_rates, cfg.eval_seed, cfg.batch_size, device, dtype,
-                                part=valid_part, gather=ctx.gather_predictions if ctx.parallel else None)
+        return EpochStats({k: v / max(count, 1) for k, v in sums.items()}, rates, samples, t0, time.time() - t0)
+
+    def select_and_save(self, epoch: int, stats: EpochStats) -> None:
+        """The student's validation WAF over the selection rates; ``last.pt``, and ``best.pt``
+        when it improves on the best so far (rank 0 writes them); the epoch's log line."""
+        cfg, ctx = self.cfg, self.ctx
+        scores = evaluate_rates(self.raw, self.splits.valid, self.select_rates, cfg.eval_seed, cfg.batch_size,
+                                ctx.device, self.dtype, part=self.valid_part,
+                                gather=ctx.gather_predictions if ctx.parallel else None)
         score = float(np.mean([r["waf"] for r in scores]))
         if not math.isfinite(score):
-            raise ValueError(f"epoch {epoch + 1}: the validation WAF is {score} at rates {list(select_rates)} "
+            raise ValueError(f"epoch {epoch + 1}: the validation WAF is {score} at rates {list(self.select_rates)} "
                              f"({[r['waf'] for r in scores]}): model selection needs a finite score (a regression "
                              "split whose labels are all 0 has no polarity to score)")
-        improved = score > best_score
+        improved = score > self.best_score
         if improved:
-            best_score, best_epoch = score, epoch
+            self.best_score, self.best_epoch = score, epoch
+        rates = stats.rates
         rate_desc = (f"rate {rates[0]:.2f}" if cfg.strategy != "random" else
                      f"rates {min(rates):.2f}-{max(rates):.2f}") if rates else "no batches"
-        history.append({"epoch": epoch + 1, **{k: stats[k] for k in ("total", "emo", "rec")}, "valid_waf": score,
-                        "seconds": time.time() - t0, "train_seconds": train_secs, "train_conversations": samples,
-                        "processes": ctx.world})
-        rngs = ctx.gather(rng_state(gens))
+        self.history.append({"epoch": epoch + 1, **{k: stats.means[k] for k in ("total", "emo", "rec")},
+                             "valid_waf": score, "seconds": time.time() - stats.started,
+                             "train_seconds": stats.seconds, "train_conversations": stats.conversations,
+                             "processes": ctx.world})
+        rngs = ctx.gather(rng_state(self.gens))
         if ctx.is_main:
-            save_checkpoint(paths["last"], **payload(epoch, rngs))
+            save_checkpoint(self.paths["last"], **self.payload(epoch, rngs))
             if improved:
-                save_checkpoint(paths["best"], **payload(epoch, rngs))
+                save_checkpoint(self.paths["best"], **self.payload(epoch, rngs))
         if improved:
-            best_file = paths["best"]
-        last_good = paths["last"]
-        log(_log_line(epoch, cfg.epochs, stats, score, best_score, time.time() - t0, rate_desc,
-                      samples / max(train_secs, 1e-9)))
-        if max_steps is not None and steps >= max_steps:
+            self.best_file = self.paths["best"]
+        self.last_good = self.paths["last"]
+        self.log(_log_line(epoch, cfg.epochs, stats.means, score, self.best_score, time.time() - stats.started,
+                           rate_desc, stats.conversations / max(stats.seconds, 1e-9)))
+
+    def save_initial(self) -> None:
+        """Nothing trained (epochs 0): still leave loadable checkpoints of the initial weights."""
+        self.best_file, rngs = self.paths["best"], self.ctx.gather(rng_state(self.gens))
+        if self.ctx.is_main:
+            save_checkpoint(self.paths["best"], **self.payload(self.start - 1, rngs))
+            save_checkpoint(self.paths["last"], **self.payload(self.start - 1, rngs))
+        self.log("no epoch trained: best.pt and last.pt hold the initial weights")
+
+    def payload(self, epoch: int, rngs: list) -> dict:
+        """The checkpoint of ``epoch`` (rank 0 writes it); ``rngs``: every rank's generators."""
+        splits = self.splits
+        out = dict(model=self.raw.state_dict(), optimizer=self.optim.state_dict(), scaler=self.scaler.state_dict(),
+                   config=self.cfg.to_dict(), epoch=epoch, best_score=self.best_score, best_epoch=self.best_epoch,
+                   history=self.history, rng=rngs[0], world=self.ctx.world,
+                   data={"name": splits.train.name, "input_dims": list(splits.input_dims),
+                         "num_classes": splits.num_classes, "class_names": list(splits.class_names)})
+        if self.ctx.parallel:
+            out["rng_ranks"] = rngs  # each rank's dropout stream continues exactly on resume
+        return out
+
+    def summary(self) -> dict:
+        """What :func:`train` returns; logs the best epoch and where its weights are."""
+        if self.best_epoch >= 0:
+            where = self.best_file or (f"not available: no epoch of this run improved on it, and no best.pt of "
+                                       f"epoch {self.best_epoch + 1} was found next to {self.resumed_from}")
+            self.log(f"best epoch {self.best_epoch + 1} (valid WAF {self.best_score:.2f}); best: {where}; "
+                     f"last: {self.paths['last']}")
+        return {**self.paths, "best": self.best_file, "best_score": self.best_score,
+                "best_epoch": self.best_epoch + 1, "history": self.history, "config": self.cfg,
+                "rank": self.ctx.rank}
+
+
+def _run(cfg, ctx, splits, dtype, ckpt, resume, paths, log, max_steps) -> dict:
+    for note in splits.notes:
+        log(f"note: {note}")
+    run = TrainingRun(cfg, ctx, splits, dtype, paths, log)
+    if ckpt is not None:
+        run.restore(ckpt, resume)
+    step = (GraphedStep if cfg.cuda_graphs else Step)(ctx.wrap(run.raw), run.raw, run.optim, run.scaler, cfg, ctx,
+                                                      dtype)
+    log(run.describe())
+    for epoch in range(run.start, cfg.epochs):
+        run.select_and_save(epoch, run.train_epoch(epoch, step, max_steps))
+        if max_steps is not None and run.steps >= max_steps:
             break
-    if not history and best_epoch < 0:
-        # nothing trained (epochs 0): still leave loadable checkpoints of the initial weights
-        best_file, rngs = paths["best"], ctx.gather(rng_state(gens))
-        if ctx.is_main:
-            save_checkpoint(paths["best"], **payload(start - 1, rngs))
-            save_checkpoint(paths["last"], **payload(start - 1, rngs))
-        log("no epoch trained: best.pt and last.pt hold the initial weights")
+    if not run.history and run.best_epoch < 0:
+        run.save_initial()
     ctx.barrier()  # the files are complete before any rank returns
-    if best_epoch >= 0:
-        where = best_file or (f"not available: no epoch of this run improved on it, and no best.pt of epoch "
-                              f"{best_epoch + 1} was found next to {resume}")
-        log(f"best epoch {best_epoch + 1} (valid WAF {best_score:.2f}); best: {where}; last: {paths['last']}")
-    return {**paths, "best": best_file, "best_score": best_score, "best_epoch": best_epoch + 1,
-            "history": history, "config": cfg, "rank": ctx.rank}
+    return run.summary()
 
 
 def _carry_best(resume: str, best_path: str, best_epoch: int, log) -> str | None:

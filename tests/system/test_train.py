@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from iteach_fast.training import checkpoint, runtime
+from iteach_fast.training import checkpoint, runtime, step
 from iteach_fast.training import loop as training
 from iteach_fast.training.checkpoint import load_for_eval
 from iteach_fast.training.config import TrainConfig
@@ -44,12 +44,12 @@ def test_one_epoch_each_strategy_and_framework(tmp_path, strategy, framework):
 
 def test_rate_schedule_of_each_strategy(tmp_path):
     g = torch.Generator().manual_seed(0)
-    assert training.rate_for(tiny(tmp_path, strategy="fixed", rate=0.4), 7, g) == 0.4
+    assert step.rate_for(tiny(tmp_path, strategy="fixed", rate=0.4), 7, g) == 0.4
     rnd = tiny(tmp_path, strategy="random", max_rate=0.7)
-    rates = [training.rate_for(rnd, 0, g) for _ in range(200)]
+    rates = [step.rate_for(rnd, 0, g) for _ in range(200)]
     assert 0.0 <= min(rates) < 0.1 and 0.6 < max(rates) <= 0.7
     prog = tiny(tmp_path, strategy="progressive", progressive_step=0.1, progressive_every=10, max_rate=0.7)
-    got = [training.rate_for(prog, e, g) for e in (0, 9, 10, 25, 69, 70, 99)]
+    got = [step.rate_for(prog, e, g) for e in (0, 9, 10, 25, 69, 70, 99)]
     assert got == pytest.approx([0.0, 0.0, 0.1, 0.2, 0.6, 0.7, 0.7])
 
 
