@@ -7,11 +7,10 @@ Every field of :class:`iteach_fast.training.config.TrainConfig` is a flag (``--b
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import json
 import os
 import platform
+import subprocess
 import sys
 import typing
 
@@ -25,8 +24,8 @@ from .data.gcnet import GCNET_DATASETS
 from .data.masking import EVAL_RATES
 from .data.sources import synthetic_spec
 from .evaluation.gaps import data_gaps
-from .evaluation.predict import predict, stream_demo
-from .evaluation.protocols import DEMO_DEFAULTS, demo, ime, ume
+from .evaluation.predict import FORMATS, predict_file
+from .evaluation.protocols import DEMO_DEFAULTS, demo, ime, stream_demo, ume
 from .files import atomic_write
 from .nn.config import ModelConfig, coerce
 from .ops.backends import available_backends
@@ -166,9 +165,9 @@ def cmd_demo(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    res = predict(args.checkpoint, args.inputs, out=args.out, fmt=args.format, stream=args.stream,
-                  device=args.device, backend=args.backend, batch_size=args.batch_size, dataset=args.dataset,
-                  model=args.model)
+    res = predict_file(args.checkpoint, args.inputs, out=args.out, fmt=args.format, stream=args.stream,
+                       device=args.device, backend=args.backend, batch_size=args.batch_size, dataset=args.dataset,
+                       model=args.model)
     if res["path"]:
         print(f"{res['meta']['utterances']} predictions ({res['meta']['conversations']} conversations"
               f"{', streamed' if args.stream else ''}) written to {res['path']}", file=sys.stderr)
@@ -214,44 +213,23 @@ def _repo_root() -> str:
     return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def load_bench_main():
-    """``main(argv)`` of the benchmark package ``<repo>/bench`` (its ``run`` module).
-
-    The suite ships with the source checkout, not with the installed package: a clear
-    ``ImportError`` when it is not there. The package is loaded from its folder, so no
-    ``sys.path`` entry is added (and no other top-level ``bench`` can shadow it)."""
-    folder = os.path.join(_repo_root(), "bench")
-    init = os.path.join(folder, "__init__.py")
-    if not (os.path.isfile(init) and os.path.isfile(os.path.join(folder, "run.py"))):
-        raise ImportError(f"the benchmark suite is not present ({os.path.join('bench', 'run.py')} not found next to "
-                          "the package); it ships with the source checkout: run `iteach-fast bench` from an "
-                          "editable install of the repository (pip install -e .)")
-    loaded = sys.modules.get("bench")
-    if loaded is None or os.path.abspath(getattr(loaded, "__file__", "") or "") != init:
-        spec = importlib.util.spec_from_file_location("bench", init, submodule_search_locations=[folder])
-        loaded = importlib.util.module_from_spec(spec)
-        sys.modules["bench"] = loaded
-        spec.loader.exec_module(loaded)
-    sys.modules.pop("bench.run", None)
-    try:
-        module = importlib.import_module("bench.run")
-    except ImportError as err:
-        raise ImportError(f"the benchmark suite bench/run.py could not be imported: {err}") from err
-    if not callable(getattr(module, "main", None)):
-        raise ImportError("bench/run.py has no main(argv)")
-    return module.main
-
-
 def cmd_bench(args) -> int:
-    try:
-        bench_main = load_bench_main()
-    except ImportError as err:
-        print(f"iteach-fast bench: error: {err}", file=sys.stderr)
+    """``python -m bench.run`` with the remaining arguments, on the checkout's ``bench/`` (it
+    ships with the source checkout, not with the installed package), in this working folder
+    (relative paths such as ``--out`` mean what they meant); its exit code is ours."""
+    root = _repo_root()
+    if not os.path.isfile(os.path.join(root, "bench", "run.py")):
+        print(f"iteach-fast bench: error: the benchmark suite is not present ({os.path.join('bench', 'run.py')} "
+              "not found next to the package); it ships with the source checkout: run `iteach-fast bench` from an "
+              "editable install of the repository (pip install -e .)", file=sys.stderr)
         return 2
     rest = list(args.bench_args)
     if rest and rest[0] == "--":
         rest = rest[1:]
-    return int(bench_main(rest) or 0)
+    # the checkout first on the path, and not the working folder (PYTHONSAFEPATH): no other `bench` shadows it
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (root, os.environ.get("PYTHONPATH")))),
+           "PYTHONSAFEPATH": "1"}
+    return subprocess.run([sys.executable, "-m", "bench.run", *rest], env=env).returncode
 
 
 def cmd_info(args) -> int:
@@ -346,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("checkpoint", help="best.pt or last.pt from `train`")
     pr.add_argument("inputs", help=".npz / .pt of per-conversation arrays, or a GCNet-layout folder")
     pr.add_argument("--out", help="output file, .csv or .json (default: CSV on stdout)")
-    pr.add_argument("--format", choices=("csv", "json"), help="default: from --out's extension (csv otherwise)")
+    pr.add_argument("--format", choices=FORMATS, help="default: from --out's extension (csv otherwise)")
     pr.add_argument("--stream", action="store_true", help="replay utterance by utterance (causal checkpoints)")
     pr.add_argument("--model", choices=EVAL_MODELS, default="student",
                     help="student (default: the incomplete-data model) or teacher")

@@ -23,7 +23,7 @@ import torch
 
 from ..choices import MODALITIES
 from ..data.masking import EVAL_RATES, fixed_masks
-from ..training.validation import compute_metrics, predict
+from ..training.validation import compute_metrics, predictions
 from .baselines import BaselineConfig, fit_linear, gru_predictions, linear_predictions, train_gru
 
 __all__ = ["MODALITY_SUBSETS", "data_gaps"]
@@ -70,7 +70,7 @@ def data_gaps(splits, net=None, split: str = "test", device="cpu", batch_size: i
                "gru": order(gru_predictions(gru, test, np_masks, False))}
         if net is not None:
             torch_masks = {cid: torch.as_tensor(m) for cid, m in masks.items()}
-            out["student"] = predict(net, test, torch_masks, batch_size, device)[1]
+            out["student"] = predictions(net, test, torch_masks, batch_size, device)[1]
         return out
 
     rows = []
@@ -82,7 +82,7 @@ def data_gaps(splits, net=None, split: str = "test", device="cpu", batch_size: i
 
     complete = predict_all(_only(test, MODALITIES))
     if net is not None:
-        complete["teacher"] = predict(net, test, None, batch_size, device, model="teacher")[1]
+        complete["teacher"] = predictions(net, test, None, batch_size, device, model="teacher")[1]
     add("context", "t+a+v", complete)
     # the paper's masks, pooled over the rates, grouped by what each utterance kept
     pooled, kept = {}, []

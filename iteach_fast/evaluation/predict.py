@@ -42,12 +42,14 @@ from ..data.dataset import DataError
 from ..data.gcnet import load_gcnet
 from ..files import atomic_write
 from ..nn.model import ITEACHNet
-from ..training.checkpoint import load_for_eval, load_model
+from ..training.checkpoint import load_model
 from ..training.config import TrainConfig
 from ..training.runtime import resolve_device
-from .protocols import demo
 
-__all__ = ["load_conversations", "predict_rows", "write_rows", "predict", "replay", "stream_demo"]
+__all__ = ["load_conversations", "predict_rows", "write_predictions", "predict_file", "replay", "FORMATS"]
+
+#: the file formats predictions are written in
+FORMATS = ("csv", "json")
 
 
 # ------------------------------------------------------------------ inputs
@@ -240,15 +242,15 @@ def predict_rows(net: ITEACHNet, conversations: list[dict], class_names=(), stre
     return rows
 
 
-def write_rows(rows: list[dict], path: str, fmt: str | None = None, meta: dict | None = None) -> str:
-    """``rows`` as CSV (one line per utterance) or JSON (``{"meta", "rows"}``), atomically;
+def write_predictions(rows: list[dict], path: str, fmt: str | None = None, meta: dict | None = None) -> str:
+    """Prediction ``rows`` as CSV (one line per utterance) or JSON (``{"meta", "rows"}``), atomically;
     ``fmt`` from ``path``'s extension when None."""
     fmt = fmt or ("json" if path.endswith(".json") else "csv")
-    check_choice("format", fmt, ("csv", "json"))
-    return atomic_write(path, _render(rows, fmt, meta))
+    check_choice("format", fmt, FORMATS)
+    return atomic_write(path, _predictions_text(rows, fmt, meta))
 
 
-def _render(rows: list[dict], fmt: str, meta: dict | None) -> str:
+def _predictions_text(rows: list[dict], fmt: str, meta: dict | None) -> str:
     if fmt == "json":
         return json.dumps({"meta": meta or {}, "rows": rows}, indent=1)
     buf = io.StringIO()
@@ -259,13 +261,15 @@ def _render(rows: list[dict], fmt: str, meta: dict | None) -> str:
     return buf.getvalue()
 
 
-def predict(checkpoint: str, inputs: str, out: str | None = None, fmt: str | None = None, stream: bool = False,
-            device: str = "auto", backend: str | None = None, batch_size: int = 32, dataset: str | None = None,
-            model: str = "student", log=print) -> dict:
-    """:func:`load_model` + :func:`load_conversations` + :func:`predict_rows`, written to ``out``
-    (CSV or JSON; None: CSV on ``log``). Returns ``{"rows", "path", "meta"}``."""
+def predict_file(checkpoint: str, inputs: str, out: str | None = None, fmt: str | None = None, stream: bool = False,
+                 device: str = "auto", backend: str | None = None, batch_size: int = 32, dataset: str | None = None,
+                 model: str = "student", log=print) -> dict:
+    """The predictions of ``checkpoint`` for the conversations in the file or folder ``inputs``:
+    :func:`~iteach_fast.training.checkpoint.load_model` + :func:`load_conversations` +
+    :func:`predict_rows`, written to ``out`` (CSV or JSON; None: CSV on ``log``). Returns
+    ``{"rows", "path", "meta"}``."""
     if fmt is not None:
-        check_choice("format", fmt, ("csv", "json"))
+        check_choice("format", fmt, FORMATS)
     check_choice("model", model, EVAL_MODELS)
     dev = resolve_device(device)
     net, cfg, ckpt = load_model(checkpoint, dev, backend)
@@ -280,9 +284,9 @@ def predict(checkpoint: str, inputs: str, out: str | None = None, fmt: str | Non
             "task": "regression" if net.regression else "classification"}
     path = None
     if out:
-        path = write_rows(rows, out, fmt, meta)
+        path = write_predictions(rows, out, fmt, meta)
     else:
-        log(_render(rows, fmt or "csv", meta).rstrip("\n"))
+        log(_predictions_text(rows, fmt or "csv", meta).rstrip("\n"))
     return {"rows": rows, "path": path, "meta": meta}
 
 
@@ -304,16 +308,3 @@ def replay(net: ITEACHNet, conversation: dict, class_names=(), log=print) -> lis
         log(f"live predictions right: {right} of {len(rows)} (each made knowing only the utterances so far)")
     return rows
 
-
-def stream_demo(cfg: TrainConfig, log=print) -> dict:
-    """``iteach-fast demo --stream``: the demo's training (:func:`iteach_fast.evaluation.protocols.demo`) of
-    a causal ``cfg``, then its test conversation with the most emotion shifts replayed live."""
-    if not cfg.model.causal:
-        raise ValueError("demo --stream trains a causal model: drop --no-causal")
-    res = demo(cfg, log=log)
-    net, _, splits, _ = load_for_eval(res["summary"]["best"], device=cfg.device)
-    fits = [c for c in splits.test if len(c["labels"]) <= net.student.max_len]
-    conv = max(fits, key=lambda c: (int((np.diff(c["labels"]) != 0).sum()), -len(c["labels"])))
-    log("")
-    rows = replay(net, {k: conv[k] for k in ("id", *MODALITIES, "labels")}, splits.class_names, log=log)
-    return {**res, "replay": rows}

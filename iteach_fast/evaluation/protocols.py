@@ -7,7 +7,8 @@ writes its results:
 * :func:`ime` — Independent Model Evaluation: one model trained per rate (fixed strategy),
   each tested at its own rate.
 * :func:`demo` — the short synthetic run behind ``make demo``: train, then UME, and one plot
-  of every demo run found so far.
+  of every demo run found so far; :func:`stream_demo` (``demo --stream``): the same for a
+  causal model, then one test conversation replayed live.
 """
 from __future__ import annotations
 
@@ -15,9 +16,9 @@ import json
 import os
 import time
 
-from sklearn.metrics import confusion_matrix
+import numpy as np
 
-from ..choices import EVAL_MODELS, check_choice
+from ..choices import EVAL_MODELS, MODALITIES, check_choice
 from ..data.masking import EVAL_RATES
 from ..evaluation import plots as plotting
 from ..training.checkpoint import load_for_eval
@@ -25,9 +26,10 @@ from ..training.config import TrainConfig
 from ..training.loop import train
 from ..training.runtime import check_precision, resolve_device
 from ..training.validation import evaluate_rates
-from .tables import average_row, format_table, public_rows, write_rows
+from .predict import replay
+from .tables import average_row, format_table, public_rows, write_rate_table
 
-__all__ = ["ume", "ime", "ime_config", "demo", "DEMO_DEFAULTS"]
+__all__ = ["ume", "ime", "ime_config", "demo", "stream_demo", "DEMO_DEFAULTS"]
 
 #: the demo's short schedule: small synthetic conversations and a small model, so that it ends
 #: in a few minutes on 2 CPU cores; the framework's own mixers (its: TF teacher, NAS student)
@@ -73,8 +75,10 @@ def ume(checkpoint: str, out_dir: str | None = None, rates=None, split: str = "t
             "metrics": "percent; WAF = f1_score(average='weighted'); regression: binary, label 0 excluded; MAE raw"}
     stem = "teacher" if model == "teacher" else "ume"
     paths = {"json": os.path.join(out_dir, f"{stem}.json"), "csv": os.path.join(out_dir, f"{stem}.csv")}
-    write_rows(rows, paths["json"], paths["csv"], meta)
+    write_rate_table(rows, paths["json"], paths["csv"], meta)
     if plots:
+        from sklearn.metrics import confusion_matrix  # scikit-learn: only for the plots
+
         pdir = os.path.join(out_dir, "plots")
         paths["waf_plot"] = plotting.waf_vs_rate({label: public_rows(rows)}, os.path.join(pdir, "waf_vs_rate.png"))
         if not net.regression:
@@ -110,7 +114,7 @@ def ime(cfg: TrainConfig, rates=EVAL_RATES, out_dir: str | None = None, log=prin
     meta = {"dataset": cfg.dataset, "framework": cfg.model.framework, "strategy": "fixed",
             "mask_seed": cfg.eval_seed,
             "metrics": "percent; each row is a separate model trained and tested at that rate"}
-    write_rows(rows, os.path.join(out_dir, "ime.json"), os.path.join(out_dir, "ime.csv"), meta)
+    write_rate_table(rows, os.path.join(out_dir, "ime.json"), os.path.join(out_dir, "ime.csv"), meta)
     return {"rows": rows, "average": average_row(rows), "table": table}
 
 
@@ -145,3 +149,17 @@ def demo(cfg: TrainConfig, log=print) -> dict:
     if framework == "its":
         log("compare with the single-model framework: iteach-fast demo --framework pre")
     return {**res, "summary": summary, "comparison_plot": compare}
+
+
+def stream_demo(cfg: TrainConfig, log=print) -> dict:
+    """``iteach-fast demo --stream``: the demo's training (:func:`demo`) of a causal ``cfg``,
+    then its test conversation with the most emotion shifts replayed live."""
+    if not cfg.model.causal:
+        raise ValueError("demo --stream trains a causal model: drop --no-causal")
+    res = demo(cfg, log=log)
+    net, _, splits, _ = load_for_eval(res["summary"]["best"], device=cfg.device)
+    fits = [c for c in splits.test if len(c["labels"]) <= net.student.max_len]
+    conv = max(fits, key=lambda c: (int((np.diff(c["labels"]) != 0).sum()), -len(c["labels"])))
+    log("")
+    rows = replay(net, {k: conv[k] for k in ("id", *MODALITIES, "labels")}, splits.class_names, log=log)
+    return {**res, "replay": rows}

@@ -2,7 +2,7 @@
 :func:`iteach_fast.training.validation.compute_metrics`).
 
 * :func:`average_row`, :func:`format_table` — one row per missing rate and their average.
-* :func:`write_rows` — the same rows as JSON (with metadata) and CSV, written atomically.
+* :func:`write_rate_table` — the same rows as JSON (with metadata) and CSV, written atomically.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import numpy as np
 
 from ..files import atomic_write
 
-__all__ = ["average_row", "format_table", "public_rows", "write_rows"]
+__all__ = ["average_row", "format_table", "public_rows", "write_rate_table"]
 
 
 def average_row(rows: list[dict]) -> dict:
@@ -42,8 +42,8 @@ def public_rows(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
 
 
-def write_rows(rows: list[dict], path_json: str, path_csv: str, meta: dict) -> None:
-    """``rows`` (+ their average) as JSON (with ``meta``) and CSV, each written atomically."""
+def write_rate_table(rows: list[dict], path_json: str, path_csv: str, meta: dict) -> None:
+    """Per-rate ``rows`` (+ their average) as JSON (with ``meta``) and CSV, each written atomically."""
     rows = public_rows(rows)
     avg = average_row(rows)
     atomic_write(path_json, json.dumps({**meta, "rows": rows, "average": avg}, indent=2))

@@ -6,7 +6,7 @@ reports them.
   definitions, via scikit-learn); for regression (CMU-MOSI / MOSEI) predictions and labels
   made binary (``> 0`` / ``< 0``), label-0 utterances excluded, plus the MAE of the raw
   scores. Percent (MAE in label units).
-* :func:`predict` — the student's predictions on a split with given masks (or complete
+* :func:`predictions` — the student's predictions on a split with given masks (or complete
   data), or the teacher's on complete data (``model="teacher"``, as the paper's Table 1).
 * :func:`evaluate_rates` — the student on a split at several missing rates, each with a
   fixed-seed mask (:func:`iteach_fast.data.masking.fixed_masks`): every model sees the same
@@ -26,7 +26,7 @@ from ..data.masking import EVAL_RATES, apply_mask, fixed_masks, missing_rate, pr
 from ..ops.padding import valid_mask
 from .runtime import autocast
 
-__all__ = ["compute_metrics", "predict", "evaluate_rates", "hidden_features", "EVAL_MODELS"]
+__all__ = ["compute_metrics", "predictions", "evaluate_rates", "hidden_features", "EVAL_MODELS"]
 
 
 def _batches(dataset, masks: dict | None, batch_size: int):
@@ -47,8 +47,8 @@ def _check_model(model: str, masks: dict | None) -> None:
 
 
 @torch.no_grad()
-def predict(net, dataset, masks: dict | None, batch_size: int = 32, device="cpu", dtype: str = "fp32",
-            model: str = "student"):
+def predictions(net, dataset, masks: dict | None, batch_size: int = 32, device="cpu", dtype: str = "fp32",
+                model: str = "student"):
     """The student's predictions on ``dataset`` with ``masks`` (None = complete data), or, with
     ``model="teacher"``, the teacher's on complete data (``masks`` must be None).
 
@@ -123,7 +123,8 @@ def evaluate_rates(net, dataset, rates=EVAL_RATES, seed: int = 0, batch_size: in
     rows = []
     for rate in rates:
         masks = None if model == "teacher" else fixed_masks(dataset, rate, seed)
-        y, p, realised = predict(net, dataset if part is None else part, masks, batch_size, device, dtype, model=model)
+        y, p, realised = predictions(net, dataset if part is None else part, masks, batch_size, device, dtype,
+                                     model=model)
         if gather is not None:
             y, p, realised = gather(y, p, realised)
         row = {"rate": float(rate), "realised_rate": round(realised, 4), **compute_metrics(y, p, task), "n": len(y)}

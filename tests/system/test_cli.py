@@ -126,9 +126,6 @@ def test_bad_values_give_one_clear_line(tmp_path, capsys):
 
 
 def test_bench_delegates_to_the_suite(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    for name in ("bench", "bench.run"):
-        monkeypatch.delitem(sys.modules, name, raising=False)
     # not there (an install without the repository): a clear error, no traceback
     monkeypatch.setattr(cli, "_repo_root", lambda: str(tmp_path))
     rc, _, err = run_main(["bench", "--quick"], capsys)
@@ -137,10 +134,12 @@ def test_bench_delegates_to_the_suite(tmp_path, monkeypatch, capsys):
     (tmp_path / "bench").mkdir()
     (tmp_path / "bench" / "__init__.py").write_text("")
     (tmp_path / "bench" / "run.py").write_text(
-        "import json, os\n"
+        "import json, os, sys\n"
         "def main(argv):\n"
         "    open(os.path.join(os.path.dirname(__file__), 'argv.json'), 'w').write(json.dumps(argv))\n"
-        "    return 3\n")
+        "    return 3\n"
+        "if __name__ == '__main__':\n"
+        "    sys.exit(main(sys.argv[1:]))\n")
     rc, _, err = run_main(["bench", "--quick", "--ops", "ecce_bias"], capsys)
     assert rc == 3, err
     assert json.loads((tmp_path / "bench" / "argv.json").read_text()) == ["--quick", "--ops", "ecce_bias"]

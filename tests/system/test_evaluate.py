@@ -180,7 +180,7 @@ def test_teacher_is_evaluated_on_complete_data(checkpoint, tmp_path):
     with pytest.raises(ValueError, match=r"rates \[0.0, 0.5\].*complete data"):
         ev.evaluate_rates(net, test, (0.0, 0.5), model="teacher")
     with pytest.raises(ValueError, match="complete data only"):
-        ev.predict(net, test, {}, model="teacher")
+        ev.predictions(net, test, {}, model="teacher")
     with pytest.raises(ValueError, match="model must be one of student, teacher"):
         ev.evaluate_rates(net, test, (0.0,), model="both")
     # the protocol and the command line
@@ -219,5 +219,5 @@ def test_hidden_features_follow_the_masks(checkpoint):
     masked = ev.hidden_features(net, test, masking.fixed_masks(test, 0.7, 0))
     np.testing.assert_array_equal(full["teacher"], masked["teacher"])  # the teacher always sees complete data
     assert np.abs(full["student"] - masked["student"]).mean() > 0
-    y, _, _ = ev.predict(net, test, None)
+    y, _, _ = ev.predictions(net, test, None)
     np.testing.assert_array_equal(full["labels"], y)

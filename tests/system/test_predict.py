@@ -12,7 +12,7 @@ from iteach_fast.cli import main
 from iteach_fast.data.check import export_synthetic
 from iteach_fast.data.dataset import CLASS_NAMES, DataError
 from iteach_fast.data.sources import synthetic_spec
-from iteach_fast.evaluation.predict import load_conversations, predict
+from iteach_fast.evaluation.predict import load_conversations, predict_file
 from iteach_fast.nn.model import ITEACHNet
 from iteach_fast.training.checkpoint import load_model, save_checkpoint
 from iteach_fast.training.config import TrainConfig
@@ -86,7 +86,8 @@ def test_predict_pt_with_present_to_json(tmp_path):
     torch.save({c: {k: torch.from_numpy(np.asarray(v)) for k, v in f.items()} for c, f in convs.items()},
                tmp_path / "new.pt")
     for model in ("student", "teacher"):
-        res = predict(ckpt, str(tmp_path / "new.pt"), out=str(tmp_path / f"{model}.json"), device="cpu", model=model)
+        res = predict_file(ckpt, str(tmp_path / "new.pt"), out=str(tmp_path / f"{model}.json"), device="cpu",
+                           model=model)
         doc = json.loads((tmp_path / f"{model}.json").read_text())
         assert doc["meta"]["utterances"] == 14 and doc["meta"]["model"] == model and doc["rows"] == res["rows"]
         for cid, conv in convs.items():
@@ -98,7 +99,7 @@ def test_predict_pt_with_present_to_json(tmp_path):
 def test_predict_regression_scores(tmp_path):
     ckpt, net = _checkpoint(tmp_path / "best.pt", classes=1)
     convs = _conversations((4,))
-    res = predict(ckpt, _npz(tmp_path / "new.npz", convs), device="cpu", log=lambda *a: None)
+    res = predict_file(ckpt, _npz(tmp_path / "new.npz", convs), device="cpu", log=lambda *a: None)
     conv = convs["dlg0"]
     xs = [torch.from_numpy(conv[k])[None] for k in ("text", "audio", "visual")]
     with torch.no_grad():
@@ -112,8 +113,8 @@ def test_predict_stream_replays_what_was_known(tmp_path):
     arrived, equal to the full (causal) forward's; the row says how many utterances were known."""
     ckpt, _ = _checkpoint(tmp_path / "causal.pt", causal=True)
     inputs = _npz(tmp_path / "new.npz", _conversations((6, 4)))
-    full = predict(ckpt, inputs, out=str(tmp_path / "full.json"), device="cpu")["rows"]
-    live = predict(ckpt, inputs, out=str(tmp_path / "live.csv"), stream=True, device="cpu")["rows"]
+    full = predict_file(ckpt, inputs, out=str(tmp_path / "full.json"), device="cpu")["rows"]
+    live = predict_file(ckpt, inputs, out=str(tmp_path / "live.csv"), stream=True, device="cpu")["rows"]
     assert [r["known"] for r in live] == [1, 2, 3, 4, 5, 6, 1, 2, 3, 4]
     assert all(r["latency_ms"] >= 0 for r in live)
     for a, b in zip(live, full):
@@ -129,11 +130,11 @@ def test_predict_gcnet_folder(tmp_path):
     cfg = TrainConfig(syn_conversations=10, syn_min_len=3, syn_max_len=8, syn_dims=DIMS)
     export_synthetic(str(root), "iemocap4", synthetic_spec(cfg))
     ckpt, _ = _checkpoint(tmp_path / "best.pt")
-    res = predict(ckpt, str(root), dataset="iemocap4", device="cpu", out=str(tmp_path / "p.csv"))
+    res = predict_file(ckpt, str(root), dataset="iemocap4", device="cpu", out=str(tmp_path / "p.csv"))
     assert res["meta"]["conversations"] == 10
     assert all(r["label"] in CLASS_NAMES[4] for r in res["rows"])
     with pytest.raises(ValueError, match="--dataset"):  # trained on synthetic data: which layout?
-        predict(ckpt, str(root), device="cpu", out=str(tmp_path / "q.csv"))
+        predict_file(ckpt, str(root), device="cpu", out=str(tmp_path / "q.csv"))
 
 
 def test_predict_errors_name_what_is_wrong(tmp_path, capsys):
