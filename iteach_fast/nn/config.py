@@ -41,6 +41,7 @@ class ModelConfig:
     dropout: float = 0.0
     backend: Backend = "auto"  # the fused operators' backend
     causal: bool = False  # real-time ERC: every output i sees utterances <= i only (streamable)
+    cross_ecce: bool = False  # not the paper's: the text stream's ECCE bias guides its cross-attentions too
 
     def validate(self) -> ModelConfig:
         problems = type_problems(self)

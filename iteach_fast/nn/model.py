@@ -74,7 +74,7 @@ class ITEACHModel(nn.Module):
     def __init__(self, input_dims, num_classes: int, num_layers: int, mixer: str = "tf", dim: int = 128,
                  heads: int = 8, ffn_ratio: float = 4.0, max_len: int = 110, dist: int = 30, conv_kernel: int = 7,
                  pool_size: int = 3, ecce: str = "local+global", dropout: float = 0.0, backend: str = "auto",
-                 mlp_ratio: float = 1.0, causal: bool = False):
+                 mlp_ratio: float = 1.0, causal: bool = False, cross_ecce: bool = False):
         super().__init__()
         input_dims = tuple(int(d) for d in input_dims)
         if len(input_dims) != 3 or min(input_dims) < 1:
@@ -92,7 +92,8 @@ class ITEACHModel(nn.Module):
         self.ecce = nn.ModuleList(ECCE(dim, heads, conv_kernel, dist, ecce, backend, causal) for _ in input_dims)
         self.dropout = nn.Dropout(dropout)
         self.layers = nn.ModuleList(
-            EncoderLayer(dim, heads, mixer, ffn_ratio, max_len, dist, pool_size, mlp_ratio, dropout, backend, causal)
+            EncoderLayer(dim, heads, mixer, ffn_ratio, max_len, dist, pool_size, mlp_ratio, dropout, backend, causal,
+                         cross_ecce)
             for _ in range(num_layers))
         self.classifier = nn.Linear(dim, num_classes)
 

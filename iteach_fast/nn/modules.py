@@ -384,16 +384,23 @@ class CrossAttention(nn.Module):
     on the query stream and on the key/value stream; keys beyond ``lengths`` masked
     (``causal``: and keys after the query).
 
+    ``prefix`` (an option; the paper's cross-attention has none): the query stream's ECCE
+    table, whose band means ``E`` then guide the scores as in the MixMap (eq. 10). Without
+    it nothing in the scores says where an utterance is, so the text stream of utterance
+    ``i`` cannot single out the audio or visual features of the same utterance;
+    with it the band ``|i - j| < dist`` can (docs/maths.md, "ECCE-guided cross-attention").
+
     The same fused attention as :class:`ECCEAttention`, without a bias: the padding is masked
     by the lengths inside the kernel (no ``L x L`` mask is built) and a length-0 conversation
     gives 0, not NaN. Returns the attention output only (the caller adds the residual); rows
     beyond ``lengths`` are 0. ``dropout`` acts on the output, as in :class:`ECCEAttention`.
     """
 
-    def __init__(self, dim: int, heads: int, dropout: float = 0.0, causal: bool = False, backend: str = "auto"):
+    def __init__(self, dim: int, heads: int, dropout: float = 0.0, causal: bool = False, backend: str = "auto",
+                 dist: int = 30):
         super().__init__()
         _check_heads(dim, heads)
-        self.dim, self.heads, self.causal, self.backend = dim, heads, bool(causal), backend
+        self.dim, self.heads, self.causal, self.backend, self.dist = dim, heads, bool(causal), backend, dist
         self.scale = 1.0 / math.sqrt(dim // heads)
         self.norm_q = nn.LayerNorm(dim)
         self.norm_kv = nn.LayerNorm(dim)
@@ -403,19 +410,22 @@ class CrossAttention(nn.Module):
         self.out = nn.Linear(dim, dim)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, query: torch.Tensor, kv: torch.Tensor, lengths=None) -> torch.Tensor:
-        """``query (B, L, D)`` (the text stream), ``kv (B, L, D)`` (audio or visual) -> ``(B, L, D)``."""
+    def forward(self, query: torch.Tensor, kv: torch.Tensor, lengths=None, prefix: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        """``query (B, L, D)`` (the text stream), ``kv (B, L, D)`` (audio or visual), ``prefix``
+        the query stream's ECCE table (or None: no bias, the paper's) -> ``(B, L, D)``."""
         if not isinstance(lengths, Padded):
             _check_x("kv", kv, self.dim)
             if kv.shape != query.shape:
                 raise ValueError(f"kv must have the query's shape {tuple(query.shape)}, got {tuple(kv.shape)}")
+            _check_prefix(prefix, query, self.heads)
         pad = _standalone(query, lengths, self.dim, "query")
         B, L, D = query.shape
         # the padding zeroed first: a NaN there would reach the projections' weight gradients (0 * NaN)
         q_in, kv_in = self.norm_q(zero_invalid(query, pad.valid)), self.norm_kv(zero_invalid(kv, pad.valid))
         q, k, v = _heads(self.q(q_in), self.heads), _heads(self.k(kv_in), self.heads), _heads(self.v(kv_in), self.heads)
-        # no bias, so the band width (dist) is never read
-        o = backends.call("ecce_attention", self.backend, q, k, v, None, pad.lengths, 1, self.scale, self.causal)
+        o = backends.call("ecce_attention", self.backend, q, k, v, prefix, pad.lengths, self.dist, self.scale,
+                          self.causal)
         o = self.out(o.transpose(1, 2).reshape(B, L, D))  # a view when o has q's layout
         return zero_invalid(self.dropout(o), pad.valid)
 
@@ -424,21 +434,22 @@ class EncoderLayer(nn.Module):
     """One Encoder Layer (§3.4.1, Fig. 2): each modality through its own ITEACH Encoder,
     guided by its own ECCE table; then the text stream fuses audio and visual in turn:
     ``T <- T + CA(q=T, kv=A)``, ``T <- T + CA(q=T, kv=V)``. The fused ``T`` is this layer's
-    hidden feature ``H`` and the next layer's text input.
+    hidden feature ``H`` and the next layer's text input. ``cross_ecce`` (an option, not the
+    paper's): the text stream's ECCE table guides both cross-attentions too.
     """
 
     def __init__(self, dim: int, heads: int, mixer: str = "tf", ffn_ratio: float = 4.0, max_len: int = 110,
                  dist: int = 30, pool_size: int = 3, mlp_ratio: float = 1.0, dropout: float = 0.0,
-                 backend: str = "auto", causal: bool = False):
+                 backend: str = "auto", causal: bool = False, cross_ecce: bool = False):
         super().__init__()
         kw = dict(mixer=mixer, ffn_ratio=ffn_ratio, max_len=max_len, dist=dist, pool_size=pool_size,
                   mlp_ratio=mlp_ratio, dropout=dropout, backend=backend, causal=causal)
-        self.dim, self.heads, self.causal = dim, heads, bool(causal)
+        self.dim, self.heads, self.causal, self.cross_ecce = dim, heads, bool(causal), bool(cross_ecce)
         self.enc_t = ITEACHEncoder(dim, heads, **kw)
         self.enc_a = ITEACHEncoder(dim, heads, **kw)
         self.enc_v = ITEACHEncoder(dim, heads, **kw)
-        self.ca_a = CrossAttention(dim, heads, dropout, causal, backend)
-        self.ca_v = CrossAttention(dim, heads, dropout, causal, backend)
+        self.ca_a = CrossAttention(dim, heads, dropout, causal, backend, dist)
+        self.ca_v = CrossAttention(dim, heads, dropout, causal, backend, dist)
 
     def forward(self, t, a, v, prefix=(None, None, None), lengths=None):
         """``t, a, v (B, L, D)``, ``prefix = (prefix_t, prefix_a, prefix_v)`` ECCE's tables -> ``(t, a, v)``."""
@@ -454,6 +465,7 @@ class EncoderLayer(nn.Module):
         t = self.enc_t(t, p_t, pad)
         a = self.enc_a(a, p_a, pad)
         v = self.enc_v(v, p_v, pad)
-        t = t + self.ca_a(t, a, pad)  # both terms are 0 on the padding
-        t = t + self.ca_v(t, v, pad)
+        guide = p_t if self.cross_ecce else None
+        t = t + self.ca_a(t, a, pad, guide)  # both terms are 0 on the padding
+        t = t + self.ca_v(t, v, pad, guide)
         return t, a, v

@@ -137,8 +137,9 @@ class StreamingSession:
             tt = self._encoder(layer.enc_t, encs[0], tt, biases[0], t)
             aa = self._encoder(layer.enc_a, encs[1], aa, biases[1], t)
             vv = self._encoder(layer.enc_v, encs[2], vv, biases[2], t)
-            tt = tt + self._cross_attention(layer.ca_a, ca_a, tt, aa, t)
-            tt = tt + self._cross_attention(layer.ca_v, ca_v, tt, vv, t)
+            guide = biases[0] if layer.cross_ecce else None
+            tt = tt + self._cross_attention(layer.ca_a, ca_a, tt, aa, t, guide)
+            tt = tt + self._cross_attention(layer.ca_v, ca_v, tt, vv, t, guide)
         self.length = t + 1
         self.last_logits = m.classifier(tt)
         if m.regression:
@@ -233,7 +234,8 @@ class StreamingSession:
         return torch.matmul(state.hidden[:, :, :k1], mlp.fc2.weight[t, :k1]) + mlp.fc2.bias[t]
 
     @staticmethod
-    def _cross_attention(ca, kv: _KV, query: torch.Tensor, source: torch.Tensor, t: int) -> torch.Tensor:
+    def _cross_attention(ca, kv: _KV, query: torch.Tensor, source: torch.Tensor, t: int, bias=None) -> torch.Tensor:
         kv_in = ca.norm_kv(source)
-        o = kv.attend(t, ca.q(ca.norm_q(query)), ca.k(kv_in), ca.v(kv_in), ca.scale)
-        return ca.out(o)
+        acc = bias.dtype if bias is not None else query.dtype
+        o = kv.attend(t, ca.q(ca.norm_q(query)).to(acc), ca.k(kv_in).to(acc), ca.v(kv_in).to(acc), ca.scale, bias)
+        return ca.out(o.to(query.dtype))

@@ -455,6 +455,34 @@ def test_cross_attention_keys_masked_and_definition(causal):
     torch.testing.assert_close(y, expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("causal", [False, True])
+def test_cross_attention_guided_by_the_query_streams_band(causal):
+    """cross_ecce: the text stream's ECCE bias E (the band means of its table) added to the
+    cross-attention's scores, as in the MixMap; and the encoder layer passes the text table."""
+    m = _perturb_params(CrossAttention(D, H, causal=causal, dist=DIST))
+    q, kv, lens = torch.randn(B, L, D), torch.randn(B, L, D), lengths()
+    zp = torch.randn(B, L, H)
+    ok = valid(lens, L)
+    y = m(q, kv, lens, table(zp, lens))
+    qh = m.q(m.norm_q(q)).view(B, L, H, -1).transpose(1, 2)
+    kh = m.k(m.norm_kv(kv)).view(B, L, H, -1).transpose(1, 2)
+    vh = m.v(m.norm_kv(kv)).view(B, L, H, -1).transpose(1, 2)
+    E = ops.ecce_bias(zp, lens, DIST, causal=causal, backend="reference")
+    s = (qh @ kh.transpose(-1, -2)) / math.sqrt(D // H) + E
+    s = s.masked_fill(~ok[:, None, None, :, 0], float("-inf"))
+    if causal:
+        s = s.masked_fill(torch.ones(L, L, dtype=torch.bool).triu(1), float("-inf"))
+    o = (torch.softmax(s, -1) @ vh).transpose(1, 2).reshape(B, L, D)
+    torch.testing.assert_close(y, torch.where(ok, m.out(torch.nan_to_num(o)), 0), atol=1e-5, rtol=1e-5)
+    layer = _perturb_params(EncoderLayer(D, H, "tf", dist=DIST, causal=causal, cross_ecce=True))
+    t, a, v = (torch.randn(B, L, D) for _ in range(3))
+    tables = tuple(table(torch.randn(B, L, H), lens) for _ in range(3))
+    t2, _, _ = layer(t, a, v, tables, lens)
+    et, ea, ev = (enc(x, p, lens) for enc, x, p in zip((layer.enc_t, layer.enc_a, layer.enc_v), (t, a, v), tables))
+    h = et + layer.ca_a(et, ea, lens, tables[0])
+    torch.testing.assert_close(t2, h + layer.ca_v(h, ev, lens, tables[0]))
+
+
 def test_encoder_layer_fuses_audio_then_visual_into_text():
     m = _perturb_params(EncoderLayer(D, H, "tf", dist=DIST))
     t, a, v = (torch.randn(B, L, D) for _ in range(3))

@@ -68,6 +68,17 @@ def test_stream_equals_full_causal_forward():
     torch.testing.assert_close(probs, torch.softmax(s_out.logits[:, 0], -1), atol=1e-6, rtol=1e-5)
 
 
+def test_stream_with_ecce_guided_cross_attention():
+    """The cross_ecce option: the text stream's band bias in the cross-attentions, streamed too."""
+    L = 40
+    net = _perturb(ITEACHNet(DIMS, 4, causal=True, max_len=L, cross_ecce=True, **SMALL))
+    complete, incomplete, present = _conversations(2, L)
+    with torch.no_grad():
+        t_out, s_out = net(complete, incomplete, torch.tensor([L, L]), present)
+    assert _rel(_replay(net.stream(batch_size=2), complete, present), s_out.logits) <= 1e-5
+    assert _rel(_replay(net.stream(batch_size=2, model="teacher"), complete), t_out.logits) <= 1e-5
+
+
 @pytest.mark.parametrize("ecce", ["local+global", "global", "off"])
 @pytest.mark.parametrize("mixer", ["tf", "nas"])
 def test_stream_every_mixer_and_ecce_mode(mixer, ecce):
