@@ -1,18 +1,25 @@
-"""``iteach-fast`` (also ``python -m iteach_fast``): train, evaluate, ime, demo, reproduce,
-export-synthetic, check-data, bench, info.
+"""``iteach-fast`` (also ``python -m iteach_fast``): train, evaluate, ime, demo, predict,
+reproduce, export-synthetic, check-data, bench, info.
 
 Every field of :class:`iteach_fast.training.config.TrainConfig` is a flag (``--batch-size 16``,
 ``--syn-dims 64,32,48``); ``--config FILE`` (YAML/JSON) sets defaults that flags override.
+
+The parser is built from one table, :data:`COMMANDS`. ``--help`` stays fast: the training
+loop, evaluation (scikit-learn, matplotlib) and reproduce are imported when a command runs
+(:data:`LAZY`), and only the command being run (or asked for help) gets its options.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib
 import json
 import os
 import platform
 import subprocess
 import sys
 import typing
+from collections.abc import Callable
 
 import numpy
 import torch
@@ -23,21 +30,124 @@ from .data.check import LAYOUTS, check_data, export_synthetic
 from .data.gcnet import GCNET_DATASETS
 from .data.masking import EVAL_RATES
 from .data.sources import synthetic_spec
-from .evaluation.gaps import data_gaps
-from .evaluation.predict import FORMATS, predict_file
-from .evaluation.protocols import DEMO_DEFAULTS, demo, ime, stream_demo, ume
 from .files import atomic_write
 from .nn.config import ModelConfig, coerce
 from .ops.backends import available_backends
-from .reproduce import DEFAULT_SEEDS, QUICK, QUICK_SEEDS, VARIED, reproduce
 from .training.checkpoint import RunDirBusy, load_checkpoint, load_for_eval
 from .training.config import MODEL_KEYS, TRAIN_KEYS, TrainConfig, load_mapping
 from .training.distributed import DistributedError, rank_tag
-from .training.loop import RESUME_SETTINGS, train
 from .training.runtime import resolve_device
+
+#: what the commands call from the heavy modules, imported when a command runs (:func:`_lazy`)
+LAZY = {
+    "train": "iteach_fast.training.loop:train",
+    "RESUME_SETTINGS": "iteach_fast.training.loop:RESUME_SETTINGS",
+    "ume": "iteach_fast.evaluation.protocols:ume",
+    "ime": "iteach_fast.evaluation.protocols:ime",
+    "demo": "iteach_fast.evaluation.protocols:demo",
+    "stream_demo": "iteach_fast.evaluation.protocols:stream_demo",
+    "DEMO_DEFAULTS": "iteach_fast.evaluation.protocols:DEMO_DEFAULTS",
+    "data_gaps": "iteach_fast.evaluation.gaps:data_gaps",
+    "predict_file": "iteach_fast.evaluation.predict:predict_file",
+    "FORMATS": "iteach_fast.evaluation.predict:FORMATS",
+    "reproduce": "iteach_fast.reproduce:reproduce",
+    "VARIED": "iteach_fast.reproduce.plan:VARIED",
+    "QUICK": "iteach_fast.reproduce.plan:QUICK",
+    "QUICK_SEEDS": "iteach_fast.reproduce.plan:QUICK_SEEDS",
+    "DEFAULT_SEEDS": "iteach_fast.reproduce.plan:DEFAULT_SEEDS",
+}
 
 #: the synthetic set's fields that export-synthetic takes, named as for train
 EXPORT_KEYS = ("syn_conversations", "syn_min_len", "syn_max_len", "syn_dims", "seed")
+#: the splits a checkpoint is evaluated on
+SPLITS = ("test", "valid")
+
+#: one line per config field: the flags' help (their choices and defaults are added from the field)
+CONFIG_HELP = {
+    # data
+    "dataset": "the data: the embedded synthetic conversations, or a paper dataset in GCNet's files (--data-root)",
+    "data_root": "the folder of a GCNet-layout dataset: label pickle and feature folders (docs/data.md)",
+    "label_file": "the label pickle (default: found under --data-root)",
+    "text_root": "the text feature folder (default: found under --data-root)",
+    "audio_root": "the audio feature folder (default: found under --data-root)",
+    "visual_root": "the visual feature folder (default: found under --data-root)",
+    "fold": "IEMOCAP: the session held out for testing (leave-one-session-out, 1..5)",
+    "select_on": "the split model selection reads: valid (carved from the training data) or test (the paper's)",
+    "syn_conversations": "synthetic data: the number of conversations",
+    "syn_min_len": "synthetic data: the fewest utterances in a conversation",
+    "syn_max_len": "synthetic data: the most utterances in a conversation",
+    "syn_classes": "synthetic data: 4 or 6 emotion classes, or 1 (a regression score in [-3, 3], as CMU-MOSI)",
+    "syn_dims": "synthetic data: the feature dims of text, audio, visual",
+    # optimisation
+    "epochs": "training epochs",
+    "batch_size": "conversations per optimiser step (the global batch under torchrun)",
+    "lr": "AdamW's learning rate of the weights",
+    "router_lr": "AdamW's learning rate of the NAS router",
+    "weight_decay": "AdamW's weight decay",
+    "grad_clip": "clip the gradient norm to this (0: no clipping)",
+    "strategy": "the training missing rate: fixed (--rate), random (each batch uniform in [0, --max-rate]) or "
+                "progressive (+ --progressive-step every --progressive-every epochs)",
+    "rate": "the fixed strategy's missing rate: the fraction of (utterance, modality) cells dropped",
+    "max_rate": "random: the largest rate drawn; progressive: the cap",
+    "progressive_step": "progressive: the rate added at each step",
+    "progressive_every": "progressive: epochs per step",
+    "select_rates": "model selection: the student's validation WAF averaged over these rates (fixed: its own)",
+    "eval_seed": "the seed of the fixed evaluation masks",
+    # run
+    "seed": "the seed of the weights, the batch order and the training masks",
+    "device": "auto (cuda if there is one), cpu, cuda or cuda:K",
+    "dtype": "precision: fp32, or bf16 / fp16 autocast (GPU only)",
+    "threads": "torch's CPU threads (0: torch's default)",
+    "out_dir": "the run's folder: best.pt, last.pt",
+    "progress": "progress bars on stderr",
+    "compile": "torch.compile the forward + loss: the same results, faster steps once compiled",
+    "cuda_graphs": "CUDA only: capture the whole training step in a CUDA graph",
+    # the model
+    "framework": "its: teacher TF + student NAS (Inverted Teacher-Student); ts: teacher NAS + student TF; "
+                 "pre: one TF model",
+    "teacher_mixer": "the teacher's token mixer: tf (attention) or nas (routed mixture of four) "
+                     "(default: the framework's)",
+    "student_mixer": "the student's token mixer: tf or nas (default: the framework's)",
+    "teacher_layers": "the teacher's encoder layers (default: the framework's: its 3, ts 4)",
+    "student_layers": "the student's encoder layers (default: the framework's: its 4, ts 3, pre 3 with tf / 4 "
+                      "with nas)",
+    "dim": "the model dim D",
+    "heads": "attention heads (must divide --dim)",
+    "ffn_ratio": "the encoder FFN's hidden width, in units of --dim",
+    "mlp_ratio": "the NAS MLP token mixer's hidden width, in units of --max-len",
+    "max_len": "the longest conversation the model takes (the NAS MLP token mixer's width)",
+    "dist": "ECCE's band: utterance pairs with |i - j| < dist get a context bias",
+    "conv_kernel": "ECCE's local convolution width (odd)",
+    "pool_size": "the NAS pooling mixers' window (odd)",
+    "ecce": "ECCE's parts: local+global (the paper's), global only, or off",
+    "dropout": "the dropout rate",
+    "backend": "the fused operators' backend: auto picks the fastest available here (iteach-fast info)",
+    "causal": "real-time ERC: each output sees the utterances up to its own only (streamable)",
+    "cross_ecce": "not the paper's: the text stream's ECCE bias guides its cross-attentions too",
+}
+
+
+def _lazy(name: str):
+    """The object :data:`LAZY` names, imported now."""
+    module, _, attr = LAZY[name].partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def _shown(value) -> str:
+    return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's, with an option's default after its help where there is one to show (not
+    None / False, and not already in the help)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if "(default" in text or default is None or default is False or default == argparse.SUPPRESS \
+                or not action.option_strings:
+            return text
+        return f"{text} (default: {_shown(default).replace('%', '%%')})"  # argparse %-formats help
 
 
 def _list_of(kind):
@@ -74,12 +184,13 @@ def _add_config_flags(p: argparse.ArgumentParser, defaults: dict | None = None) 
     for name in TRAIN_KEYS + MODEL_KEYS:
         default, hint = base[name], hints[name]
         flag = "--" + name.replace("_", "-")
-        shown = ",".join(map(str, default)) if isinstance(default, list) else default
-        kw = dict(default=argparse.SUPPRESS, dest=name, help=f"(default: {shown})")
+        text = CONFIG_HELP.get(name, "")
+        shown = "" if default is None else f" (default: {_shown(default)})"
+        kw = dict(default=argparse.SUPPRESS, dest=name, help=f"{text}{shown}".strip())
         if hint is bool:
             g.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
             continue
-        literal = [a for a in (typing.get_args(hint) or (hint,)) if typing.get_origin(a) is typing.Literal]
+        literal = [a for a in (hint, *typing.get_args(hint)) if typing.get_origin(a) is typing.Literal]  # or Optional
         if literal:
             kw["choices"] = typing.get_args(literal[0])
         kw["type"] = _flag_type(flag, hint)
@@ -98,7 +209,21 @@ def config_from_args(args: argparse.Namespace, defaults: dict | None = None) -> 
     return cfg.replace(**given).validate()
 
 
-# ------------------------------------------------------------------ subcommands
+def _rates_option(p: argparse.ArgumentParser, **kw) -> None:
+    p.add_argument("--rates", type=_list_of(float), nargs="+", metavar="R,R,..",
+                   **{"default": EVAL_RATES, "help": "missing rates, comma- or space-separated", **kw})
+
+
+def _demo_defaults_text(defaults: dict) -> str:
+    return ", ".join(f"{k}={_shown(v)}" for k, v in defaults.items())
+
+
+# ------------------------------------------------------------------ train
+
+def train_options(p: argparse.ArgumentParser) -> None:
+    _add_config_flags(p)
+    p.add_argument("--resume", help="a last.pt to continue from (bit-identical continuation)")
+
 
 def cmd_train(args) -> int:
     if args.resume:
@@ -108,17 +233,42 @@ def cmd_train(args) -> int:
         defaults = {**ckpt_cfg.flat_dict(), "out_dir": os.path.dirname(os.path.abspath(args.resume))}
         cfg = config_from_args(args, defaults)
         ignored = sorted(k for k, v in cfg.flat_dict().items()
-                         if k not in RESUME_SETTINGS and v != defaults.get(k))
+                         if k not in _lazy("RESUME_SETTINGS") and v != defaults.get(k))
         if ignored:
             print(f"note: --resume continues the checkpoint's run; these settings are ignored: {ignored}",
                   file=sys.stderr)
     else:
         cfg = config_from_args(args)
-    summary = train(cfg, resume=args.resume)
+    summary = _lazy("train")(cfg, resume=args.resume)
     if summary["rank"] == 0 and summary["best"]:
         print(f"best checkpoint: {summary['best']}\n"
               f"evaluate it with: iteach-fast evaluate --checkpoint {summary['best']}")
     return 0
+
+
+# ------------------------------------------------------------------ evaluate
+
+def evaluate_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint_pos", nargs="?", metavar="CHECKPOINT", help="the same as --checkpoint")
+    p.add_argument("--checkpoint", help="best.pt or last.pt from `train` (required, or as CHECKPOINT)")
+    p.add_argument("--out", help="output folder (default: the checkpoint's folder)")
+    _rates_option(p, default=None, help="missing rates, comma- or space-separated (default: 0.0,0.1,...,0.7; "
+                                        "the teacher: 0.0 only)")
+    p.add_argument("--model", choices=EVAL_MODELS, default="student",
+                   help="student: at each missing rate; teacher: on complete data, as the paper's Table 1 "
+                        "(writes teacher.json / teacher.csv)")
+    p.add_argument("--split", choices=SPLITS, default="test", help="the split to evaluate on")
+    p.add_argument("--seed", type=int, default=0, help="seed of the test masks")
+    p.add_argument("--batch-size", type=int, default=None, help="conversations per batch (default: the run's)")
+    p.add_argument("--device", default="auto", help="auto (cuda if there is one), cpu, cuda or cuda:K")
+    p.add_argument("--backend", default=None, choices=BACKENDS, help="the fused operators' backend (default: the "
+                                                                     "run's)")
+    p.add_argument("--dtype", default=None, choices=PRECISIONS, help="precision (default: the run's)")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNGs (WAF vs rate, confusion, ECCE heatmap)")
+    p.add_argument("--gaps", action="store_true",
+                   help="also measure the data's context and modality gaps (classification): a per-utterance "
+                        "logistic regression vs one with context features, each modality subset, and the "
+                        "checkpoint's student with only those modalities present; writes gaps.json")
 
 
 def cmd_evaluate(args) -> int:
@@ -127,19 +277,26 @@ def cmd_evaluate(args) -> int:
     args.checkpoint = args.checkpoint or args.checkpoint_pos
     if not args.checkpoint:
         raise ValueError("the argument --checkpoint (or CHECKPOINT) is required: a best.pt or last.pt from `train`")
-    res = ume(args.checkpoint, out_dir=args.out, rates=_flat(args.rates) if args.rates else None, split=args.split,
-              seed=args.seed, batch_size=args.batch_size, device=args.device, backend=args.backend, dtype=args.dtype,
-              plots=not args.no_plots, model=args.model)
+    res = _lazy("ume")(args.checkpoint, out_dir=args.out, rates=_flat(args.rates) if args.rates else None,
+                       split=args.split, seed=args.seed, batch_size=args.batch_size, device=args.device,
+                       backend=args.backend, dtype=args.dtype, plots=not args.no_plots, model=args.model)
     written = [f"{k} {v}" for k, v in res["paths"].items() if v]
     if args.gaps:
         net, _, splits, _ = load_for_eval(args.checkpoint, device=args.device, backend=args.backend)
         print()
-        gaps = data_gaps(splits, net, split=args.split, device=resolve_device(args.device))
+        gaps = _lazy("data_gaps")(splits, net, split=args.split, device=resolve_device(args.device))
         path = os.path.join(args.out or os.path.dirname(os.path.abspath(args.checkpoint)), "gaps.json")
         atomic_write(path, json.dumps({"split": args.split, "rows": gaps["rows"]}, indent=2))
         written.append(f"gaps {path}")
     print("written: " + ", ".join(written))
     return 0
+
+
+# ------------------------------------------------------------------ ime, demo
+
+def ime_options(p: argparse.ArgumentParser) -> None:
+    _add_config_flags(p)
+    _rates_option(p, help="the rates to train and test a model at, comma- or space-separated")
 
 
 def cmd_ime(args) -> int:
@@ -149,45 +306,111 @@ def cmd_ime(args) -> int:
             cfg.replace(strategy="fixed", rate=rate).validate()
         except ValueError as err:
             raise ValueError(f"--rates {rate}: {err}") from None
-    res = ime(cfg, rates=_flat(args.rates), out_dir=os.path.join(cfg.out_dir, "ime"))
+    res = _lazy("ime")(cfg, rates=_flat(args.rates), out_dir=os.path.join(cfg.out_dir, "ime"))
     print(f"written under {os.path.join(cfg.out_dir, 'ime')} (ime.json, ime.csv)")
     return 0 if res["rows"] else 1
 
 
+def demo_options(p: argparse.ArgumentParser) -> None:
+    defaults = _lazy("DEMO_DEFAULTS")
+    p.description = (f"Train on synthetic conversations with a short schedule, then UME; writes under "
+                     f"runs/demo/<framework>/. Demo defaults: {_demo_defaults_text(defaults)}. Any training flag "
+                     "overrides them; --framework pre runs the single-model baseline for comparison.")
+    _add_config_flags(p, defaults)
+    p.add_argument("--stream", action="store_true",
+                   help="train a causal model (under runs/demo-stream/) and replay one test conversation "
+                        "utterance by utterance, printing each prediction as it arrives")
+
+
 def cmd_demo(args) -> int:
     log = lambda *a: print(*a, flush=True)  # noqa: E731
+    defaults = _lazy("DEMO_DEFAULTS")
     if args.stream:  # a causal model, then one test conversation replayed live
-        stream_demo(config_from_args(args, {**DEMO_DEFAULTS, "causal": True,
-                                            "out_dir": os.path.join("runs", "demo-stream")}), log=log)
+        _lazy("stream_demo")(config_from_args(args, {**defaults, "causal": True,
+                                                     "out_dir": os.path.join("runs", "demo-stream")}), log=log)
         return 0
-    demo(config_from_args(args, DEMO_DEFAULTS), log=log)
+    _lazy("demo")(config_from_args(args, defaults), log=log)
     return 0
 
 
+# ------------------------------------------------------------------ predict
+
+def predict_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="best.pt or last.pt from `train`")
+    p.add_argument("inputs", help=".npz / .pt of per-conversation arrays, or a GCNet-layout folder")
+    p.add_argument("--out", help="output file, .csv or .json (default: CSV on stdout)")
+    p.add_argument("--format", choices=_lazy("FORMATS"), help="the output format (default: from --out's "
+                                                              "extension, csv otherwise)")
+    p.add_argument("--stream", action="store_true", help="replay utterance by utterance (causal checkpoints)")
+    p.add_argument("--model", choices=EVAL_MODELS, default="student",
+                   help="student (the incomplete-data model) or teacher")
+    p.add_argument("--dataset", choices=tuple(GCNET_DATASETS),
+                   help="the dataset of a GCNet-layout folder (default: the checkpoint's)")
+    p.add_argument("--device", default="auto", help="auto (cuda if there is one), cpu, cuda or cuda:K")
+    p.add_argument("--backend", default=None, choices=BACKENDS, help="the fused operators' backend (default: the "
+                                                                     "run's)")
+    p.add_argument("--batch-size", type=int, default=32, help="conversations per batch")
+
+
 def cmd_predict(args) -> int:
-    res = predict_file(args.checkpoint, args.inputs, out=args.out, fmt=args.format, stream=args.stream,
-                       device=args.device, backend=args.backend, batch_size=args.batch_size, dataset=args.dataset,
-                       model=args.model)
+    res = _lazy("predict_file")(args.checkpoint, args.inputs, out=args.out, fmt=args.format, stream=args.stream,
+                                device=args.device, backend=args.backend, batch_size=args.batch_size,
+                                dataset=args.dataset, model=args.model)
     if res["path"]:
         print(f"{res['meta']['utterances']} predictions ({res['meta']['conversations']} conversations"
               f"{', streamed' if args.stream else ''}) written to {res['path']}", file=sys.stderr)
     return 0
 
 
+# ------------------------------------------------------------------ reproduce
+
+def reproduce_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("what", nargs="+", choices=EXPERIMENTS + ("all",), metavar="WHAT",
+                   help=f"one or more of {', '.join(EXPERIMENTS)}, or all")
+    p.add_argument("--quick", action="store_true",
+                   help=f"the small synthetic set and model, 10 epochs, seed 0 ({_demo_defaults_text(_lazy('QUICK'))})"
+                        "; flags and --seeds still override")
+    p.add_argument("--seeds", type=_list_of(int), default=None, metavar="S,S,..",
+                   help=f"seeds of the runs (default {_shown(_lazy('DEFAULT_SEEDS'))}: the paper's three runs; "
+                        f"--quick: {_shown(_lazy('QUICK_SEEDS'))})")
+    p.add_argument("--folds", type=_list_of(int), default=None, metavar="K,K,..",
+                   help="IEMOCAP's held-out sessions (default 1,2,3,4,5); other datasets have one split")
+    p.add_argument("--jobs", type=int, default=1, help="runs trained at once, as processes")
+    p.add_argument("--devices", type=_list_of(int), default=None, metavar="I,I,..",
+                   help="CUDA devices to spread the runs over (e.g. 0,1)")
+    _add_config_flags(p, {"out_dir": os.path.join("runs", "reproduce")})
+
+
 def cmd_reproduce(args) -> int:
     if getattr(args, "seed", None) is not None or getattr(args, "fold", None) is not None:
         raise ValueError("reproduce runs several seeds and folds: use --seeds and --folds (not --seed / --fold)")
-    varied = sorted(k for k in VARIED if hasattr(args, k))
+    varied = sorted(k for k in _lazy("VARIED") if hasattr(args, k))
     if varied:
         print(f"note: reproduce sets {', '.join('--' + k.replace('_', '-') for k in varied)} per run (each "
               "table's rows); the values given are ignored", file=sys.stderr)
-    defaults = {**(QUICK if args.quick else {}), "out_dir": os.path.join("runs", "reproduce")}
+    defaults = {**(_lazy("QUICK") if args.quick else {}), "out_dir": os.path.join("runs", "reproduce")}
     cfg = config_from_args(args, defaults)
     command = "iteach-fast " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["reproduce"] else None
-    seeds = args.seeds or (QUICK_SEEDS if args.quick else DEFAULT_SEEDS)
-    res = reproduce(args.what, cfg, seeds=seeds, folds=args.folds, jobs=args.jobs, devices=args.devices,
-                    command=command, log=lambda *a: print(*a, flush=True))
+    seeds = args.seeds or _lazy("QUICK_SEEDS" if args.quick else "DEFAULT_SEEDS")
+    res = _lazy("reproduce")(args.what, cfg, seeds=seeds, folds=args.folds, jobs=args.jobs, devices=args.devices,
+                             command=command, log=lambda *a: print(*a, flush=True))
     return 1 if res["failures"] else 0
+
+
+# ------------------------------------------------------------------ data
+
+def export_synthetic_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("out", metavar="DIR", help="the folder to write (must be empty, or pass --overwrite)")
+    p.add_argument("--layout", choices=LAYOUTS, default="gcnet", help="the file layout")
+    p.add_argument("--dataset", choices=tuple(GCNET_DATASETS), default="iemocap4",
+                   help="the dataset whose layout and classes to write")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty DIR")
+    hints = typing.get_type_hints(TrainConfig)
+    defaults = TrainConfig().flat_dict()
+    for key in EXPORT_KEYS:
+        flag = "--" + key.replace("_", "-")
+        p.add_argument(flag, dest=key, default=None, type=_flag_type(flag, hints[key]),
+                       help=f"{CONFIG_HELP[key]}, as for train (default: {_shown(defaults[key])})")
 
 
 def cmd_export_synthetic(args) -> int:
@@ -202,6 +425,15 @@ def cmd_export_synthetic(args) -> int:
     return 0
 
 
+def check_data_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", choices=tuple(GCNET_DATASETS), required=True, help="the dataset the folder holds")
+    p.add_argument("--data-root", required=True, help="the folder holding the label pickle and the features")
+    p.add_argument("--label-file", help="the label pickle (default: found under --data-root)")
+    for m in ("text", "audio", "visual"):
+        p.add_argument(f"--{m}-root", help=f"the {m} feature folder (default: found under --data-root)")
+    p.add_argument("--max-listed", type=int, default=20, help="problems / warnings listed in full")
+
+
 def cmd_check_data(args) -> int:
     roots = {m: getattr(args, f"{m}_root") for m in ("text", "audio", "visual") if getattr(args, f"{m}_root")}
     report = check_data(args.dataset, args.data_root, label_file=args.label_file, feature_roots=roots)
@@ -209,8 +441,14 @@ def cmd_check_data(args) -> int:
     return 0 if report.ok else 1
 
 
+# ------------------------------------------------------------------ bench, info
+
 def _repo_root() -> str:
     return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def bench_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments for bench/run.py")
 
 
 def cmd_bench(args) -> int:
@@ -230,6 +468,10 @@ def cmd_bench(args) -> int:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (root, os.environ.get("PYTHONPATH")))),
            "PYTHONSAFEPATH": "1"}
     return subprocess.run([sys.executable, "-m", "bench.run", *rest], env=env).returncode
+
+
+def no_options(p: argparse.ArgumentParser) -> None:
+    pass
 
 
 def cmd_info(args) -> int:
@@ -256,147 +498,73 @@ def cmd_info(args) -> int:
     return 0
 
 
-# ------------------------------------------------------------------ parser
+# ------------------------------------------------------------------ the table of commands
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="iteach-fast", description="ITEACH-Net: incomplete multimodal ERC "
-                                "(Inverted Teacher-Student training, UME / IME evaluation) and its kernels.")
+@dataclasses.dataclass(frozen=True)
+class Command:
+    """A subcommand: its ``name``, one line of ``help`` (``iteach-fast --help``), the
+    ``description`` of its own help (default: ``help``), ``options(parser)`` adding its
+    arguments, and ``run(args)`` returning the exit code."""
+    name: str
+    help: str
+    run: Callable[[argparse.Namespace], int]
+    options: Callable[[argparse.ArgumentParser], None]
+    description: str = ""
+
+
+COMMANDS = (
+    Command("train", "train ITEACH-Net (teacher on complete, student on masked data)", cmd_train, train_options,
+            "Train ITEACH-Net; writes best.pt / last.pt under --out-dir."),
+    Command("evaluate", "UME: test one checkpoint at missing rates 0.0..0.7", cmd_evaluate, evaluate_options,
+            "Unified Model Evaluation: one checkpoint, fixed-seed masks per rate; prints the table, writes ume.json, "
+            "ume.csv and plots/."),
+    Command("ime", "IME: train one model per missing rate (fixed strategy), test each at it", cmd_ime, ime_options,
+            "Independent Model Evaluation; writes <out-dir>/ime/ime.json and ime.csv."),
+    Command("demo", "short ITS training on synthetic data, then UME (a few CPU minutes)", cmd_demo, demo_options),
+    Command("predict", "a trained checkpoint on new data: one prediction per utterance (CSV/JSON)", cmd_predict,
+            predict_options,
+            "Predict every utterance of new conversations with a checkpoint's student: INPUTS is a .npz (keys "
+            "<conversation>/text, /audio, /visual, optional /present (L, 3) bool), a .pt ({conversation: {text, "
+            "audio, visual, present}}) or a GCNet-layout folder. Rows: conversation, utterance, prediction and class "
+            "probabilities (or score). --stream replays each conversation utterance by utterance through a causal "
+            "model: what was known when each utterance arrived."),
+    Command("reproduce", "the paper's tables and figures: every run, aggregated over folds x seeds", cmd_reproduce,
+            reproduce_options,
+            "Train every run that the paper's Tables 1-5 and Figures 6, 7/8, 9 need (IEMOCAP: each fold; each seed), "
+            "evaluate them, and write results.csv, one Markdown table per table (mean ± std over folds x seeds, the "
+            "paper's number and the difference beside ours on the paper's datasets), PNGs and report.md under "
+            "--out-dir (default runs/reproduce). Finished runs are cached under a hash of their config: re-running "
+            "resumes. Training flags set the base config; each table sets framework, mixers, ecce, strategy and "
+            "rate per row."),
+    Command("export-synthetic", "write the synthetic conversations in GCNet's file layout", cmd_export_synthetic,
+            export_synthetic_options,
+            "Write the synthetic conversations as GCNet's label pickle and per-modality <utterance-id>.npy folders "
+            "(IEMOCAP: five sessions Ses01..Ses05; CMU-MOSI / MOSEI: train / valid / test ids), so that "
+            "`train --dataset D --data-root DIR` runs on them."),
+    Command("check-data", "check a GCNet-layout data folder before a long run", cmd_check_data, check_data_options,
+            "Check a data folder file by file: missing or extra files (named), feature dims per modality, NaN / inf, "
+            "empty conversations, labels, IEMOCAP's sessions, class balance per split; prints a summary and exits 1 "
+            "on a problem."),
+    Command("bench", "kernel benchmarks (runs bench/run.py with the remaining arguments)", cmd_bench, bench_options,
+            "Run the benchmark suite <repo>/bench/run.py (it ships with the source checkout); all further arguments "
+            "go to it: `iteach-fast bench -- --help` shows its options."),
+    Command("info", "versions, device and available kernel backends", cmd_info, no_options),
+)
+
+
+def build_parser(only=None) -> argparse.ArgumentParser:
+    """The parser of every command in :data:`COMMANDS`. ``only``: the names of the commands
+    whose options are added (None: all); ``iteach-fast --help`` needs none of them."""
+    p = argparse.ArgumentParser(prog="iteach-fast", formatter_class=HelpFormatter,
+                                description="ITEACH-Net: incomplete multimodal ERC (Inverted Teacher-Student "
+                                            "training, UME / IME evaluation) and its kernels.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    t = sub.add_parser("train", help="train ITEACH-Net (teacher on complete, student on masked data)",
-                       description="Train ITEACH-Net; writes best.pt / last.pt under --out-dir.")
-    _add_config_flags(t)
-    t.add_argument("--resume", help="a last.pt to continue from (bit-identical continuation)")
-    t.set_defaults(func=cmd_train)
-
-    rates = dict(type=_list_of(float), nargs="+", default=EVAL_RATES, metavar="R,R,..",
-                 help="missing rates, comma- or space-separated (default: 0.0,0.1,...,0.7)")
-    e = sub.add_parser("evaluate", help="UME: test one checkpoint at missing rates 0.0..0.7",
-                       description="Unified Model Evaluation: one checkpoint, fixed-seed masks per rate; prints the "
-                                   "table, writes ume.json, ume.csv and plots/.")
-    e.add_argument("checkpoint_pos", nargs="?", metavar="CHECKPOINT", help="the same as --checkpoint")
-    e.add_argument("--checkpoint", help="best.pt or last.pt from `train` (required, or as CHECKPOINT)")
-    e.add_argument("--out", help="output folder (default: the checkpoint's folder)")
-    e.add_argument("--rates", **{**rates, "default": None,
-                                 "help": "missing rates, comma- or space-separated (default: 0.0,0.1,...,0.7; "
-                                         "the teacher: 0.0 only)"})
-    e.add_argument("--model", choices=EVAL_MODELS, default="student",
-                   help="student (default): at each missing rate; teacher: on complete data, as the paper's "
-                        "Table 1 (writes teacher.json / teacher.csv)")
-    e.add_argument("--split", choices=("test", "valid"), default="test")
-    e.add_argument("--seed", type=int, default=0, help="seed of the test masks (default 0)")
-    e.add_argument("--batch-size", type=int, default=None)
-    e.add_argument("--device", default="auto")
-    e.add_argument("--backend", default=None, choices=BACKENDS)
-    e.add_argument("--dtype", default=None, choices=PRECISIONS)
-    e.add_argument("--no-plots", action="store_true")
-    e.add_argument("--gaps", action="store_true",
-                   help="also measure the data's context and modality gaps (classification): a per-utterance "
-                        "logistic regression vs one with context features, each modality subset, and the "
-                        "checkpoint's student with only those modalities present; writes gaps.json")
-    e.set_defaults(func=cmd_evaluate)
-
-    i = sub.add_parser("ime", help="IME: train one model per missing rate (fixed strategy), test each at it",
-                       description="Independent Model Evaluation; writes <out-dir>/ime/ime.json and ime.csv.")
-    _add_config_flags(i)
-    i.add_argument("--rates", **rates)
-    i.set_defaults(func=cmd_ime)
-
-    shown = ", ".join(f"{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in DEMO_DEFAULTS.items())
-    d = sub.add_parser("demo", help="short ITS training on synthetic data, then UME (a few CPU minutes)",
-                       description=f"Train on synthetic conversations with a short schedule, then UME; "
-                                   f"writes under runs/demo/<framework>/. Demo defaults: {shown}. "
-                                   "Any training flag overrides them; --framework pre runs the single-model "
-                                   "baseline for comparison.")
-    _add_config_flags(d, DEMO_DEFAULTS)
-    d.add_argument("--stream", action="store_true",
-                   help="train a causal model (under runs/demo-stream/) and replay one test conversation "
-                        "utterance by utterance, printing each prediction as it arrives")
-    d.set_defaults(func=cmd_demo)
-
-    pr = sub.add_parser("predict", help="a trained checkpoint on new data: one prediction per utterance (CSV/JSON)",
-                        description="Predict every utterance of new conversations with a checkpoint's student: "
-                                    "INPUTS is a .npz (keys <conversation>/text, /audio, /visual, optional "
-                                    "/present (L, 3) bool), a .pt ({conversation: {text, audio, visual, present}}) "
-                                    "or a GCNet-layout folder. Rows: conversation, utterance, prediction and class "
-                                    "probabilities (or score). --stream replays each conversation utterance by "
-                                    "utterance through a causal model: what was known when each utterance arrived.")
-    pr.add_argument("checkpoint", help="best.pt or last.pt from `train`")
-    pr.add_argument("inputs", help=".npz / .pt of per-conversation arrays, or a GCNet-layout folder")
-    pr.add_argument("--out", help="output file, .csv or .json (default: CSV on stdout)")
-    pr.add_argument("--format", choices=FORMATS, help="default: from --out's extension (csv otherwise)")
-    pr.add_argument("--stream", action="store_true", help="replay utterance by utterance (causal checkpoints)")
-    pr.add_argument("--model", choices=EVAL_MODELS, default="student",
-                    help="student (default: the incomplete-data model) or teacher")
-    pr.add_argument("--dataset", choices=tuple(GCNET_DATASETS),
-                    help="the dataset of a GCNet-layout folder (default: the checkpoint's)")
-    pr.add_argument("--device", default="auto")
-    pr.add_argument("--backend", default=None, choices=BACKENDS)
-    pr.add_argument("--batch-size", type=int, default=32)
-    pr.set_defaults(func=cmd_predict)
-
-    r = sub.add_parser("reproduce", help="the paper's tables and figures: every run, aggregated over folds x seeds",
-                       description="Train every run that the paper's Tables 1-5 and Figures 6, 7/8, 9 need (IEMOCAP: "
-                                   "each fold; each seed), evaluate them, and write results.csv, one Markdown table "
-                                   "per table (mean ± std over folds x seeds, the paper's number and the difference "
-                                   "beside ours on the paper's datasets), PNGs and report.md under --out-dir "
-                                   "(default runs/reproduce). Finished runs are cached under a hash of their config: "
-                                   "re-running resumes. Training flags set the base config; each table sets "
-                                   "framework, mixers, ecce, strategy and rate per row.")
-    r.add_argument("what", nargs="+", choices=EXPERIMENTS + ("all",), metavar="WHAT",
-                   help=f"one or more of {', '.join(EXPERIMENTS)}, or all")
-    r.add_argument("--quick", action="store_true",
-                   help="the small synthetic set and model, 10 epochs, seed 0 (" + ", ".join(
-                       f"{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in QUICK.items())
-                   + "); flags and --seeds still override")
-    r.add_argument("--seeds", type=_list_of(int), default=None, metavar="S,S,..",
-                   help=f"seeds of the runs (default {','.join(map(str, DEFAULT_SEEDS))}: the paper's three runs; "
-                        f"--quick: {','.join(map(str, QUICK_SEEDS))})")
-    r.add_argument("--folds", type=_list_of(int), default=None, metavar="K,K,..",
-                   help="IEMOCAP's held-out sessions (default 1,2,3,4,5); other datasets have one split")
-    r.add_argument("--jobs", type=int, default=1, help="runs trained at once, as processes (default 1)")
-    r.add_argument("--devices", type=_list_of(int), default=None, metavar="I,I,..",
-                   help="CUDA devices to spread the runs over (e.g. 0,1)")
-    _add_config_flags(r, {"out_dir": os.path.join("runs", "reproduce")})
-    r.set_defaults(func=cmd_reproduce)
-
-    x = sub.add_parser("export-synthetic", help="write the synthetic conversations in GCNet's file layout",
-                       description="Write the synthetic conversations as GCNet's label pickle and per-modality "
-                                   "<utterance-id>.npy folders (IEMOCAP: five sessions Ses01..Ses05; CMU-MOSI / "
-                                   "MOSEI: train / valid / test ids), so that `train --dataset D --data-root DIR` "
-                                   "runs on them.")
-    x.add_argument("out", metavar="DIR", help="the folder to write (must be empty, or pass --overwrite)")
-    x.add_argument("--layout", choices=LAYOUTS, default="gcnet", help="the file layout (default gcnet)")
-    x.add_argument("--dataset", choices=tuple(GCNET_DATASETS), default="iemocap4",
-                   help="the dataset whose layout and classes to write (default iemocap4)")
-    x.add_argument("--overwrite", action="store_true", help="replace a non-empty DIR")
-    hints = typing.get_type_hints(TrainConfig)
-    for key in EXPORT_KEYS:
-        flag = "--" + key.replace("_", "-")
-        x.add_argument(flag, dest=key, default=None, type=_flag_type(flag, hints[key]),
-                       help=f"as for train (default {TrainConfig().flat_dict()[key]})")
-    x.set_defaults(func=cmd_export_synthetic)
-
-    c = sub.add_parser("check-data", help="check a GCNet-layout data folder before a long run",
-                       description="Check a data folder file by file: missing or extra files (named), feature dims "
-                                   "per modality, NaN / inf, empty conversations, labels, IEMOCAP's sessions, class "
-                                   "balance per split; prints a summary and exits 1 on a problem.")
-    c.add_argument("--dataset", choices=tuple(GCNET_DATASETS), required=True)
-    c.add_argument("--data-root", required=True, help="the folder holding the label pickle and the features")
-    c.add_argument("--label-file", help="the label pickle (default: found under --data-root)")
-    for m in ("text", "audio", "visual"):
-        c.add_argument(f"--{m}-root", help=f"the {m} feature folder (default: found under --data-root)")
-    c.add_argument("--max-listed", type=int, default=20, help="problems / warnings listed in full (default 20)")
-    c.set_defaults(func=cmd_check_data)
-
-    b = sub.add_parser("bench", help="kernel benchmarks (runs bench/run.py with the remaining arguments)",
-                       description="Run the benchmark suite <repo>/bench/run.py (it ships with the source checkout); "
-                                   "all further arguments go to it: `iteach-fast bench -- --help` shows its options.")
-    b.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments for bench/run.py")
-    b.set_defaults(func=cmd_bench)
-
-    n = sub.add_parser("info", help="versions, device and available kernel backends")
-    n.set_defaults(func=cmd_info)
+    for c in COMMANDS:
+        s = sub.add_parser(c.name, help=c.help, description=c.description or c.help, formatter_class=HelpFormatter)
+        if only is None or c.name in only:
+            c.options(s)
+        s.set_defaults(func=c.run)
     return p
 
 
@@ -406,7 +574,7 @@ def main(argv=None) -> int:
         # everything after `bench` belongs to bench/run.py (argparse's REMAINDER cannot take
         # a leading option such as --quick); `iteach-fast bench -- --help` shows the suite's help
         return cmd_bench(argparse.Namespace(command="bench", bench_args=argv[1:]))
-    args = build_parser().parse_args(argv)
+    args = build_parser(only=argv[:1]).parse_args(argv)  # the command is the first argument
     try:
         return args.func(args) or 0
     except (ValueError, FileNotFoundError, RunDirBusy, DistributedError) as err:

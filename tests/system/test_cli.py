@@ -1,6 +1,7 @@
-"""Tests of the command line (iteach_fast.cli): --help of every subcommand, a tiny
-train + evaluate through the console script, config files, resume, bad flags naming the
-argument, bench delegation, info."""
+"""Tests of the command line (iteach_fast.cli): --help of every subcommand (each option described,
+the choices of closed sets, no heavy import), --version, a tiny train + evaluate through the
+console script, config files, resume, bad flags naming the argument, bench delegation, info."""
+import argparse
 import json
 import os
 import subprocess
@@ -8,7 +9,10 @@ import sys
 
 import pytest
 
+import iteach_fast
 from iteach_fast import cli
+from iteach_fast.choices import BACKENDS, DATASETS, ECCE_MODES, FRAMEWORKS, PRECISIONS, STRATEGIES
+from iteach_fast.training.config import MODEL_KEYS, TRAIN_KEYS
 
 SUBCOMMANDS = ("train", "evaluate", "ime", "demo", "bench", "info")
 TINY_FLAGS = ["--syn-conversations", "8", "--syn-min-len", "3", "--syn-max-len", "8", "--syn-dims", "6,4,5",
@@ -53,6 +57,35 @@ def test_top_level_help_lists_commands(capsys):
     assert rc == 0 and all(c in out for c in SUBCOMMANDS)
     rc, _, err = run_main([], capsys)
     assert rc == 2 and "COMMAND" in err
+    rc, out, _ = run_main(["--version"], capsys)
+    assert rc == 0 and out.strip() == f"iteach-fast {iteach_fast.__version__}"
+
+
+def test_every_option_has_a_help_line_and_closed_sets_their_choices(capsys):
+    parser = cli.build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert set(commands) == {c.name for c in cli.COMMANDS}
+    for name, sub in commands.items():
+        for action in sub._actions:
+            assert action.help and "\n" not in action.help, (name, action.dest)
+    assert set(TRAIN_KEYS + MODEL_KEYS) <= set(cli.CONFIG_HELP)  # a new config field needs its line here
+    _, out, _ = run_main(["train", "--help"], capsys)
+    for flag, allowed in (("--dataset", DATASETS), ("--strategy", STRATEGIES), ("--framework", FRAMEWORKS),
+                          ("--ecce", ECCE_MODES), ("--backend", BACKENDS), ("--dtype", PRECISIONS)):
+        assert f"{flag} {{{','.join(allowed)}}}" in out, flag  # the choices, from iteach_fast.choices
+    assert "(default: random)" in out and "the training missing rate" in out
+
+
+def test_help_imports_no_training_evaluation_or_plotting(tmp_path):
+    """``--help`` and ``train --help`` load neither the training loop, evaluation, reproduce,
+    scikit-learn nor matplotlib (the commands import them when they run)."""
+    heavy = ("iteach_fast.training.loop", "iteach_fast.evaluation", "iteach_fast.reproduce", "sklearn", "matplotlib")
+    for argv in (["--help"], ["train", "--help"]):
+        code = ("import sys, contextlib, io\nfrom iteach_fast import cli\n"
+                f"with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit): cli.main({argv!r})\n"
+                f"print([m for m in sys.modules if m.split('.')[0] in {heavy!r} or m.startswith({heavy!r})])")
+        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0 and res.stdout.strip() == "[]", (argv, res.stdout, res.stderr)
 
 
 def test_train_then_evaluate_through_the_console_script(tmp_path):
