@@ -15,10 +15,6 @@ from iteach_fast.choices import BACKENDS, DATASETS, ECCE_MODES, FRAMEWORKS, PREC
 from iteach_fast.training.config import MODEL_KEYS, TRAIN_KEYS
 
 SUBCOMMANDS = ("train", "evaluate", "ime", "demo", "bench", "info")
-TINY_FLAGS = ["--syn-conversations", "8", "--syn-min-len", "3", "--syn-max-len", "8", "--syn-dims", "6,4,5",
-              "--dim", "8", "--heads", "2", "--max-len", "8", "--dist", "4", "--conv-kernel", "3",
-              "--teacher-layers", "1", "--student-layers", "1", "--batch-size", "4", "--select-rates", "0,0.5",
-              "--no-progress", "--threads", "1"]
 
 
 def run_main(argv, capsys):
@@ -88,13 +84,13 @@ def test_help_imports_no_training_evaluation_or_plotting(tmp_path):
         assert res.returncode == 0 and res.stdout.strip() == "[]", (argv, res.stdout, res.stderr)
 
 
-def test_train_then_evaluate_through_the_console_script(tmp_path):
+def test_train_then_evaluate_through_the_console_script(tmp_path, tiny_flags):
     cfg = tmp_path / "cfg.json"  # a config file; flags override it (epochs 3 -> 1)
     cfg.write_text(json.dumps({"epochs": 3, "strategy": "random", "framework": "its"}))
     out = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     train = subprocess.run(console_script() + ["train", "--config", str(cfg), "--epochs", "1", "--out-dir", str(out),
-                                               *TINY_FLAGS], capture_output=True, text=True, env=env, timeout=300)
+                                               *tiny_flags], capture_output=True, text=True, env=env, timeout=300)
     assert train.returncode == 0, train.stderr
     assert "epoch   1/1" in train.stdout and "best checkpoint" in train.stdout
     ume = subprocess.run(console_script() + ["evaluate", str(out / "best.pt"), "--rates", "0", "0.7",
@@ -108,12 +104,12 @@ def test_train_then_evaluate_through_the_console_script(tmp_path):
         assert [r["rate"] for r in json.load(f)["rows"]] == [0.0, 0.7]
 
 
-def test_config_file_yaml_and_resume(tmp_path, capsys):
+def test_config_file_yaml_and_resume(tmp_path, capsys, tiny_flags):
     pytest.importorskip("yaml")
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text("epochs: 1\nstrategy: progressive\nsyn-dims: [6, 4, 5]\n")
     out = tmp_path / "run"
-    rc, stdout, err = run_main(["train", "--config", str(cfg), "--out-dir", str(out), *TINY_FLAGS], capsys)
+    rc, stdout, err = run_main(["train", "--config", str(cfg), "--out-dir", str(out), *tiny_flags], capsys)
     assert rc == 0, err
     from iteach_fast.training.checkpoint import load_checkpoint
 

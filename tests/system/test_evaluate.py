@@ -21,9 +21,6 @@ from iteach_fast.training import validation as ev
 from iteach_fast.training.checkpoint import load_checkpoint, load_for_eval
 from iteach_fast.training.config import TrainConfig
 
-TINY = dict(syn_conversations=8, syn_min_len=3, syn_max_len=8, syn_dims=(6, 4, 5), dim=8, heads=2, max_len=8,
-            dist=4, conv_kernel=3, teacher_layers=1, student_layers=1, epochs=1, batch_size=4,
-            select_rates=(0.0, 0.5), progress=False, threads=1)
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -32,9 +29,9 @@ def quiet(*_args, **_kw):
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
+def checkpoint(tmp_path_factory, tiny_keys):
     out = tmp_path_factory.mktemp("ck") / "run"
-    return training.train(TrainConfig.from_dict({**TINY, "out_dir": str(out)}), log=quiet)["best"]
+    return training.train(TrainConfig.from_dict({**tiny_keys, "out_dir": str(out)}), log=quiet)["best"]
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -112,8 +109,8 @@ def test_ume_outputs(checkpoint, tmp_path):
     assert again["rows"][0] == rows[3]
 
 
-def test_ume_regression_has_mae(tmp_path):
-    cfg = TrainConfig.from_dict({**TINY, "syn_classes": 1, "out_dir": str(tmp_path / "r")})
+def test_ume_regression_has_mae(tmp_path, tiny_keys):
+    cfg = TrainConfig.from_dict({**tiny_keys, "syn_classes": 1, "out_dir": str(tmp_path / "r")})
     ck = training.train(cfg, log=quiet)["best"]
     res = protocols.ume(ck, out_dir=str(tmp_path), rates=(0.0, 0.5), device="cpu", log=quiet)
     assert all("mae" in r for r in res["rows"]) and "mae" in res["average"]
@@ -123,8 +120,8 @@ def test_ume_regression_has_mae(tmp_path):
     assert "MAE" in res["table"]
 
 
-def test_ime_one_model_per_rate(tmp_path):
-    cfg = TrainConfig.from_dict({**TINY, "out_dir": str(tmp_path)})
+def test_ime_one_model_per_rate(tmp_path, tiny_keys):
+    cfg = TrainConfig.from_dict({**tiny_keys, "out_dir": str(tmp_path)})
     res = protocols.ime(cfg, rates=(0.0, 0.4), log=quiet)
     assert [r["rate"] for r in res["rows"]] == [0.0, 0.4]
     for rate in ("0.0", "0.4"):
@@ -146,7 +143,7 @@ def test_data_gaps_report(checkpoint):
 
 # ----------------------------------------------------------------------------- plots
 
-def test_plots_are_pngs(tmp_path, checkpoint):
+def test_plots_are_pngs(tmp_path, checkpoint, tiny_keys):
     rows = [{"rate": r, "waf": 50 - 10 * r} for r in (0.0, 0.3, 0.7)] + [{"rate": "average", "waf": 46.7}]
     p1 = plots.waf_vs_rate({"a": rows, "b": rows[:2]}, str(tmp_path / "x" / "waf.png"))
     p2 = plots.confusion_grid({0.0: np.eye(3) * 4, 0.5: np.ones((3, 3))}, ["a", "b", "c"], str(tmp_path / "cm.png"))
@@ -157,7 +154,7 @@ def test_plots_are_pngs(tmp_path, checkpoint):
             assert f.read(8) == PNG
     E = plots.ecce_bias_of(net, splits.test[0])
     n = len(splits.test[0]["labels"])
-    assert E.shape == (TINY["heads"], n, n) and torch.isfinite(E).all()
+    assert E.shape == (tiny_keys["heads"], n, n) and torch.isfinite(E).all()
 
 
 # ----------------------------------------------------------------------------- the teacher (Table 1)

@@ -24,18 +24,6 @@ from iteach_fast.training import checkpoint
 from iteach_fast.training import loop as training
 from iteach_fast.training.config import TrainConfig
 
-TINY = dict(syn_conversations=8, syn_min_len=3, syn_max_len=8, syn_dims=(6, 4, 5), dim=8, heads=2, max_len=8,
-            dist=4, conv_kernel=3, teacher_layers=1, student_layers=1, epochs=1, batch_size=4,
-            select_rates=(0.0, 0.5), progress=False, threads=1)
-TINY_FLAGS = ["--syn-conversations", "8", "--syn-min-len", "3", "--syn-max-len", "8", "--syn-dims", "6,4,5",
-              "--dim", "8", "--heads", "2", "--max-len", "8", "--dist", "4", "--conv-kernel", "3",
-              "--teacher-layers", "1", "--student-layers", "1", "--batch-size", "4", "--select-rates", "0,0.5",
-              "--no-progress", "--threads", "1", "--epochs", "1"]
-
-
-def tiny(tmp_path, **kw) -> TrainConfig:
-    return TrainConfig.from_dict({**TINY, "out_dir": str(tmp_path / "run"), **kw}).validate()
-
 
 def quiet(*_args, **_kw):
     pass
@@ -91,7 +79,7 @@ def _poison_loss(monkeypatch, at_call: int, how: str):
 @pytest.mark.parametrize("how,words", [("loss", ("non-finite loss", "emo_student nan")),
                                        ("grad", ("non-finite gradient", "student.proj.0.weight"))])
 def test_item1_nonfinite_loss_or_gradient_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, how,
-                                                                                   words):
+                                                                                   words, tiny):
     cfg = tiny(tmp_path, epochs=3)
     _poison_loss(monkeypatch, at_call=3, how=how)  # 2 steps per epoch: the first step of epoch 2
     with pytest.raises(training.TrainingDiverged) as err:
@@ -187,7 +175,7 @@ def _hold_lock(folder, ready):
 
 
 def test_item3_a_second_run_into_a_locked_folder_fails_naming_the_holder_and_a_dead_holder_is_taken_over(
-        tmp_path, no_data):
+        tmp_path, no_data, tiny):
     cfg = tiny(tmp_path)
     ctx = multiprocessing.get_context("fork")
     ready = ctx.Event()
@@ -214,7 +202,7 @@ def _scores(monkeypatch, wafs):
     monkeypatch.setattr(training, "evaluate_rates", fake)
 
 
-def test_item3_best_is_written_only_on_improvement_and_resume_carries_the_record(tmp_path, monkeypatch):
+def test_item3_best_is_written_only_on_improvement_and_resume_carries_the_record(tmp_path, monkeypatch, tiny):
     _scores(monkeypatch, [50.0, 40.0, 45.0])
     first = training.train(tiny(tmp_path / "a", epochs=1), log=quiet)
     logged = []
@@ -227,7 +215,7 @@ def test_item3_best_is_written_only_on_improvement_and_resume_carries_the_record
     assert checkpoint.load_checkpoint(resumed["last"])["epoch"] == 2
 
 
-def test_item3_empty_or_nan_validation_is_an_error(tmp_path, monkeypatch):
+def test_item3_empty_or_nan_validation_is_an_error(tmp_path, monkeypatch, tiny):
     with pytest.raises(ValueError, match="validation split .* has no utterances"):
         training.train(tiny(tmp_path, syn_conversations=4), log=quiet)  # round(0.1 * 4) = 0 valid conversations
     _scores(monkeypatch, [math.nan])
@@ -243,7 +231,7 @@ def _edited(src, dst, **config_changes) -> str:
     return str(dst)
 
 
-def test_item3_checkpoint_config_that_does_not_match_its_weights_lists_the_hyperparameters(tmp_path, capsys):
+def test_item3_checkpoint_config_that_does_not_match_its_weights_lists_the_hyperparameters(tmp_path, capsys, tiny):
     out = training.train(tiny(tmp_path), log=quiet)
     bad = _edited(out["last"], tmp_path / "edited.pt", dim=16, student_layers=2)
     with pytest.raises(checkpoint.CheckpointError) as err:
@@ -257,7 +245,7 @@ def test_item3_checkpoint_config_that_does_not_match_its_weights_lists_the_hyper
     one_line_error(rc, err, "edited.pt", "dim: config 16, weights 8")
 
 
-def test_item3_resume_checkpoint_without_optimizer_or_rng_is_one_clear_error(tmp_path, capsys):
+def test_item3_resume_checkpoint_without_optimizer_or_rng_is_one_clear_error(tmp_path, capsys, tiny):
     out = training.train(tiny(tmp_path), log=quiet)
     ck = checkpoint.load_checkpoint(out["last"])
     stripped = str(tmp_path / "weights_only.pt")
@@ -268,7 +256,7 @@ def test_item3_resume_checkpoint_without_optimizer_or_rng_is_one_clear_error(tmp
 
 # ------------------------------------------------------------------ item 4: errors at the door
 
-def test_item4_unwritable_out_dir_fails_before_any_data_is_read(tmp_path, no_data):
+def test_item4_unwritable_out_dir_fails_before_any_data_is_read(tmp_path, no_data, tiny):
     blocker = tmp_path / "a_file"
     blocker.write_text("")
     with pytest.raises(ValueError, match=r"--out-dir .*a_file/run: not a writable folder"):
@@ -276,19 +264,19 @@ def test_item4_unwritable_out_dir_fails_before_any_data_is_read(tmp_path, no_dat
     assert not list(tmp_path.glob("**/.write-probe-*"))
 
 
-def test_item4_rates_are_checked_before_training(tmp_path, capsys, no_data):
-    rc, _, err = run_main(["train", *TINY_FLAGS, "--select-rates", "0.0,1.5", "--out-dir", str(tmp_path)], capsys)
+def test_item4_rates_are_checked_before_training(tmp_path, capsys, no_data, tiny_flags):
+    rc, _, err = run_main(["train", *tiny_flags, "--select-rates", "0.0,1.5", "--out-dir", str(tmp_path)], capsys)
     one_line_error(rc, err, "select_rates", "1.5")
-    rc, _, err = run_main(["ime", *TINY_FLAGS, "--rates", "0.0,1.2", "--out-dir", str(tmp_path)], capsys)
+    rc, _, err = run_main(["ime", *tiny_flags, "--rates", "0.0,1.2", "--out-dir", str(tmp_path)], capsys)
     one_line_error(rc, err, "--rates 1.2", "rate must lie in [0, 1.0]")
 
 
 def test_item4_backend_device_combination_is_checked_when_the_model_is_built(tmp_path, monkeypatch, capsys,
-                                                                            no_data):
+                                                                            no_data, tiny_flags):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # Triton on a CPU needs the interpreter
     backends.refresh()
     try:
-        rc, _, err = run_main(["train", *TINY_FLAGS, "--backend", "triton", "--device", "cpu",
+        rc, _, err = run_main(["train", *tiny_flags, "--backend", "triton", "--device", "cpu",
                                "--out-dir", str(tmp_path)], capsys)
     finally:
         monkeypatch.undo()
@@ -307,6 +295,6 @@ def test_item4_backend_device_combination_is_checked_when_the_model_is_built(tmp
     (["--threads", "-3"], ("threads must be >= 0", "-3")),
     (["--device", "meta"], ("device 'meta'",)),
 ])
-def test_item7_bad_values_give_one_clear_line_and_a_nonzero_exit(tmp_path, capsys, no_data, flags, words):
-    rc, _, err = run_main(["train", *TINY_FLAGS, "--out-dir", str(tmp_path), *flags], capsys)
+def test_item7_bad_values_give_one_clear_line_and_a_nonzero_exit(tmp_path, capsys, no_data, flags, words, tiny_flags):
+    rc, _, err = run_main(["train", *tiny_flags, "--out-dir", str(tmp_path), *flags], capsys)
     one_line_error(rc, err, *words)

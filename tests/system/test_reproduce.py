@@ -14,9 +14,6 @@ from iteach_fast.data.masking import EVAL_RATES
 from iteach_fast.evaluation import plots
 from iteach_fast.training.config import TrainConfig
 
-TINY = dict(syn_conversations=8, syn_min_len=3, syn_max_len=8, syn_dims=(6, 4, 5), dim=8, heads=2, max_len=8,
-            dist=4, conv_kernel=3, teacher_layers=1, student_layers=1, epochs=1, batch_size=4,
-            select_rates=(0.0, 0.5), progress=False, threads=1)
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -45,8 +42,8 @@ def test_paper_numbers_are_typed_consistently():
     assert paper["table3"]["rows"] == {"teacher": 2190000, "student": 3880000}
 
 
-def test_plan_shares_runs_and_keys_ignore_where_they_run(tmp_path):
-    base = TrainConfig.from_dict(TINY)
+def test_plan_shares_runs_and_keys_ignore_where_they_run(tmp_path, tiny_keys):
+    base = TrainConfig.from_dict(tiny_keys)
     runs, groups = rp.plan(rp.expand("all"), base, seeds=(0, 1), folds=(None,), out_dir=str(tmp_path))
     its = set(groups["table2"]["ITS TF NAS"])
     assert its == set(groups["table1"]["local+global"]) == set(groups["table4"]["ITEACH-Net"]) \
@@ -72,8 +69,8 @@ def test_plan_shares_runs_and_keys_ignore_where_they_run(tmp_path):
     assert {r.config.fold for r in runs.values()} == {1, 2, 3}
 
 
-def test_arguments_are_checked_before_any_run(tmp_path):
-    cfg = TrainConfig.from_dict({**TINY, "out_dir": str(tmp_path)})
+def test_arguments_are_checked_before_any_run(tmp_path, tiny_keys):
+    cfg = TrainConfig.from_dict({**tiny_keys, "out_dir": str(tmp_path)})
     with pytest.raises(ValueError, match="unknown experiment.*table9"):
         rp.reproduce(["table9"], cfg, log=quiet)
     with pytest.raises(ValueError, match="--folds: synthetic has one train/test split"):
@@ -118,14 +115,18 @@ def fake_set(experiments, cells, level):
     return groups, results
 
 
-def context(dataset, folds, seeds):
-    base = TrainConfig.from_dict(TINY)
-    return {"dataset": dataset, "data": dataset, "folds": folds, "seeds": seeds, "command": "iteach-fast reproduce",
-            "input_dims": (6, 4, 5), "num_classes": 4, "model": rp.VARIANTS["table4"][0].build(base).model,
-            "device": "cpu", "train_seconds": 1.0}
+@pytest.fixture
+def context(tiny_keys):
+    """``context(dataset, folds, seeds)``: what reproduce hands render, for a fake result set."""
+    def make(dataset, folds, seeds):
+        base = TrainConfig.from_dict(tiny_keys)
+        return {"dataset": dataset, "data": dataset, "folds": folds, "seeds": seeds,
+                "command": "iteach-fast reproduce", "input_dims": (6, 4, 5), "num_classes": 4,
+                "model": rp.VARIANTS["table4"][0].build(base).model, "device": "cpu", "train_seconds": 1.0}
+    return make
 
 
-def test_render_from_fake_results_on_a_paper_dataset(tmp_path):
+def test_render_from_fake_results_on_a_paper_dataset(tmp_path, context):
     exps = ("table1", "table2", "table3", "table4", "table5", "fig6", "fig78")
     cells = [(f, s) for f in (1, 2) for s in (0, 1)]  # 2 folds x 2 seeds
     level = lambda exp, label: 60.0 + (5 if label in ("ITS TF NAS", "ITEACH-Net") else 0)  # noqa: E731
@@ -184,7 +185,7 @@ def test_render_from_fake_results_on_a_paper_dataset(tmp_path):
     assert os.path.isfile(res["paths"]["report"])
 
 
-def test_render_on_synthetic_data_has_no_paper_numbers(tmp_path):
+def test_render_on_synthetic_data_has_no_paper_numbers(tmp_path, context):
     groups, results = fake_set(("table2", "table1"), [(None, 0), (None, 1), (None, 2)], lambda e, v: 50.0)
     del results[groups["table2"]["TS NAS TF"][2]]  # a failed run: the row has 2 runs
     res = rp.render(("table1", "table2"), groups, results, {}, context("synthetic", (None,), (0, 1, 2)),
@@ -212,8 +213,8 @@ def test_fig9_embedding_grid_from_fake_features(tmp_path):
 
 # ----------------------------------------------------------------------------- end to end
 
-def test_reproduce_trains_in_a_pool_then_caches_and_resumes(tmp_path):
-    cfg = TrainConfig.from_dict({**TINY, "out_dir": str(tmp_path)})
+def test_reproduce_trains_in_a_pool_then_caches_and_resumes(tmp_path, tiny_keys):
+    cfg = TrainConfig.from_dict({**tiny_keys, "out_dir": str(tmp_path)})
     res = rp.reproduce(["table1", "fig9"], cfg, seeds=(0,), jobs=2, log=quiet)
     assert res["failures"] == [] and res["ran"] == 3 and res["cached"] == 0  # fig9 reads table1's local+global run
     for name in ("results.csv", "report.md", "table1.md", "fig9.md", "fig9_tsne.png"):
@@ -255,8 +256,8 @@ def test_cli_reproduce_arguments(tmp_path, capsys):
 
 
 @pytest.mark.gpu
-def test_reproduce_spreads_runs_over_the_gpus(tmp_path):
-    cfg = TrainConfig.from_dict({**TINY, "out_dir": str(tmp_path)})
+def test_reproduce_spreads_runs_over_the_gpus(tmp_path, tiny_keys):
+    cfg = TrainConfig.from_dict({**tiny_keys, "out_dir": str(tmp_path)})
     res = rp.reproduce("table1", cfg, seeds=(0,), jobs=2, devices=[0], log=quiet)
     assert res["failures"] == [] and res["ran"] == 3
     for key in os.listdir(tmp_path / "runs"):

@@ -9,16 +9,6 @@ import torch
 from iteach_fast.training import checkpoint, runtime, step
 from iteach_fast.training import loop as training
 from iteach_fast.training.checkpoint import load_for_eval
-from iteach_fast.training.config import TrainConfig
-
-# a tiny run: 8 conversations of 3-8 utterances, a 1-layer model of width 8
-TINY = dict(syn_conversations=8, syn_min_len=3, syn_max_len=8, syn_dims=(6, 4, 5), dim=8, heads=2, max_len=8,
-            dist=4, conv_kernel=3, teacher_layers=1, student_layers=1, epochs=1, batch_size=4,
-            select_rates=(0.0, 0.5), progress=False, threads=1)
-
-
-def tiny(tmp_path, **kw) -> TrainConfig:
-    return TrainConfig.from_dict({**TINY, "out_dir": str(tmp_path / "run"), **kw}).validate()
 
 
 def quiet(*_args, **_kw):
@@ -27,7 +17,7 @@ def quiet(*_args, **_kw):
 
 @pytest.mark.parametrize("strategy,framework", [("fixed", "its"), ("random", "its"), ("progressive", "its"),
                                                 ("random", "ts"), ("random", "pre")])
-def test_one_epoch_each_strategy_and_framework(tmp_path, strategy, framework):
+def test_one_epoch_each_strategy_and_framework(tmp_path, strategy, framework, tiny):
     cfg = tiny(tmp_path, strategy=strategy, framework=framework, rate=0.3)
     out = training.train(cfg, log=quiet)
     assert os.path.isfile(out["best"]) and os.path.isfile(out["last"])
@@ -42,7 +32,7 @@ def test_one_epoch_each_strategy_and_framework(tmp_path, strategy, framework):
     assert ckpt["data"]["input_dims"] == [6, 4, 5] and ckpt["version"] == checkpoint.CHECKPOINT_VERSION
 
 
-def test_rate_schedule_of_each_strategy(tmp_path):
+def test_rate_schedule_of_each_strategy(tmp_path, tiny):
     g = torch.Generator().manual_seed(0)
     assert step.rate_for(tiny(tmp_path, strategy="fixed", rate=0.4), 7, g) == 0.4
     rnd = tiny(tmp_path, strategy="random", max_rate=0.7)
@@ -57,7 +47,7 @@ def _state(path):
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def test_resume_is_bit_identical(tmp_path):
+def test_resume_is_bit_identical(tmp_path, tiny):
     # dropout and the random strategy exercise the torch RNG and the mask generator
     base = dict(strategy="random", dropout=0.1, epochs=2)
     straight = training.train(tiny(tmp_path / "a", **base), log=quiet)
@@ -74,7 +64,7 @@ def test_resume_is_bit_identical(tmp_path):
     assert [h["total"] for h in a["history"]] == [h["total"] for h in b["history"]]
 
 
-def test_max_steps_and_zero_epochs(tmp_path):
+def test_max_steps_and_zero_epochs(tmp_path, tiny):
     out = training.train(tiny(tmp_path, epochs=3), log=quiet, max_steps=1)
     assert len(out["history"]) == 1
     out0 = training.train(tiny(tmp_path / "zero", epochs=0), log=quiet)
@@ -98,7 +88,7 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["ck.pt"]  # and no temporary file is left behind
 
 
-def test_checkpoint_and_setup_errors(tmp_path):
+def test_checkpoint_and_setup_errors(tmp_path, tiny):
     with pytest.raises(FileNotFoundError, match="nope.pt"):
         checkpoint.load_checkpoint(str(tmp_path / "nope.pt"))
     bad = tmp_path / "bad.pt"
