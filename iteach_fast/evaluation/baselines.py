@@ -24,7 +24,10 @@ reports of ``demo``, ``evaluate`` and ``reproduce baselines``.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
+import os
 
 import numpy as np
 import torch
@@ -33,11 +36,12 @@ from torch import nn
 from ..choices import MODALITIES
 from ..data.dataset import collate
 from ..data.masking import EVAL_RATES, fixed_masks, sample_present
+from ..files import atomic_write
 from ..training.validation import compute_metrics
 
 __all__ = ["BASELINES", "LABELS", "BaselineConfig", "GRUBaseline", "fit_linear", "linear_predictions", "train_gru",
            "gru_inputs", "gru_predictions", "window_sum", "baseline_rows",
-           "majority_rows"]
+           "majority_rows", "baselines_for_run", "DATA_FIELDS"]
 
 #: the baselines, in the order the tables show them
 BASELINES = ("majority", "logreg", "logreg_context", "gru")
@@ -282,3 +286,40 @@ def baseline_rows(splits, config: BaselineConfig, rates=EVAL_RATES, split: str =
         out[name] = [_scores(data, gru_predictions(model, data, masks[r], regression), regression, r, masks[r])
                      for r in rates]
     return out
+
+
+# ------------------------------------------------------------------ a run's baselines, cached
+
+#: the config fields that decide a run's data (the baselines are the same for every model on it)
+DATA_FIELDS = ("dataset", "data_root", "label_file", "text_root", "audio_root", "visual_root", "fold", "select_on",
+               "syn_conversations", "syn_min_len", "syn_max_len", "syn_classes", "syn_dims", "seed")
+
+
+def baselines_for_run(cfg, splits, rates=EVAL_RATES, split: str = "test", mask_seed: int = 0, folder: str | None = None,
+                      config: BaselineConfig | None = None, log=None) -> dict:
+    """The baselines of the run ``cfg`` (its data, strategy and seed) on ``split`` at ``rates``:
+    ``{"key", "rows": {baseline: rows}, "logreg_context_k", "config"}``. With ``folder``, kept
+    in ``<folder>/baselines.json`` and read back while its key (data, strategy, masks, recipe)
+    still matches, so re-evaluating a checkpoint does not retrain them."""
+    config = config or BaselineConfig.from_train_config(cfg)
+    plain = cfg.to_dict()
+    what = {"data": {k: plain[k] for k in DATA_FIELDS}, "baseline": dataclasses.asdict(config),
+            "rates": [float(r) for r in rates], "split": split, "mask_seed": mask_seed}
+    key = hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    path = os.path.join(folder, "baselines.json") if folder else None
+    if path and os.path.isfile(path):
+        try:
+            with open(path) as f:
+                cached = json.load(f)
+            if cached.get("key") == key:
+                return cached
+        except (OSError, ValueError):
+            pass  # unreadable: computed again
+    if log is not None:
+        log(f"training the baselines on {getattr(splits, split).name} (majority, logistic regression, BiGRU; "
+            f"{config.strategy} missing rates, as the model) ...")
+    out = baseline_rows(splits, config, rates, split, mask_seed)
+    result = {"key": key, "config": what, "logreg_context_k": out.pop("logreg_context_k", None), "rows": out}
+    if path:
+        atomic_write(path, json.dumps(result, indent=1))
+    return result

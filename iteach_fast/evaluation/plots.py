@@ -31,13 +31,19 @@ def _save(fig, path: str) -> str:
     return path
 
 
-def waf_vs_rate(results: dict, path: str, metric: str = "waf") -> str:
-    """``results``: ``{label: rows}`` with rows as written by :func:`iteach_fast.training.validation.evaluate_rates`."""
+def waf_vs_rate(results: dict, path: str, metric: str = "waf", baselines: dict | None = None) -> str:
+    """``results``: ``{label: rows}`` with rows as written by :func:`iteach_fast.training.validation.evaluate_rates`;
+    ``baselines`` the same for the baselines, drawn dashed in grey tones."""
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, rows in results.items():
         rows = [r for r in rows if isinstance(r["rate"], float)]
         avg = np.mean([r[metric] for r in rows])
         ax.plot([r["rate"] for r in rows], [r[metric] for r in rows], marker="o", label=f"{label} (avg {avg:.2f})")
+    for i, (label, rows) in enumerate((baselines or {}).items()):
+        rows = [r for r in rows if isinstance(r["rate"], float)]
+        avg = np.mean([r[metric] for r in rows])
+        ax.plot([r["rate"] for r in rows], [r[metric] for r in rows], linestyle="--", marker=".",
+                color=str(0.15 + 0.17 * i), label=f"{label} (avg {avg:.2f})")
     ax.set_xlabel("test missing rate")
     ax.set_ylabel(f"{metric.upper()} (%)")
     ax.set_title("Unified Model Evaluation")

@@ -26,8 +26,9 @@ from ..training.config import TrainConfig
 from ..training.loop import train
 from ..training.runtime import check_precision, resolve_device
 from ..training.validation import evaluate_rates
+from .baselines import LABELS, baselines_for_run
 from .predict import replay
-from .tables import average_row, format_table, public_rows, write_rate_table
+from .tables import average_row, format_comparison, format_table, public_rows, write_rate_table
 
 __all__ = ["ume", "ime", "ime_config", "demo", "stream_demo", "DEMO_DEFAULTS"]
 
@@ -40,10 +41,14 @@ DEMO_DEFAULTS = dict(syn_conversations=120, syn_max_len=60, dim=32, heads=4, max
 
 def ume(checkpoint: str, out_dir: str | None = None, rates=None, split: str = "test", seed: int = 0,
         batch_size: int | None = None, device: str = "auto", backend: str | None = None, dtype: str | None = None,
-        plots: bool = True, log=print, model: str = "student") -> dict:
+        plots: bool = True, log=print, model: str = "student", baselines: bool = True) -> dict:
     """Unified Model Evaluation of one checkpoint; writes ``ume.json`` / ``ume.csv`` (and
     ``plots/``) under ``out_dir`` (default: the checkpoint's folder); ``rates`` default to
     UME's 0.0..0.7. Returns the result dict.
+
+    ``baselines`` (the student): the baselines of :mod:`.baselines`, trained on the
+    checkpoint's data with its missing-rate strategy and tested with the same masks, printed
+    beside the model and written into ``ume.json`` (cached in ``baselines.json``).
 
     ``model="teacher"``: the teacher on complete data (``rates`` default to, and must be,
     ``(0.0,)``), written as ``teacher.json`` / ``teacher.csv``; the plots are the student's,
@@ -69,18 +74,31 @@ def ume(checkpoint: str, out_dir: str | None = None, rates=None, split: str = "t
     log(table)
     for note in splits.notes:
         log(f"note: {note}")
+    base = None
+    if baselines and model == "student":
+        base = baselines_for_run(cfg, splits, rates, split, seed, folder=out_dir, log=log)
+        columns = {"model": rows, **{_short(name, base): r for name, r in base["rows"].items()}}
+        comparison = format_comparison(columns, f"beside the baselines (WAF %, the same test masks; "
+                                                f"{cfg.strategy} missing rates in training, as the model):")
+        log(comparison)
+        table += "\n\n" + comparison
     meta = {"checkpoint": os.path.basename(checkpoint), "dataset": dataset.name, "split": split, "mask_seed": seed,
             "task": dataset.task, "framework": cfg.model.framework, "student_mixer": net.student.mixer,
             "strategy": cfg.strategy, "label": label, "notes": list(splits.notes), "model": model,
             "metrics": "percent; WAF = f1_score(average='weighted'); regression: binary, label 0 excluded; MAE raw"}
     stem = "teacher" if model == "teacher" else "ume"
     paths = {"json": os.path.join(out_dir, f"{stem}.json"), "csv": os.path.join(out_dir, f"{stem}.csv")}
+    if base is not None:
+        meta["baselines"] = {"rows": {name: public_rows(r) for name, r in base["rows"].items()},
+                             "logreg_context_k": base["logreg_context_k"], "labels": LABELS}
     write_rate_table(rows, paths["json"], paths["csv"], meta)
     if plots:
         from sklearn.metrics import confusion_matrix  # scikit-learn: only for the plots
 
         pdir = os.path.join(out_dir, "plots")
-        paths["waf_plot"] = plotting.waf_vs_rate({label: public_rows(rows)}, os.path.join(pdir, "waf_vs_rate.png"))
+        reference = {LABELS[name]: r for name, r in (base["rows"].items() if base else ())}
+        paths["waf_plot"] = plotting.waf_vs_rate({label: public_rows(rows)}, os.path.join(pdir, "waf_vs_rate.png"),
+                                                 baselines=reference)
         if not net.regression:
             classes = range(net.student.num_classes)
             paths["confusion"] = plotting.confusion_grid(
@@ -89,6 +107,13 @@ def ume(checkpoint: str, out_dir: str | None = None, rates=None, split: str = "t
         paths["ecce"] = plotting.ecce_heatmap(net, dataset, os.path.join(pdir, "ecce_heatmap.png"), device=dev)
     rows = public_rows(rows)
     return {"rows": rows, "average": average_row(rows), "table": table, "paths": paths, "meta": meta}
+
+
+def _short(name: str, base: dict) -> str:
+    """A baseline's column heading."""
+    k = base.get("logreg_context_k")
+    return {"majority": "majority", "logreg": "logreg", "logreg_context": f"logreg±{k}", "gru": "BiGRU",
+            "gru_causal": "GRU"}.get(name, name)
 
 
 def ime_config(cfg: TrainConfig, rate: float) -> TrainConfig:
@@ -118,9 +143,10 @@ def ime(cfg: TrainConfig, rates=EVAL_RATES, out_dir: str | None = None, log=prin
     return {"rows": rows, "average": average_row(rows), "table": table}
 
 
-def demo(cfg: TrainConfig, log=print) -> dict:
+def demo(cfg: TrainConfig, log=print, baselines: bool = True) -> dict:
     """Train ``cfg`` (the demo's defaults, see :data:`DEMO_DEFAULTS`) under
-    ``<out_dir>/<framework>``, evaluate it (UME), and plot every demo run found so far."""
+    ``<out_dir>/<framework>``, evaluate it (UME, beside the baselines unless ``baselines`` is
+    False), and plot every demo run found so far."""
     root = cfg.out_dir
     framework = cfg.model.framework
     cfg = cfg.replace(out_dir=os.path.join(root, framework))
@@ -129,7 +155,7 @@ def demo(cfg: TrainConfig, log=print) -> dict:
     t0 = time.time()
     summary = train(cfg, log=log)
     t_train = time.time() - t0
-    res = ume(summary["best"], out_dir=cfg.out_dir, device=cfg.device, dtype=cfg.dtype, log=log)
+    res = ume(summary["best"], out_dir=cfg.out_dir, device=cfg.device, dtype=cfg.dtype, log=log, baselines=baselines)
     total = time.time() - t0
     log(f"\ntrained in {t_train:.0f} s, evaluated in {total - t_train:.0f} s (total {total:.0f} s)")
     found = {}

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..files import atomic_write
 
-__all__ = ["average_row", "format_table", "public_rows", "write_rate_table"]
+__all__ = ["average_row", "format_table", "format_comparison", "public_rows", "write_rate_table"]
 
 
 def average_row(rows: list[dict]) -> dict:
@@ -34,6 +34,25 @@ def format_table(rows: list[dict], title: str = "") -> str:
         realised = f"{r['realised_rate']:.3f}" if "realised_rate" in r else ""
         line = f"{rate:>8} {realised:>9} {r['waf']:7.2f} {r['acc']:7.2f}"
         lines.append(line + (f" {r['mae']:7.3f}" if reg else ""))
+    return "\n".join(lines)
+
+
+def format_comparison(columns: dict, title: str = "", metric: str = "waf") -> str:
+    """``columns``: ``{name: rows}`` over the same rates -> one table, a column of ``metric``
+    per name, one row per rate plus the average (the first column's realised rate shown)."""
+    names = list(columns)
+    first = columns[names[0]]
+    width = max(9, *(len(n) + 1 for n in names))
+    head = f"{'rate':>8} {'realised':>9}" + "".join(f"{n:>{width}}" for n in names)
+    lines = ([title] if title else []) + [head, "-" * len(head)]
+    for i, r in enumerate(first + [None]):
+        if r is None:
+            cells = [average_row(columns[n])[metric] for n in names]
+            lines.append(f"{'average':>8} {'':>9}" + "".join(f"{c:{width}.2f}" for c in cells))
+        else:
+            cells = [columns[n][i][metric] for n in names]
+            lines.append(f"{r['rate']:8.1f} {r.get('realised_rate', float('nan')):9.3f}"
+                         + "".join(f"{c:{width}.2f}" for c in cells))
     return "\n".join(lines)
 
 

@@ -14,6 +14,7 @@ from iteach_fast.data import masking
 from iteach_fast.data.masking import EVAL_RATES
 from iteach_fast.data.synthetic import SyntheticSpec, make_synthetic
 from iteach_fast.evaluation import plots, protocols
+from iteach_fast.evaluation.baselines import BaselineConfig
 from iteach_fast.evaluation.gaps import data_gaps
 from iteach_fast.nn.model import ITEACHNet
 from iteach_fast.training import loop as training
@@ -96,23 +97,29 @@ def test_ume_outputs(checkpoint, tmp_path):
     assert list(table[0]) == ["rate", "realised_rate", "waf", "acc", "n"]
     assert [r["rate"] for r in table] == [str(r) for r in EVAL_RATES] + ["average"]
     assert float(table[-1]["waf"]) == pytest.approx(avg["waf"], abs=1e-4)
-    # the printed table
+    # the printed table, then the model beside the baselines on the same masks
     lines = res["table"].splitlines()
-    assert lines[1].split() == ["rate", "realised", "WAF", "Acc"] and lines[-1].split()[0] == "average"
+    assert lines[1].split() == ["rate", "realised", "WAF", "Acc"] and lines[len(rows) + 3].split()[0] == "average"
+    assert lines[-1].split()[:2] == ["average", f"{avg['waf']:.2f}"]
+    base = data["baselines"]
+    assert set(base["rows"]) == {"majority", "logreg", "logreg_context", "gru"}
+    for name, brows in base["rows"].items():
+        assert [b["realised_rate"] for b in brows] == [r["realised_rate"] for r in rows], name
+    assert (tmp_path / "baselines.json").is_file()
     # the plots are PNGs
     for key in ("waf_plot", "confusion", "ecce"):
         with open(res["paths"][key], "rb") as f:
             assert f.read(8) == PNG, key
     # fixed-seed masks: the same numbers again
     again = protocols.ume(checkpoint, out_dir=str(tmp_path / "again"), rates=(0.3,), device="cpu", plots=False,
-                          log=quiet)
+                          log=quiet, baselines=False)
     assert again["rows"][0] == rows[3]
 
 
 def test_ume_regression_has_mae(tmp_path, tiny_keys):
     cfg = TrainConfig.from_dict({**tiny_keys, "syn_classes": 1, "out_dir": str(tmp_path / "r")})
     ck = training.train(cfg, log=quiet)["best"]
-    res = protocols.ume(ck, out_dir=str(tmp_path), rates=(0.0, 0.5), device="cpu", log=quiet)
+    res = protocols.ume(ck, out_dir=str(tmp_path), rates=(0.0, 0.5), device="cpu", log=quiet, baselines=False)
     assert all("mae" in r for r in res["rows"]) and "mae" in res["average"]
     with open(tmp_path / "ume.csv") as f:
         assert next(csv.reader(f)) == ["rate", "realised_rate", "waf", "acc", "mae", "n"]
@@ -134,11 +141,13 @@ def test_ime_one_model_per_rate(tmp_path, tiny_keys):
 
 def test_data_gaps_report(checkpoint):
     net, _, splits, _ = load_for_eval(checkpoint, device="cpu")
-    res = data_gaps(splits, net, log=quiet)
+    res = data_gaps(splits, net, log=quiet, config=BaselineConfig(epochs=2, hidden=8))
     models = {r["model"] for r in res["rows"]}
-    assert {"per-utterance logreg (no context)", "ITEACH student (context)", "majority class (chance)"} <= models
-    assert all(0 <= r["waf"] <= 100 for r in res["rows"])
-    assert len([r for r in res["rows"] if r["model"] == "ITEACH student (context)"]) == 7  # each modality subset
+    assert models == {"student", "teacher", "logreg", "logreg_context", "gru", "majority"}
+    assert all(0 <= r["waf"] <= 100 for r in res["rows"] if r["n"])
+    student = [r for r in res["rows"] if r["model"] == "student"]
+    # complete data once, each modality subset the paper's masks leave, each outage
+    assert [r["section"] for r in student] == ["context"] + ["kept"] * 7 + ["outage"] * 6
 
 
 # ----------------------------------------------------------------------------- plots
