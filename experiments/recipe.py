@@ -1,0 +1,161 @@
+"""The recipe search on the synthetic data: named variants of the demo's recipe, trained over
+seeds, measured on the validation split (where settings are chosen) and on the test split
+(reported), beside the baselines trained on the same data with the same masks.
+
+    python experiments/recipe.py run    --out DIR [--variants a,b,...] [--seeds 0,1,2]
+    python experiments/recipe.py report --out DIR [--variants a,b,...]      # markdown on stdout
+
+``run`` trains what is missing (a finished run is kept: re-running continues), one thread per
+process; ``report`` tabulates every finished run. A run measures, from its ``best.pt`` (the
+epoch chosen on validation): the student at UME's rates 0.0..0.7 on the validation and the
+test split, the teacher on complete validation and test data, and its fit on the training
+split (teacher complete, student at 0.0 and 0.7) to tell under- from over-fitting.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+from iteach_fast.data.masking import EVAL_RATES
+from iteach_fast.evaluation.baselines import baselines_for_run
+from iteach_fast.evaluation.protocols import DEMO_DEFAULTS
+from iteach_fast.training.checkpoint import load_for_eval
+from iteach_fast.training.config import TrainConfig
+from iteach_fast.training.loop import train
+from iteach_fast.training.validation import evaluate_rates
+
+#: the demo's recipe as it was (10 epochs), and the changes each variant makes to it
+VARIANTS = {
+    "paper-e10": {},
+    "paper-e40": {"epochs": 40},
+    "dist3-e40": {"epochs": 40, "dist": 3},
+    "dist5-e40": {"epochs": 40, "dist": 5},
+    "cross-dist30-e40": {"epochs": 40, "cross_ecce": True},
+    "cross-dist2-e40": {"epochs": 40, "dist": 2, "cross_ecce": True},
+    "cross-dist3-e40": {"epochs": 40, "dist": 3, "cross_ecce": True},
+    "cross-dist5-e40": {"epochs": 40, "dist": 5, "cross_ecce": True},
+    "cross-dist3-drop0.2-e40": {"epochs": 40, "dist": 3, "cross_ecce": True, "dropout": 0.2},
+    "cross-dist3-wd0.1-e40": {"epochs": 40, "dist": 3, "cross_ecce": True, "weight_decay": 0.1},
+    "cross-dist3-e60": {"epochs": 60, "dist": 3, "cross_ecce": True},
+    "cross-dist3-dim64-e40": {"epochs": 40, "dist": 3, "cross_ecce": True, "dim": 64},
+}
+
+
+def config(variant: str, seed: int, folder: str) -> TrainConfig:
+    return TrainConfig().replace(**{**DEMO_DEFAULTS, **VARIANTS[variant]}, seed=seed, threads=1, progress=False,
+                                 out_dir=folder)
+
+
+def run_one(out: str, variant: str, seed: int) -> dict:
+    folder = os.path.join(out, "runs", f"{variant}-s{seed}")
+    path = os.path.join(folder, "result.json")
+    if os.path.isfile(path):
+        with open(path) as f:
+            return json.load(f)
+    cfg = config(variant, seed, folder)
+    t0 = time.time()
+    last = os.path.join(folder, "last.pt")
+    summary = train(cfg, resume=last if os.path.isfile(last) else None, log=lambda *a, **k: None)
+    seconds = time.time() - t0
+    net, _, splits, _ = load_for_eval(summary["best"], device="cpu")
+    result = {"variant": variant, "seed": seed, "changes": VARIANTS[variant], "seconds": round(seconds, 1),
+              "best_epoch": summary["best_epoch"], "history": summary["history"]}
+    for split in ("valid", "test"):
+        ds = getattr(splits, split)
+        result[f"student_{split}"] = [r["waf"] for r in evaluate_rates(net, ds, EVAL_RATES, 0, 32, "cpu")]
+        result[f"teacher_{split}"] = evaluate_rates(net, ds, (0.0,), 0, 32, "cpu", model="teacher")[0]["waf"]
+    result["teacher_train"] = evaluate_rates(net, splits.train, (0.0,), 0, 32, "cpu", model="teacher")[0]["waf"]
+    result["student_train"] = [r["waf"] for r in evaluate_rates(net, splits.train, (0.0, 0.7), 0, 32, "cpu")]
+    with open(path, "w") as f:
+        json.dump(result, f)
+    return result
+
+
+def baselines(out: str, seed: int) -> dict:
+    """The baselines of the demo's data at ``seed`` (random rates, as every variant), valid and test."""
+    cfg = config("paper-e10", seed, out)
+    from iteach_fast.data.sources import splits_for
+
+    splits = splits_for(cfg)
+    folder = os.path.join(out, "baselines", f"s{seed}")
+    return {split: baselines_for_run(cfg, splits, EVAL_RATES, split, 0, folder=os.path.join(folder, split))
+            for split in ("valid", "test")}
+
+
+def report(out: str, variants) -> str:
+    runs = {}
+    for name in os.listdir(os.path.join(out, "runs")):
+        path = os.path.join(out, "runs", name, "result.json")
+        if os.path.isfile(path):
+            with open(path) as f:
+                r = json.load(f)
+            runs.setdefault(r["variant"], []).append(r)
+    seeds = sorted({r["seed"] for rs in runs.values() for r in rs})
+    base = {s: baselines(out, s) for s in seeds}
+
+    def brow(split, name):  # mean over seeds of a baseline's per-rate WAF
+        return np.mean([[r["waf"] for r in base[s][split]["rows"][name]] for s in seeds], 0)
+
+    best = {split: np.maximum(brow(split, "logreg_context"), brow(split, "gru")) for split in ("valid", "test")}
+    lines = [f"seeds {', '.join(map(str, seeds))}; WAF % (mean over seeds); student: UME average over rates "
+             "0.0..0.7; teacher: complete data", "",
+             "| variant | runs | student valid | student test | test @0.0 | test @0.7 | teacher valid | teacher test | "
+             "train fit (teacher / student @0) | best epoch | s/run |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name in [v for v in variants if v in runs]:
+        rs = runs[name]
+        sv, st = (np.mean([r[f"student_{s}"] for r in rs], 0) for s in ("valid", "test"))
+        lines.append(f"| {name} | {len(rs)} | {sv.mean():.2f} | {st.mean():.2f} | {st[0]:.2f} | {st[-1]:.2f} | "
+                     f"{np.mean([r['teacher_valid'] for r in rs]):.2f} | {np.mean([r['teacher_test'] for r in rs]):.2f}"
+                     f" | {np.mean([r['teacher_train'] for r in rs]):.1f} / "
+                     f"{np.mean([r['student_train'][0] for r in rs]):.1f} | "
+                     f"{', '.join(str(r['best_epoch']) for r in rs)} | {np.mean([r['seconds'] for r in rs]):.0f} |")
+    lines += ["", "baselines (same data, random missing rates in training, the same test masks):", "",
+              "| baseline | valid | test | test @0.0 | test @0.7 |", "|---|---|---|---|---|"]
+    for name in ("majority", "logreg", "logreg_context", "gru"):
+        v, t = brow("valid", name), brow("test", name)
+        lines.append(f"| {name} | {v.mean():.2f} | {t.mean():.2f} | {t[0]:.2f} | {t[-1]:.2f} |")
+    lines += ["", "per rate, test split (the best baseline: the higher of logreg_context and gru at each rate):", "",
+              "| | " + " | ".join(f"{r:.1f}" for r in EVAL_RATES) + " |", "|---|" + "---|" * len(EVAL_RATES)]
+    lines.append("| best baseline | " + " | ".join(f"{x:.2f}" for x in best["test"]) + " |")
+    for name in [v for v in variants if v in runs]:
+        st = np.mean([r["student_test"] for r in runs[name]], 0)
+        lines.append(f"| {name} | " + " | ".join(f"{x:.2f}" + ("" if x >= b else "↓") for x, b in
+                                                 zip(st, best["test"])) + " |")
+    lines.append("")
+    lines.append("↓: below the best baseline at that rate.")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("what", choices=("run", "report"))
+    p.add_argument("--out", required=True, help="the folder of the runs and their results")
+    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of: {', '.join(VARIANTS)}")
+    p.add_argument("--seeds", default="0,1,2")
+    args = p.parse_args(argv)
+    variants = [v for v in args.variants.split(",") if v]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        p.error(f"unknown variants {unknown}")
+    torch.set_num_threads(1)
+    if args.what == "report":
+        print(report(args.out, variants))
+        return 0
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        baselines(args.out, seed)
+        for variant in variants:
+            r = run_one(args.out, variant, seed)
+            print(f"{variant} seed {seed}: student valid {np.mean(r['student_valid']):.2f} test "
+                  f"{np.mean(r['student_test']):.2f}; teacher valid {r['teacher_valid']:.2f} test "
+                  f"{r['teacher_test']:.2f}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
