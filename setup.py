@@ -4,10 +4,18 @@
 * CPU-only C++ extension otherwise,
 * no extension at all with ``ITEACH_FAST_NO_EXT=1``.
 
-``TORCH_CUDA_ARCH_LIST`` is honoured; it defaults to ``8.0;9.0`` so that a build on a
-machine without a GPU does not compile every architecture.
+``TORCH_CUDA_ARCH_LIST`` is honoured. Unset, it is the architecture of this machine's GPUs
+(e.g. ``9.0`` on an H100: a quarter of the nvcc time of a multi-architecture build), or
+``8.0;9.0`` on a machine without a GPU (so that it does not compile every architecture).
+
+An extension already built in place from the same sources, for the same torch, with CUDA for
+every architecture asked for, is not built again (a fingerprint in ``build/``): a plain
+``pip install --no-build-isolation --no-deps -e .`` after ``setup.py build_ext --inplace`` (or
+the other way round) compiles once.
 """
 import glob
+import hashlib
+import json
 import os
 import re
 import shutil
@@ -55,13 +63,18 @@ def _extensions():
     if cuda_home:
         # must be set before torch.utils.cpp_extension is imported: it reads it at import time
         os.environ["CUDA_HOME"] = cuda_home
-    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
     import torch
     from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 
     cpp_sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
     cu_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
     with_cuda = bool(cuda_home and torch.version.cuda and cu_sources)
+    if with_cuda and not os.environ.get("TORCH_CUDA_ARCH_LIST"):
+        local = _local_archs(torch)
+        os.environ["TORCH_CUDA_ARCH_LIST"] = local or "8.0;9.0"
+        if local:
+            print(f"iteach_fast: building for this machine's GPU architecture {local} (TORCH_CUDA_ARCH_LIST unset)",
+                  file=sys.stderr)
     # no -std flag: torch's cpp_extension picks the standard its headers need (C++17 or 20)
     cxx = ["-O3", "-fopenmp", "-fno-trapping-math"]  # as torch builds: lets loops with selects vectorise
     include_dirs = [os.path.join(ROOT, "csrc")]
@@ -96,7 +109,88 @@ def _extensions():
             extra_link_args=["-fopenmp"],
             py_limited_api=True,
         )
-    return [ext], {"build_ext": BuildExtension}
+    ext.fingerprint = _fingerprint(torch, with_cuda)
+    return [ext], {"build_ext": _build_ext_class(BuildExtension)}
+
+
+def _local_archs(torch):
+    """This machine's GPU architectures as ``TORCH_CUDA_ARCH_LIST`` spells them (``"9.0"``), or
+    None without a GPU."""
+    try:
+        if not torch.cuda.is_available():
+            return None
+        caps = sorted({torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})
+    except RuntimeError:  # a driver that does not answer: build the default list
+        return None
+    return ";".join(f"{major}.{minor}" for major, minor in caps)
+
+
+FINGERPRINT = os.path.join(ROOT, "build", "iteach_fast-_C.fingerprint.json")
+
+
+def _fingerprint(torch, with_cuda: bool) -> dict:
+    """What the extension is built from: the sources, this file, torch, Python, and (CUDA) the
+    architectures asked for."""
+    digest = hashlib.sha256()
+    files = sorted(glob.glob(os.path.join(ROOT, "csrc", "**", "*"), recursive=True)) + [os.path.abspath(__file__)]
+    for path in files:
+        if os.path.isfile(path):
+            digest.update(os.path.relpath(path, ROOT).encode())
+            with open(path, "rb") as f:
+                digest.update(f.read())
+    archs = os.environ.get("TORCH_CUDA_ARCH_LIST", "") if with_cuda else ""
+    return {"sources": digest.hexdigest(), "version": VERSION, "torch": torch.__version__,
+            "python": f"{sys.version_info[0]}.{sys.version_info[1]}", "cuda": with_cuda,
+            "archs": sorted(a for a in re.split(r"[;\s]+", archs) if a)}
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _up_to_date(wanted: dict, built: str) -> bool:
+    """Whether the extension at ``built`` came from ``wanted``'s sources and torch, with CUDA
+    for every architecture ``wanted`` asks for (a build for more is as good)."""
+    try:
+        with open(FINGERPRINT) as f:
+            had = json.load(f)
+    except (OSError, ValueError):
+        return False
+    same = all(had.get(k) == wanted[k] for k in ("sources", "version", "torch", "python", "cuda"))
+    return (same and set(wanted["archs"]) <= set(had.get("archs", ())) and os.path.exists(built)
+            and had.get("sha256") == _sha256(built))
+
+
+def _build_ext_class(base):
+    class BuildExt(base):
+        """torch's BuildExtension that skips an extension already built in place from the same
+        fingerprint (and records the fingerprint of what it builds)."""
+
+        def build_extension(self, ext):
+            target = self.get_ext_fullpath(ext.name)
+            in_place = os.path.join(ROOT, *ext.name.split(".")[:-1], os.path.basename(target))
+            wanted = getattr(ext, "fingerprint", None)
+            if wanted is not None and _up_to_date(wanted, in_place):
+                if os.path.abspath(target) != os.path.abspath(in_place):  # an editable install copies it back
+                    os.makedirs(os.path.dirname(target), exist_ok=True)
+                    shutil.copy2(in_place, target)
+                archs = f" with CUDA for {';'.join(wanted['archs'])}" if wanted["cuda"] else " (CPU only)"
+                print(f"iteach_fast: {ext.name} is up to date{archs}: not rebuilt (fingerprint in build/)",
+                      file=sys.stderr)
+                return
+            if os.path.exists(FINGERPRINT):
+                os.remove(FINGERPRINT)  # stale from here on, whatever happens to this build
+            super().build_extension(ext)
+            if wanted is not None and os.path.exists(target):
+                os.makedirs(os.path.dirname(FINGERPRINT), exist_ok=True)
+                with open(FINGERPRINT, "w") as f:
+                    json.dump({**wanted, "sha256": _sha256(target)}, f, indent=1)
+
+    return BuildExt
 
 
 ext_modules, cmdclass = _extensions()

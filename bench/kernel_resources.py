@@ -12,8 +12,10 @@ gives registers and spill bytes, Triton's metadata the shared memory; from them 
 estimate (CTAs per SM, limited by registers, shared memory and warps). The CUDA mixture kernels
 (``csrc/cuda/routed_mixture.cu``) are compiled with ``nvcc -Xptxas -v`` where nvcc exists.
 
-Writes ``<out>/<name>.json`` and ``<out>/<name>.md`` (a table per architecture) and prints the
-Markdown. Works with triton 3.6 and 3.8; needs no GPU, only the CUDA toolkit's (or Triton's) ptxas.
+Writes ``<out>/<name>.json`` and ``<out>/<name>.md`` (a table per architecture), rewritten after
+every compiled variant (``"complete": false`` until the last: a run stopped by a time limit keeps
+what it compiled), and prints the Markdown. Works with triton 3.6 and 3.8; needs no GPU, only the
+CUDA toolkit's (or Triton's) ptxas.
 ``main(argv)`` returns the exit status (1 if a variant failed to compile or spills beyond the
 targets: none in bfloat16 / float16 at head dim <= 128 or float32 at <= 64).
 """
@@ -94,7 +96,7 @@ def variants(arch: int = 90):
         c = scan.chunk(DIST, L)
         for has_w, x in ((True, z), (False, zp)):
             meta = dict(scan.scan_meta(c, D if has_w else None, H), HAS_W=has_w,
-                        DOT_PRECISION=scan.dot_precision(dtype))
+                        DOT_PRECISION=scan.dot_precision(dtype), WIDE=False)
             meta.setdefault("BLOCK_D", 16)
             args = [x, w if has_w else x, zp32, T, lengths, L, x.shape[2], H, c, *x.stride(),
                     *(w.stride() if has_w else (0, 0)), *T.stride()]
@@ -111,7 +113,8 @@ def variants(arch: int = 90):
     c = scan.chunk(DIST, L)
     yield ("tables_adjoint", scan._tables_adjoint_kernel,
            [dT, extra, extra, lengths, L, H, c, *dT.stride(), *extra.stride()],
-           dict(scan.scan_meta(c, None, H), HAS_EXTRA=True), dict(dtype="float32", head_dim=None, causal=None))
+           dict(scan.scan_meta(c, None, H), HAS_EXTRA=True, WIDE=False),
+           dict(dtype="float32", head_dim=None, causal=None))
 
 
 # ----------------------------------------------------------------------------- compiling
@@ -197,8 +200,10 @@ def _compile_row(job) -> dict:
     return row
 
 
-def triton_rows(archs, only: str = "", jobs: int = 1) -> list:
-    """Every variant x arch, compiled by ``jobs`` processes (each compile is single-threaded)."""
+def triton_rows(archs, only: str = "", jobs: int = 1, on_row=None) -> list:
+    """Every variant x arch, compiled by ``jobs`` processes (each compile is single-threaded);
+    ``on_row(rows)`` after each row (the report is written as it grows: a run stopped by a time
+    limit keeps every variant compiled before)."""
     jobs_list = [(i, arch) for arch in archs for i, (name, _, _, _, labels) in enumerate(variants(arch))
                  if only in f"{name} {labels['dtype']} {labels['head_dim']}"]
     rows = []
@@ -206,6 +211,8 @@ def triton_rows(archs, only: str = "", jobs: int = 1) -> list:
         for row in pool.map(_compile_row, jobs_list):
             print(_line(row), file=sys.stderr, flush=True)
             rows.append(row)
+            if on_row is not None:
+                on_row(rows)
     return rows
 
 
@@ -313,7 +320,20 @@ def markdown(result) -> str:
                          f" | {r['stack']} |")
     missed = [r for r in result["triton"] if over_target(r)]
     lines += ["", f"Variants missing the spill target: {len(missed)} of {len(result['triton'])}."]
+    if not result.get("complete", True):
+        lines += ["", "**Incomplete**: the run stopped (or is still running) before every variant was compiled."]
     return "\n".join(lines) + "\n"
+
+
+def write(result: dict, out: str, name: str) -> str:
+    """``<out>/<name>.json`` and ``.md`` of ``result``, each replaced atomically; the Markdown's text."""
+    text = markdown(result)
+    for ext, content in (("json", json.dumps(result, indent=1) + "\n"), ("md", text)):
+        path = os.path.join(out, f"{name}.{ext}")
+        with open(path + ".tmp", "w") as f:
+            f.write(content)
+        os.replace(path + ".tmp", path)
+    return text
 
 
 def _yn(causal) -> str:
@@ -332,16 +352,18 @@ def main(argv=None) -> int:
     source = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc", "cuda",
                           "routed_mixture.cu")
     result = dict(date=datetime.date.today().isoformat(), triton_version=triton.__version__, torch=torch.__version__,
-                  ptxas=_ptxas_version(_ptxas()), archs=args.arch)
-    result["triton"] = triton_rows(args.arch, args.only, args.jobs)
-    result["cuda"] = [] if args.no_cuda_mixture else cuda_mixture_rows(args.arch, source)
+                  ptxas=_ptxas_version(_ptxas()), archs=args.arch, complete=False, triton=[], cuda=[])
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, args.name + ".json"), "w") as f:
-        json.dump(result, f, indent=1)
-    text = markdown(result)
-    with open(os.path.join(args.out, args.name + ".md"), "w") as f:
-        f.write(text)
-    print(text)
+    write(result, args.out, args.name)
+
+    def grown(rows):
+        result["triton"] = rows
+        write(result, args.out, args.name)
+
+    result["triton"] = triton_rows(args.arch, args.only, args.jobs, on_row=grown)
+    result["cuda"] = [] if args.no_cuda_mixture else cuda_mixture_rows(args.arch, source)
+    result["complete"] = True
+    print(write(result, args.out, args.name))
     return 1 if any(over_target(r) for r in result["triton"]) else 0
 
 

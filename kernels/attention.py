@@ -29,10 +29,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ._compat import interpreted, launcher, triton_op_or_custom
-from .band import LOG2E, band_grads, band_tile, touches_band
+from ._compat import batch_slices, interpreted, launcher, sliced, triton_op_or_custom, wide_offsets
+from .band import LOG2E, addresses, band_grads, band_tile, touches_band
 from .scan import band_tables, chunk, dot_precision
-from .tiles import AUTOTUNE, TUNED_KEYS, autotuned, head_block, launch_tiles
+from .tiles import AUTOTUNE, TUNED_KEYS, autotuned, head_block, launch_tiles, length_bucket
 
 __all__ = ["ecce_attention", "ecce_attention_zp", "attention_meta", "KERNELS"]
 
@@ -45,7 +45,7 @@ def _attn_fwd_kernel(Q, K, V, T, LENGTHS, OUT, LSE2, scale, dist, L, H, Dh,
                      stride_vb, stride_vh, stride_vt, stride_vd, stride_ob, stride_oh, stride_ot, stride_od,
                      stride_tb, stride_th, stride_tc, stride_tt,
                      HAS_BIAS: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                     BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr):
+                     BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr, WIDE: tl.constexpr):
     """FlashAttention-2 forward for one block of query rows of one (batch, head): online softmax
     over the valid key blocks (causal: up to the diagonal), the ECCE bias added on the tiles that
     touch the band. Saves each row's base-2 log-sum-exp (0 at invalid rows, written as 0)."""
@@ -57,13 +57,14 @@ def _attn_fwd_kernel(Q, K, V, T, LENGTHS, OUT, LSE2, scale, dist, L, H, Dh,
     m0 = pid_m * BLOCK_M
     offs_i = m0 + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
+    ai, ad = addresses(offs_i, WIDE), addresses(offs_d, WIDE)  # what multiplies a stride
     mask_d = offs_d[None, :] < Dh
     row_valid = offs_i < n
     k_bh = K + b * stride_kb + h * stride_kh
     v_bh = V + b * stride_vb + h * stride_vh
     T_bh = T + b * stride_tb + h * stride_th
     # masked loads (other=0) everywhere: padding, even inf, never reaches a product
-    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_i[:, None] * stride_qt + offs_d[None, :] * stride_qd,
+    q = tl.load(Q + b * stride_qb + h * stride_qh + ai[:, None] * stride_qt + ad[None, :] * stride_qd,
                 mask=row_valid[:, None] & mask_d, other=0.0)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -74,10 +75,11 @@ def _attn_fwd_kernel(Q, K, V, T, LENGTHS, OUT, LSE2, scale, dist, L, H, Dh,
         hi = tl.minimum(hi, m0 + BLOCK_M)
     for n0 in range(0, hi, BLOCK_N):
         offs_j = n0 + tl.arange(0, BLOCK_N)
+        aj = addresses(offs_j, WIDE)
         col_valid = offs_j < n
-        k = tl.load(k_bh + offs_j[:, None] * stride_kt + offs_d[None, :] * stride_kd,
+        k = tl.load(k_bh + aj[:, None] * stride_kt + ad[None, :] * stride_kd,
                     mask=col_valid[:, None] & mask_d, other=0.0)
-        v = tl.load(v_bh + offs_j[:, None] * stride_vt + offs_d[None, :] * stride_vd,
+        v = tl.load(v_bh + aj[:, None] * stride_vt + ad[None, :] * stride_vd,
                     mask=col_valid[:, None] & mask_d, other=0.0)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
         if HAS_BIAS:
@@ -96,7 +98,7 @@ def _attn_fwd_kernel(Q, K, V, T, LENGTHS, OUT, LSE2, scale, dist, L, H, Dh,
         m_i = m_new
     l_safe = tl.where(l_i > 0, l_i, 1.0)
     out = tl.where(row_valid[:, None], acc / l_safe[:, None], 0.0)
-    tl.store(OUT + b * stride_ob + h * stride_oh + offs_i[:, None] * stride_ot + offs_d[None, :] * stride_od,
+    tl.store(OUT + b * stride_ob + h * stride_oh + ai[:, None] * stride_ot + ad[None, :] * stride_od,
              out.to(OUT.dtype.element_ty), mask=(offs_i[:, None] < L) & mask_d)
     tl.store(LSE2 + bh.to(tl.int64) * L + offs_i, tl.where(row_valid, m_i + tl.log2(l_safe), 0.0), mask=offs_i < L)
 
@@ -108,10 +110,10 @@ def _attn_bwd_dq_kernel(Q, K, V, T, LENGTHS, O, DO, DQ, LSE2, DELTA, ROWS, scale
                         stride_gb, stride_gh, stride_gt, stride_gd, stride_db, stride_dh, stride_dt, stride_dd,
                         stride_tb, stride_th, stride_tc, stride_tt,
                         HAS_BIAS: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr,
-                        BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr):
+                        BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr, WIDE: tl.constexpr):
     """dQ for one block of query rows, FA2's ``delta = rowsum(dO * O)`` of those rows (DELTA, for
     the dK/dV kernel), and the bias gradient summed along the rows: ``ROWS (3, B, H, L)`` holds
-    their ``(dS, dR, dzp)``. DO is strided as ``stride_g*``, DQ as ``stride_d*``."""
+    their ``(dS, dR, dzp)`` (B the launch's conversations). DO is strided as ``stride_g*``, DQ as ``stride_d*``."""
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
     b = (bh // H).to(tl.int64)
@@ -120,17 +122,18 @@ def _attn_bwd_dq_kernel(Q, K, V, T, LENGTHS, O, DO, DQ, LSE2, DELTA, ROWS, scale
     m0 = pid_m * BLOCK_M
     offs_i = m0 + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
+    ai, ad = addresses(offs_i, WIDE), addresses(offs_d, WIDE)  # what multiplies a stride
     mask_d = offs_d[None, :] < Dh
     row_valid = offs_i < n
     k_bh = K + b * stride_kb + h * stride_kh
     v_bh = V + b * stride_vb + h * stride_vh
     T_bh = T + b * stride_tb + h * stride_th
     q_mask = row_valid[:, None] & mask_d
-    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_i[:, None] * stride_qt + offs_d[None, :] * stride_qd,
+    q = tl.load(Q + b * stride_qb + h * stride_qh + ai[:, None] * stride_qt + ad[None, :] * stride_qd,
                 mask=q_mask, other=0.0)
-    do = tl.load(DO + b * stride_gb + h * stride_gh + offs_i[:, None] * stride_gt + offs_d[None, :] * stride_gd,
+    do = tl.load(DO + b * stride_gb + h * stride_gh + ai[:, None] * stride_gt + ad[None, :] * stride_gd,
                  mask=q_mask, other=0.0)
-    o = tl.load(O + b * stride_ob + h * stride_oh + offs_i[:, None] * stride_ot + offs_d[None, :] * stride_od,
+    o = tl.load(O + b * stride_ob + h * stride_oh + ai[:, None] * stride_ot + ad[None, :] * stride_od,
                 mask=q_mask, other=0.0)
     delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
     tl.store(DELTA + bh.to(tl.int64) * L + offs_i, delta, mask=offs_i < L)
@@ -145,10 +148,11 @@ def _attn_bwd_dq_kernel(Q, K, V, T, LENGTHS, O, DO, DQ, LSE2, DELTA, ROWS, scale
         hi = tl.minimum(hi, m0 + BLOCK_M)
     for n0 in range(0, hi, BLOCK_N):
         offs_j = n0 + tl.arange(0, BLOCK_N)
+        aj = addresses(offs_j, WIDE)
         col_valid = offs_j < n
-        k = tl.load(k_bh + offs_j[:, None] * stride_kt + offs_d[None, :] * stride_kd,
+        k = tl.load(k_bh + aj[:, None] * stride_kt + ad[None, :] * stride_kd,
                     mask=col_valid[:, None] & mask_d, other=0.0)
-        v = tl.load(v_bh + offs_j[:, None] * stride_vt + offs_d[None, :] * stride_vd,
+        v = tl.load(v_bh + aj[:, None] * stride_vt + ad[None, :] * stride_vd,
                     mask=col_valid[:, None] & mask_d, other=0.0)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
         if HAS_BIAS:
@@ -168,7 +172,7 @@ def _attn_bwd_dq_kernel(Q, K, V, T, LENGTHS, O, DO, DQ, LSE2, DELTA, ROWS, scale
                 row_s += gs
                 row_r += gr
                 row_z += gz
-    tl.store(DQ + b * stride_db + h * stride_dh + offs_i[:, None] * stride_dt + offs_d[None, :] * stride_dd,
+    tl.store(DQ + b * stride_db + h * stride_dh + ai[:, None] * stride_dt + ad[None, :] * stride_dd,
              (dq * scale).to(DQ.dtype.element_ty), mask=(offs_i[:, None] < L) & mask_d)
     if HAS_BIAS:
         rows = ROWS + bh.to(tl.int64) * L + offs_i
@@ -185,7 +189,7 @@ def _attn_bwd_dkv_kernel(Q, K, V, T, LENGTHS, DO, DK, DV, LSE2, DELTA, ROWS, DT,
                          stride_ab, stride_ah, stride_at, stride_ad, stride_cb, stride_ch, stride_ct, stride_cd,
                          stride_tb, stride_th, stride_tc, stride_tt,
                          HAS_BIAS: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr,
-                         BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr):
+                         BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr, WIDE: tl.constexpr):
     """dK, dV for one block of keys (DK strided as ``stride_a*``, DV as ``stride_c*``), visiting
     the query blocks that see them (causal: from the diagonal down); and the bias gradient summed
     down the columns plus the dQ kernel's row sums of the same positions, written as the tables'
@@ -198,15 +202,16 @@ def _attn_bwd_dkv_kernel(Q, K, V, T, LENGTHS, DO, DK, DV, LSE2, DELTA, ROWS, DT,
     n0 = pid_n * BLOCK_N
     offs_j = n0 + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
+    aj, ad = addresses(offs_j, WIDE), addresses(offs_d, WIDE)  # what multiplies a stride
     mask_d = offs_d[None, :] < Dh
     col_valid = offs_j < n
     q_bh = Q + b * stride_qb + h * stride_qh
     do_bh = DO + b * stride_gb + h * stride_gh
     T_bh = T + b * stride_tb + h * stride_th
     kv_mask = col_valid[:, None] & mask_d
-    k = tl.load(K + b * stride_kb + h * stride_kh + offs_j[:, None] * stride_kt + offs_d[None, :] * stride_kd,
+    k = tl.load(K + b * stride_kb + h * stride_kh + aj[:, None] * stride_kt + ad[None, :] * stride_kd,
                 mask=kv_mask, other=0.0)
-    v = tl.load(V + b * stride_vb + h * stride_vh + offs_j[:, None] * stride_vt + offs_d[None, :] * stride_vd,
+    v = tl.load(V + b * stride_vb + h * stride_vh + aj[:, None] * stride_vt + ad[None, :] * stride_vd,
                 mask=kv_mask, other=0.0)
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
@@ -222,10 +227,11 @@ def _attn_bwd_dkv_kernel(Q, K, V, T, LENGTHS, DO, DK, DV, LSE2, DELTA, ROWS, DT,
     # operands of the dV and dK products as they come out of the dots, with no transpose
     for m0 in range(lo, hi, BLOCK_M):
         offs_i = m0 + tl.arange(0, BLOCK_M)
+        ai = addresses(offs_i, WIDE)
         row_valid = offs_i < n
-        qT = tl.load(q_bh + offs_i[None, :] * stride_qt + offs_d[:, None] * stride_qd,
+        qT = tl.load(q_bh + ai[None, :] * stride_qt + ad[:, None] * stride_qd,
                      mask=row_valid[None, :] & (offs_d[:, None] < Dh), other=0.0)
-        do = tl.load(do_bh + offs_i[:, None] * stride_gt + offs_d[None, :] * stride_gd,
+        do = tl.load(do_bh + ai[:, None] * stride_gt + ad[None, :] * stride_gd,
                      mask=row_valid[:, None] & mask_d, other=0.0)
         lse2 = tl.load(LSE2 + bh.to(tl.int64) * L + offs_i, mask=row_valid, other=0.0)
         delta = tl.load(DELTA + bh.to(tl.int64) * L + offs_i, mask=row_valid, other=0.0)
@@ -249,9 +255,9 @@ def _attn_bwd_dkv_kernel(Q, K, V, T, LENGTHS, DO, DK, DV, LSE2, DELTA, ROWS, DT,
                 col_r += gr
                 col_z += gz
     out_mask = (offs_j[:, None] < L) & mask_d
-    tl.store(DK + b * stride_ab + h * stride_ah + offs_j[:, None] * stride_at + offs_d[None, :] * stride_ad,
+    tl.store(DK + b * stride_ab + h * stride_ah + aj[:, None] * stride_at + ad[None, :] * stride_ad,
              (dk * scale).to(DK.dtype.element_ty), mask=out_mask)
-    tl.store(DV + b * stride_cb + h * stride_ch + offs_j[:, None] * stride_ct + offs_d[None, :] * stride_cd,
+    tl.store(DV + b * stride_cb + h * stride_ch + aj[:, None] * stride_ct + ad[None, :] * stride_cd,
              dv.to(DV.dtype.element_ty), mask=out_mask)
     if HAS_BIAS:
         in_range = offs_j < L
@@ -266,30 +272,35 @@ def _attn_bwd_dkv_kernel(Q, K, V, T, LENGTHS, DO, DK, DV, LSE2, DELTA, ROWS, DT,
 # ----------------------------------------------------------------------------- launches
 
 def attention_meta(kernel: str, dtype: torch.dtype, Dh: int, causal: bool, has_bias: bool,
-                   device: torch.device, arch: int | None = None) -> dict:
+                   device: torch.device, arch: int | None = None, wide: bool = False) -> dict:
     """The constexprs and launch options of one attention kernel (``"fwd"``, ``"bwd_dq"`` or
     ``"bwd_dkv"``) for inputs of ``dtype`` and head dim ``Dh``: what the launchers below use, and
-    what ``bench/kernel_resources.py`` compiles (for a given ``arch``, without a device)."""
+    what ``bench/kernel_resources.py`` compiles (for a given ``arch``, without a device).
+    ``wide``: addresses in 64 bits (``_compat.wide_offsets``)."""
     tiles = launch_tiles(kernel, dtype, head_block(Dh), causal, device, arch)
     return dict(HAS_BIAS=has_bias, CAUSAL=causal, BLOCK_D=head_block(Dh), DOT_PRECISION=dot_precision(dtype),
-                **tiles.meta())
+                WIDE=wide, **tiles.meta())
 
 
 KERNELS = {"fwd": _attn_fwd_kernel, "bwd_dq": _attn_bwd_dq_kernel, "bwd_dkv": _attn_bwd_dkv_kernel}
-_TUNED = {name: autotuned(kernel, name) for name, kernel in KERNELS.items()} if AUTOTUNE else {}
+_AUTOTUNE = AUTOTUNE  # ITEACH_FAST_AUTOTUNE=1 (tests switch it on for one test)
 
 
 def _launch(name: str, q: torch.Tensor, causal: bool, has_bias: bool, args: tuple) -> None:
     """Launch attention kernel ``name`` over (blocks of L, B * H) with ``attention_meta``'s
-    parameters, or those ``triton.autotune`` picks (``ITEACH_FAST_AUTOTUNE=1``, on a GPU)."""
+    parameters, or those ``triton.autotune`` picks (``ITEACH_FAST_AUTOTUNE=1``, on a GPU: tuned
+    once per head dim, bias, causal, dtypes and length bucket, ``tiles.length_bucket``). ``q``
+    and ``args`` are one slice of the batch (``batch_slices``: B * H fits grid axis 1)."""
     B, H, L, Dh = q.shape
     block = "BLOCK_N" if name == "bwd_dkv" else "BLOCK_M"  # the dimension a program owns
-    meta = attention_meta(name, q.dtype, Dh, causal, has_bias, q.device)
-    if _TUNED and not interpreted(q.device):
+    meta = attention_meta(name, q.dtype, Dh, causal, has_bias, q.device,
+                          wide=wide_offsets(*(a for a in args if isinstance(a, torch.Tensor))))
+    if _AUTOTUNE and not interpreted(q.device):
         meta = {k: v for k, v in meta.items() if k not in TUNED_KEYS}
-        launcher(_TUNED[name])[lambda tuned: (triton.cdiv(L, tuned[block]), B * H)](*args, **meta)
+        kernel = autotuned(KERNELS[name], name, length_bucket(L))
     else:
-        launcher(KERNELS[name])[(triton.cdiv(L, meta[block]), B * H)](*args, **meta)
+        kernel = KERNELS[name]
+    launcher(kernel)[lambda best: (triton.cdiv(L, best[block]), B * H)](*args, **meta)
 
 
 def _no_tables(q: torch.Tensor) -> torch.Tensor:
@@ -308,9 +319,10 @@ def _attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tables: to
     if B * H == 0 or L == 0:
         return out, lse2
     T = tables if tables is not None else _no_tables(q)
-    _launch("fwd", q, causal, tables is not None,
-            (q, k, v, T, lengths, out, lse2, scale, dist, L, H, Dh,
-             *q.stride(), *k.stride(), *v.stride(), *out.stride(), *T.stride()))
+    for b0, b1 in batch_slices(B, H):  # B * H on grid axis 1: at most 65,535 a launch
+        part = sliced((q, k, v, T, lengths, out, lse2), b0, b1, B)
+        _launch("fwd", part[0], causal, tables is not None,
+                (*part, scale, dist, L, H, Dh, *q.stride(), *k.stride(), *v.stride(), *out.stride(), *T.stride()))
     return out, lse2
 
 
@@ -328,14 +340,18 @@ def _attention_bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torc
         return dq, dk, dv, dT
     T = tables if has_bias else _no_tables(q)
     delta = torch.empty(B, H, L, device=q.device, dtype=torch.float32)
-    rows = torch.empty(3, B, H, L, device=q.device, dtype=torch.float32) if has_bias else delta
     common = (scale, dist, L, H, Dh)
-    _launch("bwd_dq", q, causal, has_bias,
-            (q, k, v, T, lengths, out, dout, dq, lse2, delta, rows, *common,
-             *q.stride(), *k.stride(), *v.stride(), *out.stride(), *dout.stride(), *dq.stride(), *T.stride()))
-    _launch("bwd_dkv", q, causal, has_bias,
-            (q, k, v, T, lengths, dout, dk, dv, lse2, delta, rows, dT if has_bias else delta, *common,
-             *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dk.stride(), *dv.stride(), *T.stride()))
+    for b0, b1 in batch_slices(B, H):  # B * H on grid axis 1: at most 65,535 a launch
+        qs, ks, vs, Ts, lens, outs, douts, dqs, dks, dvs, lses, deltas, dTs = sliced(
+            (q, k, v, T, lengths, out, dout, dq, dk, dv, lse2, delta, dT), b0, b1, B)
+        # the dQ kernel's row sums for the dK/dV kernel, (3, slice, H, L): one per slice
+        rows = torch.empty(3, b1 - b0, H, L, device=q.device, dtype=torch.float32) if has_bias else deltas
+        _launch("bwd_dq", qs, causal, has_bias,
+                (qs, ks, vs, Ts, lens, outs, douts, dqs, lses, deltas, rows, *common,
+                 *q.stride(), *k.stride(), *v.stride(), *out.stride(), *dout.stride(), *dq.stride(), *T.stride()))
+        _launch("bwd_dkv", qs, causal, has_bias,
+                (qs, ks, vs, Ts, lens, douts, dks, dvs, lses, deltas, rows, dTs if has_bias else deltas, *common,
+                 *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dk.stride(), *dv.stride(), *T.stride()))
     return dq, dk, dv, dT
 
 

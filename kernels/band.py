@@ -22,6 +22,7 @@ works on transposed tiles (keys as rows), so every sum runs along rows.
     band_tile(T_bh, stride_c, stride_t, offs_r, offs_c, n, dist, CAUSAL, Q_ROWS)  -> the E tile (or its transpose)
     band_grads(dE, offs_r, offs_c, n, dist, CAUSAL, Q_ROWS)  -> (dS, dR, dzp) of the tile's rows
     touches_band(m0, n0, BLOCK_M, BLOCK_N, dist)  -> whether a tile holds a band pair
+    addresses(offs, WIDE)                          -> positions as they multiply a stride (int64 if WIDE)
     LOG2E                                          log2(e), a ``tl.constexpr``
 """
 from __future__ import annotations
@@ -29,7 +30,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-__all__ = ["LOG2E", "band_tile", "band_grads", "touches_band"]
+__all__ = ["LOG2E", "addresses", "band_tile", "band_grads", "touches_band"]
 
 # the softmax runs in base 2 (exp2 is the cheap instruction); a tl.constexpr, as every global
 # a jit function reads must be to compile for a GPU
@@ -108,3 +109,13 @@ def touches_band(m0, n0, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, dist):
     """Whether tile rows [m0, m0+BLOCK_M) x cols [n0, n0+BLOCK_N) holds a pair with |i-j| < dist."""
     gap = tl.maximum(n0 - (m0 + BLOCK_M - 1), m0 - (n0 + BLOCK_N - 1))
     return gap < dist
+
+
+@triton.jit
+def addresses(offs, WIDE: tl.constexpr):
+    """``offs`` as it multiplies a stride: int64 in a kernel's ``WIDE`` variant (an element offset
+    can pass 2**31 - 1: ``iteach_fast.kernels._compat.wide_offsets``), else as it is (int32
+    arithmetic: fewer registers). The scalar batch and head offsets are int64 in both."""
+    if WIDE:
+        offs = offs.to(tl.int64)
+    return offs

@@ -25,7 +25,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._compat import launcher, triton_op_or_custom
+from ._compat import batch_slices, launcher, triton_op_or_custom, wide_offsets
+from .band import addresses
 
 __all__ = ["ecce_prefix", "band_tables", "tables_adjoint", "dot_precision", "chunk", "scan_meta"]
 
@@ -45,7 +46,7 @@ def _tables_kernel(X, W, ZP, T, LENGTHS, L, D, H, dist,
                    stride_xb, stride_xt, stride_xd, stride_wd, stride_wh,
                    stride_tb, stride_th, stride_tc, stride_tt,
                    HAS_W: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
-                   BLOCK_H: tl.constexpr, DOT_PRECISION: tl.constexpr):
+                   BLOCK_H: tl.constexpr, DOT_PRECISION: tl.constexpr, WIDE: tl.constexpr):
     """One program per (chunk, conversation). ``zp = X @ W`` (X (B, L, D), W (D, H)) if HAS_W,
     written to ZP (B, L, H) float32, else ``zp = X`` (B, L, H); 0 beyond the length. Writes the
     chunk's S (forward scan), then R (backward scan, reading back the zp just written)."""
@@ -57,28 +58,29 @@ def _tables_kernel(X, W, ZP, T, LENGTHS, L, D, H, dist,
     offs_h = tl.arange(0, BLOCK_H)
     mask_h = offs_h[None, :] < H
     x_b = X + b.to(tl.int64) * stride_xb
-    t_b = T + b.to(tl.int64) * stride_tb + offs_h[None, :] * stride_th
+    t_b = T + b.to(tl.int64) * stride_tb + addresses(offs_h, WIDE)[None, :] * stride_th
     carry = tl.zeros([BLOCK_H], tl.float32)
     comp = tl.zeros([BLOCK_H], tl.float32)
     for l0 in range(start, end, BLOCK_L):
         offs_l = l0 + tl.arange(0, BLOCK_L)
+        al = addresses(offs_l, WIDE)  # what multiplies a stride
         valid = offs_l[:, None] < n
         in_chunk = (offs_l[:, None] < end) & mask_h
         if HAS_W:
             zp = tl.zeros([BLOCK_L, BLOCK_H], tl.float32)
             for d0 in range(0, tl.where(l0 < n, D, 0), BLOCK_D):  # a block of padding: no products
                 offs_d = d0 + tl.arange(0, BLOCK_D)
-                x = tl.load(x_b + offs_l[:, None] * stride_xt + offs_d[None, :] * stride_xd,
+                x = tl.load(x_b + al[:, None] * stride_xt + addresses(offs_d, WIDE)[None, :] * stride_xd,
                             mask=valid & (offs_d[None, :] < D), other=0.0)
-                w = tl.load(W + offs_d[:, None] * stride_wd + offs_h[None, :] * stride_wh,
+                w = tl.load(W + addresses(offs_d, WIDE)[:, None] * stride_wd + offs_h[None, :] * stride_wh,
                             mask=(offs_d[:, None] < D) & mask_h, other=0.0)
                 zp = tl.dot(x, w, zp, input_precision=DOT_PRECISION)
-            tl.store(ZP + b.to(tl.int64) * L * H + offs_l[:, None] * H + offs_h[None, :], zp, mask=in_chunk)
+            tl.store(ZP + b.to(tl.int64) * L * H + al[:, None] * H + offs_h[None, :], zp, mask=in_chunk)
         else:
-            zp = tl.load(x_b + offs_l[:, None] * stride_xt + offs_h[None, :] * stride_xd,
+            zp = tl.load(x_b + al[:, None] * stride_xt + addresses(offs_h, WIDE)[None, :] * stride_xd,
                          mask=valid & mask_h, other=0.0).to(tl.float32)
-        tl.store(t_b + 2 * stride_tc + offs_l[:, None] * stride_tt, zp, mask=in_chunk)
-        tl.store(t_b + offs_l[:, None] * stride_tt, carry[None, :] + (tl.cumsum(zp, 0) - comp[None, :]),
+        tl.store(t_b + 2 * stride_tc + al[:, None] * stride_tt, zp, mask=in_chunk)
+        tl.store(t_b + al[:, None] * stride_tt, carry[None, :] + (tl.cumsum(zp, 0) - comp[None, :]),
                  mask=in_chunk)
         carry, comp = _kahan_add(carry, comp, tl.sum(zp, 0))
     tl.debug_barrier()  # the zp just stored, read back below by other threads of this program
@@ -87,9 +89,10 @@ def _tables_kernel(X, W, ZP, T, LENGTHS, L, D, H, dist,
     num_blocks = tl.cdiv(end - start, BLOCK_L)
     for r in range(0, num_blocks):
         offs_l = start + (num_blocks - 1 - r) * BLOCK_L + tl.arange(0, BLOCK_L)
+        al = addresses(offs_l, WIDE)
         in_chunk = (offs_l[:, None] < end) & mask_h
-        zp = tl.load(t_b + 2 * stride_tc + offs_l[:, None] * stride_tt, mask=in_chunk, other=0.0)
-        tl.store(t_b + stride_tc + offs_l[:, None] * stride_tt,
+        zp = tl.load(t_b + 2 * stride_tc + al[:, None] * stride_tt, mask=in_chunk, other=0.0)
+        tl.store(t_b + stride_tc + al[:, None] * stride_tt,
                  carry[None, :] + (tl.cumsum(zp, 0, reverse=True) - comp[None, :]), mask=in_chunk)
         carry, comp = _kahan_add(carry, comp, tl.sum(zp, 0))
 
@@ -97,7 +100,8 @@ def _tables_kernel(X, W, ZP, T, LENGTHS, L, D, H, dist,
 @triton.jit
 def _tables_adjoint_kernel(DT, EXTRA, DZP, LENGTHS, L, H, dist,
                            stride_db, stride_dh, stride_dc, stride_dt, stride_eb, stride_et, stride_eh,
-                           HAS_EXTRA: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_H: tl.constexpr):
+                           HAS_EXTRA: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_H: tl.constexpr,
+                           WIDE: tl.constexpr):
     """The adjoint of ``_tables_kernel``'s scans, one program per (chunk, conversation):
     ``dzp[k] = dT[2, k] (+ EXTRA[k]) + sum_{t >= k} dT[0, t] + sum_{t <= k} dT[1, t]`` over k's
     chunk, 0 beyond the length; dT (B, H, 3, L) and EXTRA (B, L, H) strided, DZP (B, L, H) float32.
@@ -109,16 +113,17 @@ def _tables_adjoint_kernel(DT, EXTRA, DZP, LENGTHS, L, H, dist,
     end = tl.minimum(start + dist, L)
     offs_h = tl.arange(0, BLOCK_H)
     mask_h = offs_h[None, :] < H
-    d_b = DT + b.to(tl.int64) * stride_db + offs_h[None, :] * stride_dh
+    d_b = DT + b.to(tl.int64) * stride_db + addresses(offs_h, WIDE)[None, :] * stride_dh
     out_b = DZP + b.to(tl.int64) * L * H + offs_h[None, :]
     carry = tl.zeros([BLOCK_H], tl.float32)
     comp = tl.zeros([BLOCK_H], tl.float32)
     num_blocks = tl.cdiv(end - start, BLOCK_L)
     for r in range(0, num_blocks):
         offs_l = start + (num_blocks - 1 - r) * BLOCK_L + tl.arange(0, BLOCK_L)
+        al = addresses(offs_l, WIDE)
         in_chunk = (offs_l[:, None] < end) & mask_h
-        g = tl.load(d_b + offs_l[:, None] * stride_dt, mask=in_chunk, other=0.0).to(tl.float32)
-        tl.store(out_b + offs_l[:, None] * H, carry[None, :] + (tl.cumsum(g, 0, reverse=True) - comp[None, :]),
+        g = tl.load(d_b + al[:, None] * stride_dt, mask=in_chunk, other=0.0).to(tl.float32)
+        tl.store(out_b + al[:, None] * H, carry[None, :] + (tl.cumsum(g, 0, reverse=True) - comp[None, :]),
                  mask=in_chunk)
         carry, comp = _kahan_add(carry, comp, tl.sum(g, 0))
     tl.debug_barrier()  # the partial sums just stored, read back below by other threads
@@ -126,16 +131,17 @@ def _tables_adjoint_kernel(DT, EXTRA, DZP, LENGTHS, L, H, dist,
     comp = tl.zeros([BLOCK_H], tl.float32)
     for l0 in range(start, end, BLOCK_L):
         offs_l = l0 + tl.arange(0, BLOCK_L)
+        al = addresses(offs_l, WIDE)
         in_chunk = (offs_l[:, None] < end) & mask_h
-        g = tl.load(d_b + stride_dc + offs_l[:, None] * stride_dt, mask=in_chunk, other=0.0).to(tl.float32)
-        part = tl.load(out_b + offs_l[:, None] * H, mask=in_chunk, other=0.0)
-        dz = tl.load(d_b + 2 * stride_dc + offs_l[:, None] * stride_dt, mask=in_chunk, other=0.0).to(tl.float32)
+        g = tl.load(d_b + stride_dc + al[:, None] * stride_dt, mask=in_chunk, other=0.0).to(tl.float32)
+        part = tl.load(out_b + al[:, None] * H, mask=in_chunk, other=0.0)
+        dz = tl.load(d_b + 2 * stride_dc + al[:, None] * stride_dt, mask=in_chunk, other=0.0).to(tl.float32)
         total = part + dz + carry[None, :] + (tl.cumsum(g, 0) - comp[None, :])
         if HAS_EXTRA:
-            e = tl.load(EXTRA + b.to(tl.int64) * stride_eb + offs_l[:, None] * stride_et + offs_h[None, :] * stride_eh,
-                        mask=in_chunk, other=0.0)
+            e = tl.load(EXTRA + b.to(tl.int64) * stride_eb + al[:, None] * stride_et
+                        + addresses(offs_h, WIDE)[None, :] * stride_eh, mask=in_chunk, other=0.0)
             total += e.to(tl.float32)
-        tl.store(out_b + offs_l[:, None] * H, tl.where(offs_l[:, None] < n, total, 0.0), mask=in_chunk)
+        tl.store(out_b + al[:, None] * H, tl.where(offs_l[:, None] < n, total, 0.0), mask=in_chunk)
         carry, comp = _kahan_add(carry, comp, tl.sum(g, 0))
 
 
@@ -176,10 +182,13 @@ def _launch_tables(x: torch.Tensor, w: torch.Tensor | None, lengths: torch.Tenso
     meta = scan_meta(c, D if w is not None else None, H)
     if w is None:
         meta["BLOCK_D"] = 16  # unused
-    launcher(_tables_kernel)[(triton.cdiv(L, c), B)](
-        x, w if w is not None else x, zp if zp is not None else T, T, lengths, L, D, H, c,
-        x.stride(0), x.stride(1), x.stride(2), *(w.stride() if w is not None else (0, 0)), *T.stride(),
-        HAS_W=w is not None, DOT_PRECISION=dot_precision(x.dtype), **meta)
+    wide = wide_offsets(x, w, zp, T)
+    for b0, b1 in batch_slices(B, 1):  # the conversations on grid axis 1
+        xs, Ts = x[b0:b1], T[b0:b1]
+        launcher(_tables_kernel)[(triton.cdiv(L, c), b1 - b0)](
+            xs, w if w is not None else xs, zp[b0:b1] if zp is not None else Ts, Ts, lengths[b0:b1], L, D, H, c,
+            x.stride(0), x.stride(1), x.stride(2), *(w.stride() if w is not None else (0, 0)), *T.stride(),
+            HAS_W=w is not None, DOT_PRECISION=dot_precision(x.dtype), WIDE=wide, **meta)
     return zp, T
 
 
@@ -190,9 +199,11 @@ def _launch_adjoint(dT: torch.Tensor, extra: torch.Tensor | None, lengths: torch
         return dzp
     c = chunk(dist, L)
     e = extra if extra is not None else dzp
-    launcher(_tables_adjoint_kernel)[(triton.cdiv(L, c), B)](
-        dT, e, dzp, lengths, L, H, c, *dT.stride(), *e.stride(), HAS_EXTRA=extra is not None,
-        **scan_meta(c, None, H))
+    wide = wide_offsets(dT, e, dzp)
+    for b0, b1 in batch_slices(B, 1):  # the conversations on grid axis 1
+        launcher(_tables_adjoint_kernel)[(triton.cdiv(L, c), b1 - b0)](
+            dT[b0:b1], e[b0:b1], dzp[b0:b1], lengths[b0:b1], L, H, c, *dT.stride(), *e.stride(),
+            HAS_EXTRA=extra is not None, WIDE=wide, **scan_meta(c, None, H))
     return dzp
 
 

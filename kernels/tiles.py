@@ -3,6 +3,8 @@
     launch_tiles(kernel, dtype, block_d, causal, device) -> Tiles   what the launchers use (TABLE, AMPERE on sm_8x)
     head_block(Dh)                                        -> BLOCK_D, the head dim padded to a power of two
     autotune_configs(kernel)                              -> triton.Config list for a GPU session to measure
+    autotuned(kernel, name, bucket)                       -> the kernel under triton.autotune for one length bucket
+    length_bucket(L)                                      -> the length class autotuning is keyed on
 
 ``TABLE`` was chosen from the sm_90 compile report (``bench/kernel_resources.py``: registers,
 spills, shared memory per variant), not from timings: per (kernel, element size, BLOCK_D) the
@@ -11,8 +13,10 @@ with 8 warps where a 4-warp program would hold too many accumulator registers. I
 interpreter every kernel uses 16 x 16 tiles, so that small test sizes span several blocks.
 
 ``ITEACH_FAST_AUTOTUNE=1`` (read at import) makes the launchers pick among ``autotune_configs``
-with ``triton.autotune`` instead (keyed on the head dim, the length, causal and bias; the dtype
-is part of Triton's key): for a GPU session to measure which entries of ``TABLE`` to change.
+with ``triton.autotune`` instead (keyed on the head dim, causal and bias, and the length's bucket,
+the next power of two: one tuner per bucket, so a new padded length in the same bucket is not
+tuned again; the dtype is part of Triton's key): for a GPU session to measure which entries of
+``TABLE`` to change.
 """
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ import triton
 from ._compat import interpreted
 
 __all__ = ["Tiles", "TABLE", "AMPERE", "TUNED_KEYS", "MAX_HEAD_DIM", "AUTOTUNE", "launch_tiles", "head_block",
-           "autotune_configs", "autotuned"]
+           "autotune_configs", "autotuned", "length_bucket"]
 
 MAX_HEAD_DIM = 256  # one (BLOCK, Dh) tile of q/k/v must fit in registers
 AUTOTUNE = os.environ.get("ITEACH_FAST_AUTOTUNE", "0") == "1"
@@ -112,15 +116,30 @@ def autotune_configs(kernel: str) -> list:
             for bm, bn in sorted(tiles) for warps in (4, 8) for stages in (2, 3)]
 
 
-def _prune(configs, named_args, **kwargs):
-    """No tile longer than the (padded) sequence: those only add masked work."""
-    limit = max(32, triton.next_power_of_2(int(named_args["L"])))
-    kept = [c for c in configs if max(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) <= limit]
-    return kept or configs[:1]
+def length_bucket(L: int) -> int:
+    """The length class autotuning is keyed on: the next power of two (at least 16). Keying on
+    the exact length would tune again for every new padded length (a few seconds each)."""
+    return max(16, triton.next_power_of_2(int(L)))
 
 
-def autotuned(kernel, name: str):
-    """``kernel`` under ``triton.autotune`` over ``autotune_configs(name)``, keyed on the head dim,
-    the length, bias and causal (and, by Triton, the dtypes); the launcher passes the rest."""
-    return triton.autotune(configs=autotune_configs(name), key=["Dh", "L", "HAS_BIAS", "CAUSAL"],
-                           prune_configs_by={"early_config_prune": _prune})(kernel)
+def _pruner(bucket: int):
+    def prune(configs, named_args, **kwargs):
+        """No tile longer than the bucket's sequences: those only add masked work."""
+        limit = max(32, bucket)
+        kept = [c for c in configs if max(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) <= limit]
+        return kept or configs[:1]
+    return prune
+
+
+_TUNERS: dict = {}
+
+
+def autotuned(kernel, name: str, bucket: int):
+    """``kernel`` under ``triton.autotune`` over ``autotune_configs(name)`` for lengths of one
+    ``length_bucket``: one tuner per (kernel, bucket), made once, keyed on the head dim, bias and
+    causal (and, by Triton, the dtypes) but not the exact length; the launcher passes the rest."""
+    key = (name, kernel, bucket)
+    if key not in _TUNERS:
+        _TUNERS[key] = triton.autotune(configs=autotune_configs(name), key=["Dh", "HAS_BIAS", "CAUSAL"],
+                                       prune_configs_by={"early_config_prune": _pruner(bucket)})(kernel)
+    return _TUNERS[key]

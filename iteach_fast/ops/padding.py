@@ -3,7 +3,9 @@ the masked pools of the NAS token mixers.
 
 Position ``i`` of conversation ``b`` is valid iff ``i < lengths[b]``. Masking uses
 ``torch.where``, never multiplication: garbage (even inf or NaN) in the padding then cannot
-leak through a ``0 * inf``. Shared by the reference operators and the modules.
+leak through a ``0 * inf``. Nothing here builds a tensor from host data (``torch.tensor``): inside
+a training step that is a host-to-device copy, which synchronises and cannot be graph-captured.
+Shared by the reference operators and the modules.
 """
 from __future__ import annotations
 
@@ -55,5 +57,6 @@ def masked_max_pool(x: torch.Tensor, valid: torch.Tensor, pool_size: int, causal
     callers mask them. Ties route the gradient to the first (lowest) index of the window, as
     ``torch.max_pool1d`` does."""
     pool_size = _clip(pool_size, x.shape[1])
-    xm = torch.where(valid, x, torch.tensor(float("-inf"), dtype=x.dtype, device=x.device)).transpose(1, 2)
+    # -inf as a scalar: filled on the device, never a host tensor copied in (a CUDA graph cannot hold that copy)
+    xm = torch.where(valid, x, float("-inf")).transpose(1, 2)
     return F.max_pool1d(_window(xm, pool_size, causal, float("-inf")), pool_size, stride=1).transpose(1, 2)
