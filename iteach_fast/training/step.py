@@ -19,7 +19,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from ..choices import MODALITIES
 from ..data.dataset import collate
-from ..data.masking import apply_mask, sample_present
+from ..data.masking import add_outages, apply_mask, sample_present
 from ..nn.model import ITEACHNet
 from .config import TrainConfig
 from .distributed import Context
@@ -91,7 +91,7 @@ def _pad(t: torch.Tensor, length: int) -> torch.Tensor:
 
 
 def make_batch(dataset, idx: list, rate: float, generator: torch.Generator, ctx: Context, count,
-               shape: tuple[int, int] | None = None) -> Batch:
+               shape: tuple[int, int] | None = None, outage: float = 0.0) -> Batch:
     """This rank's share of the global batch ``idx`` (positions in ``dataset``).
 
     The missing-modality mask is drawn for the whole global batch, so every rank (and a
@@ -99,10 +99,13 @@ def make_batch(dataset, idx: list, rate: float, generator: torch.Generator, ctx:
     the global batch's loss denominators, known to every rank without communication;
     ``shape`` = ``(rows, length)`` pads the share with zero-length conversations and zero
     positions to a fixed shape (compiled / captured steps); without it a rank's share has at
-    least one row and one position."""
+    least one row and one position. ``outage``: the probability that a conversation also
+    loses one or two modalities for its whole length (:func:`~iteach_fast.data.masking.add_outages`)."""
     convs = [dataset[i] for i in idx]
     lengths_g = torch.tensor([len(c["labels"]) for c in convs], dtype=torch.int64)
     present_g = sample_present(lengths_g, int(lengths_g.max()) if len(convs) else 0, rate, generator)
+    if outage:  # drawn only when asked: runs without outages keep their generator streams
+        present_g = add_outages(present_g, lengths_g, outage, generator)
     labels_g = pad_sequence([torch.as_tensor(np.asarray(c["labels"])) for c in convs], batch_first=True)
     counts = count(labels_g, lengths_g, present_g)
     mine = ctx.shard(range(len(convs)))
