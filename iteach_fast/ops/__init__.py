@@ -19,8 +19,7 @@ import torch
 
 from . import backends
 from .backends import BackendUnavailable  # noqa: F401  (re-exported)
-from .padding import valid_mask, zero_invalid
-from .reference import accumulation_dtype, prefix_table
+from .padding import accumulation_dtype, prefix_table, valid_mask, zero_invalid
 
 __all__ = ["ecce_prefix", "ecce_bias", "ecce_attention", "routed_mixture", "check_lengths", "BackendUnavailable"]
 

@@ -16,7 +16,7 @@ import os
 
 import torch
 
-from . import reference
+from .padding import accumulation_dtype, prefix_table, valid_mask, zero_invalid
 
 __all__ = ["STATUS", "CPP_OPS", "load", "has_ops", "has_cuda", "routed_mixture", "ecce_bias", "ecce_attention"]
 
@@ -206,8 +206,11 @@ def _band_means(table: torch.Tensor, dist: int, causal: bool, lengths: torch.Ten
 
 
 def ecce_bias(zp: torch.Tensor, lengths: torch.Tensor, dist: int, causal: bool = False) -> torch.Tensor:
-    """:func:`iteach_fast.ops.reference.ecce_bias` with the band means in C++ (CPU)."""
-    return reference.ecce_bias(zp, lengths, dist, causal, band=_band_means)
+    """ECCE's bias ``E`` with the band means in C++ (CPU), from the same table the reference reads."""
+    acc = accumulation_dtype(zp.dtype)
+    table = prefix_table(zero_invalid(zp.to(acc), valid_mask(lengths, zp.shape[1])[..., None]), dist)
+    with torch.autocast("cpu", enabled=False):
+        return _band_means(table, dist, causal, lengths).to(zp.dtype)
 
 
 def ecce_attention(q, k, v, prefix, lengths, dist: int, scale: float, causal: bool) -> torch.Tensor:
@@ -217,7 +220,7 @@ def ecce_attention(q, k, v, prefix, lengths, dist: int, scale: float, causal: bo
     Half-precision inputs are computed in float32 (the reference's accumulation) and cast back."""
     if not _HAS_ATTENTION:
         raise NotImplementedError("iteach_fast._C has no ecce_attention op in this build")
-    acc = reference.accumulation_dtype(q.dtype)
+    acc = accumulation_dtype(q.dtype)
     with torch.autocast("cpu", enabled=False):
         q32, k32, v32 = (t.to(acc) for t in (q, k, v))
         table = prefix.to(acc) if prefix is not None else None

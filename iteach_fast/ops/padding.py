@@ -1,5 +1,6 @@
-"""Primitives for padded, ragged batches: which positions are valid, zeroing the rest, and
-the masked pools of the NAS token mixers.
+"""Primitives for padded, ragged batches: which positions are valid, zeroing the rest, the
+masked pools of the NAS token mixers, and the layout of ECCE's band table (:func:`prefix_table`,
+the operator contract's ``prefix``: every backend builds or reads this one layout).
 
 Position ``i`` of conversation ``b`` is valid iff ``i < lengths[b]``. Masking uses
 ``torch.where``, never multiplication: garbage (even inf or NaN) in the padding then cannot
@@ -12,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["valid_mask", "zero_invalid", "masked_avg_pool", "masked_max_pool"]
+__all__ = ["valid_mask", "zero_invalid", "masked_avg_pool", "masked_max_pool", "accumulation_dtype", "prefix_table"]
 
 
 def valid_mask(lengths: torch.Tensor, L: int) -> torch.Tensor:
@@ -60,3 +61,23 @@ def masked_max_pool(x: torch.Tensor, valid: torch.Tensor, pool_size: int, causal
     # -inf as a scalar: filled on the device, never a host tensor copied in (a CUDA graph cannot hold that copy)
     xm = torch.where(valid, x, float("-inf")).transpose(1, 2)
     return F.max_pool1d(_window(xm, pool_size, causal, float("-inf")), pool_size, stride=1).transpose(1, 2)
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def prefix_table(zp: torch.Tensor, dist: int) -> torch.Tensor:
+    """The band-mean table ``(B, H, 3, L)`` of ``zp (B, L, H)`` (already 0 beyond the lengths),
+    in ``zp``'s dtype: sums that restart every ``dist`` positions (docs/maths.md, "Local numerics")
+
+        [:, :, 0, t] = S[t] = sum zp[chunk start .. t]      [:, :, 1, t] = R[t] = sum zp[t .. chunk end]
+        [:, :, 2, t] = zp[t]
+    """
+    B, L, H = zp.shape
+    width = max(1, min(dist, L))  # a band wider than L: one chunk
+    chunks = -(-L // width)
+    x = torch.nn.functional.pad(zp.transpose(1, 2), (0, chunks * width - L)).reshape(B, H, chunks, width)
+    S = x.cumsum(-1)
+    R = x.flip(-1).cumsum(-1).flip(-1)  # summed from the chunk's end: each entry sees only its own chunk
+    return torch.stack((S, R, x), dim=2).reshape(B, H, 3, chunks * width)[..., :L]

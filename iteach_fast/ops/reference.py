@@ -24,30 +24,10 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-from .padding import masked_avg_pool, masked_max_pool, valid_mask, zero_invalid
+from .padding import accumulation_dtype, masked_avg_pool, masked_max_pool, prefix_table, valid_mask, zero_invalid
 
-__all__ = ["accumulation_dtype", "prefix_table", "band_means", "ecce_prefix", "ecce_bias", "ecce_attention",
+__all__ = ["band_means", "ecce_prefix", "ecce_bias", "ecce_attention",
            "routed_mixture"]
-
-
-def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def prefix_table(zp: torch.Tensor, dist: int) -> torch.Tensor:
-    """The band-mean table ``(B, H, 3, L)`` of ``zp (B, L, H)`` (already 0 beyond the lengths),
-    in ``zp``'s dtype: sums that restart every ``dist`` positions (docs/maths.md, "Local numerics")
-
-        [:, :, 0, t] = S[t] = sum zp[chunk start .. t]      [:, :, 1, t] = R[t] = sum zp[t .. chunk end]
-        [:, :, 2, t] = zp[t]
-    """
-    B, L, H = zp.shape
-    width = max(1, min(dist, L))  # a band wider than L: one chunk
-    chunks = -(-L // width)
-    x = torch.nn.functional.pad(zp.transpose(1, 2), (0, chunks * width - L)).reshape(B, H, chunks, width)
-    S = x.cumsum(-1)
-    R = x.flip(-1).cumsum(-1).flip(-1)  # summed from the chunk's end: each entry sees only its own chunk
-    return torch.stack((S, R, x), dim=2).reshape(B, H, 3, chunks * width)[..., :L]
 
 
 def band_means(prefix: torch.Tensor, dist: int, causal: bool, lengths: torch.Tensor | None = None) -> torch.Tensor:
@@ -108,17 +88,15 @@ def ecce_prefix(z: torch.Tensor, w: torch.Tensor, lengths: torch.Tensor, dist: i
     return zp, prefix_table(zp, dist)
 
 
-def ecce_bias(zp: torch.Tensor, lengths: torch.Tensor, dist: int, causal: bool = False,
-              band=band_means) -> torch.Tensor:
+def ecce_bias(zp: torch.Tensor, lengths: torch.Tensor, dist: int, causal: bool = False) -> torch.Tensor:
     """ECCE's global bias ``E (B, H, L, L)`` (docs/maths.md, eq. 6 / Algorithm 1 with inclusive windows):
     ``E[b,h,i,j] = mean(zp[b, min(i,j)..max(i,j), h])`` for valid pairs with ``|i-j| < dist``
-    (and ``j <= i`` if ``causal``), else 0. ``band``: what computes the band means from the
-    table (:func:`band_means`'s signature; the cpp backend passes its C++ op)."""
+    (and ``j <= i`` if ``causal``), else 0."""
     B, L, H = zp.shape
     acc = zero_invalid(zp.to(accumulation_dtype(zp.dtype)), valid_mask(lengths, L)[..., None])
     try:
         with _exact(zp.device):
-            return band(prefix_table(acc, dist), dist, causal, lengths).to(zp.dtype)
+            return band_means(prefix_table(acc, dist), dist, causal, lengths).to(zp.dtype)
     except RuntimeError as err:
         if _is_oom(err):
             raise _oom_hint(err, "ecce_bias", (B, H, L)) from err

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from iteach_fast import ops
-from iteach_fast.ops import reference, testing
+from iteach_fast.ops import padding, testing
 from iteach_fast.ops.padding import valid_mask
 
 
@@ -205,8 +205,8 @@ def test_band_sums_at_4096_are_float32_accurate_despite_a_large_offset():
     float64 sums of its window (the bound scales with two chunks, not the conversation)."""
     L, dist = 4096, 30
     zp = 100 + torch.randn(1, L, 2, dtype=torch.float64)
-    exact = _band_sums_on_diagonals(reference.prefix_table(zp, dist), dist)
-    approx = _band_sums_on_diagonals(reference.prefix_table(zp.float(), dist), dist)
+    exact = _band_sums_on_diagonals(padding.prefix_table(zp, dist), dist)
+    approx = _band_sums_on_diagonals(padding.prefix_table(zp.float(), dist), dist)
     for d, e in exact.items():
         bound = 4 * torch.finfo(torch.float32).eps * 2 * dist * 101  # two chunks' magnitude, a few ulps
         assert (approx[d].double() - e).abs().max() <= bound, d
@@ -370,7 +370,7 @@ def test_half_inputs_take_a_float32_zp_or_table():
     lengths = torch.tensor([5, 3])
     by_half = ops.ecce_attention(q, k, v, zp, lengths, backend="reference")
     by_float = ops.ecce_attention(q, k, v, zp.float(), lengths, backend="reference")
-    table = reference.prefix_table(torch.where(valid_mask(lengths, 5)[..., None], zp.float(), 0.0), 30)
+    table = padding.prefix_table(torch.where(valid_mask(lengths, 5)[..., None], zp.float(), 0.0), 30)
     by_table = ops.ecce_attention(q, k, v, lengths=lengths, backend="reference", prefix=table)
     assert by_half.dtype == by_float.dtype == by_table.dtype == torch.float16
     torch.testing.assert_close(by_float, by_half)

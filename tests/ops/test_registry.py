@@ -10,7 +10,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import iteach_fast
 from iteach_fast import ops
-from iteach_fast.ops import backends, cpp, reference, testing
+from iteach_fast.ops import backends, cpp, padding, testing
 from iteach_fast.ops.backends import BackendUnavailable
 
 
@@ -148,7 +148,7 @@ def test_dispatch_never_reads_device_values_on_the_host(impl):
         elif impl.op == "ecce_bias":
             out = backends.call("ecce_bias", impl.backend, *t, case.lengths, 4, False)
         elif impl.op == "ecce_attention":
-            prefix = reference.prefix_table(t[3], 4)
+            prefix = padding.prefix_table(t[3], 4)
             out = backends.call("ecce_attention", impl.backend, *t[:3], prefix, case.lengths, 4, 0.5, False)
         else:
             out = backends.call("routed_mixture", impl.backend, *t, case.lengths, 3, False)

@@ -23,7 +23,7 @@ if __name__ == "__main__" and not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # as tests/conftest.py does, before triton loads
 
 from iteach_fast import ops
-from iteach_fast.ops import backends, reference, testing
+from iteach_fast.ops import backends, padding, testing
 from iteach_fast.ops.padding import valid_mask
 
 pytest.importorskip("triton", reason="triton is not installed")
@@ -286,7 +286,7 @@ def test_causal_visits_no_tile_above_the_diagonal(monkeypatch, with_bias):
     case = testing.make_inputs("ecce_attention", B=1, H=1, L=64, Dh=16, lengths=[64], device=DEVICE,
                                requires_grad=True)
     q, k, v, zp = case.tensors.values()
-    prefix = reference.prefix_table(zp.detach(), 5) if with_bias else None
+    prefix = padding.prefix_table(zp.detach(), 5) if with_bias else None
     for causal, tiles in ((False, 16), (True, 10)):
         dots.clear()
         out = ops.ecce_attention(q, k, v, dist=5, causal=causal, backend="triton", prefix=prefix)
