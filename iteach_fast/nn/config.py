@@ -12,6 +12,7 @@ import typing
 from dataclasses import dataclass, fields
 from typing import Literal, Union
 
+from ..checks import check_heads, check_int, check_odd
 from ..choices import Backend, EcceMode, Framework, Mixer
 
 __all__ = ["ModelConfig", "ConfigError", "coerce", "type_hints", "type_problems", "raise_problems", "finite"]
@@ -45,21 +46,24 @@ class ModelConfig:
 
     def validate(self) -> ModelConfig:
         problems = type_problems(self)
+        raise_problems(problems)  # the checks below compare values: their types first
         checks = [
-            (self.dim >= 1 and self.heads >= 1, "dim and heads must be >= 1"),
-            (self.heads >= 1 and self.dim % self.heads == 0,
-             f"dim ({self.dim}) must be divisible by heads ({self.heads})"),
             (all(n is None or n >= 1 for n in (self.teacher_layers, self.student_layers)),
              "teacher_layers / student_layers must be >= 1 (or left unset for the framework's default)"),
             (finite(self.ffn_ratio) and self.ffn_ratio > 0, "ffn_ratio must be a finite number > 0"),
             (finite(self.mlp_ratio) and self.mlp_ratio > 0, "mlp_ratio must be a finite number > 0"),
-            (self.max_len >= 1, "max_len must be >= 1"),
-            (self.dist >= 1, "dist must be >= 1"),
-            (self.conv_kernel >= 1 and self.conv_kernel % 2 == 1, "conv_kernel must be odd and >= 1"),
-            (self.pool_size >= 1 and self.pool_size % 2 == 1, "pool_size must be odd and >= 1"),
             (finite(self.dropout) and 0.0 <= self.dropout < 1.0, "dropout must lie in [0, 1)"),
         ]
-        raise_problems(problems + [msg for ok, msg in checks if not problems and not ok])
+        problems = [msg for ok, msg in checks if not ok]
+        # the rules the modules and operators apply themselves, from their one statement (iteach_fast.checks)
+        for rule in (lambda: check_heads(self.dim, self.heads), lambda: check_int("max_len", self.max_len, 1),
+                     lambda: check_int("dist", self.dist, 1), lambda: check_odd("conv_kernel", self.conv_kernel),
+                     lambda: check_odd("pool_size", self.pool_size)):
+            try:
+                rule()
+            except (TypeError, ValueError) as err:
+                problems.append(str(err))
+        raise_problems(problems)
         return self
 
     def model_kwargs(self) -> dict:

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checks import check_int
 from ..choices import MIXERS, MODALITIES, check_choice
 from .config import ModelConfig
 from .modules import ECCE, EncoderLayer, Padded, padded, set_backend
@@ -81,10 +82,8 @@ class ITEACHModel(nn.Module):
             raise ValueError(f"input_dims must be three positive ints (text, audio, visual), got {input_dims}")
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1 (1 = regression), got {num_classes}")
-        if num_layers < 1:
-            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
-        if max_len < 1:
-            raise ValueError(f"max_len must be >= 1, got {max_len}")
+        check_int("num_layers", num_layers, 1)
+        check_int("max_len", max_len, 1)
         check_choice("mixer", mixer, MIXERS)
         self.input_dims, self.num_classes, self.num_layers = input_dims, num_classes, num_layers
         self.mixer, self.dim, self.max_len, self.causal = mixer, dim, max_len, bool(causal)

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
+from ..checks import check_heads, check_int, check_odd
 from ..choices import ECCE_MODES, MIXERS, check_choice
 from ..ops import backends
 from ..ops.padding import masked_avg_pool, masked_max_pool, valid_mask, zero_invalid
@@ -107,16 +108,6 @@ def set_backend(module: nn.Module, backend: str) -> nn.Module:
     return module
 
 
-def _check_heads(dim: int, heads: int) -> None:
-    if dim < 1 or heads < 1 or dim % heads:
-        raise ValueError(f"dim ({dim}) must be a positive multiple of heads ({heads})")
-
-
-def _check_pool(pool_size: int) -> None:
-    if pool_size < 1 or pool_size % 2 == 0:
-        raise ValueError(f"pool_size must be odd and positive, got {pool_size}")
-
-
 # ----------------------------------------------------------------------------- ECCE
 
 class ECCE(nn.Module):
@@ -140,10 +131,8 @@ class ECCE(nn.Module):
                  mode: str = "local+global", backend: str = "auto", causal: bool = False):
         super().__init__()
         check_choice("mode", mode, ECCE_MODES)
-        if kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(f"kernel_size must be odd and positive, got {kernel_size}")
-        if dist < 1:
-            raise ValueError(f"dist must be >= 1, got {dist}")
+        check_odd("kernel_size", kernel_size)
+        check_int("dist", dist, 1)
         self.dim, self.heads, self.dist, self.mode, self.backend = dim, heads, dist, mode, backend
         self.kernel_size, self.causal = kernel_size, bool(causal)
         # causal: pad k - 1 on both sides and keep the first L outputs (output t sees t-k+1..t)
@@ -206,7 +195,7 @@ class ECCEAttention(nn.Module):
     def __init__(self, dim: int, heads: int, dist: int = 30, dropout: float = 0.0, backend: str = "auto",
                  causal: bool = False):
         super().__init__()
-        _check_heads(dim, heads)
+        check_heads(dim, heads)
         self.dim, self.heads, self.dist, self.backend, self.causal = dim, heads, dist, backend, bool(causal)
         self.scale = 1.0 / math.sqrt(dim // heads)
         self.q = nn.Linear(dim, dim)
@@ -243,8 +232,7 @@ class MLPTokenMixer(nn.Module):
 
     def __init__(self, max_len: int, ratio: float = 1.0, dropout: float = 0.0, causal: bool = False):
         super().__init__()
-        if max_len < 1:
-            raise ValueError(f"max_len must be >= 1, got {max_len}")
+        check_int("max_len", max_len, 1)
         hidden = max(1, int(round(max_len * ratio)))
         self.max_len, self.ratio, self.causal = max_len, ratio, bool(causal)
         self.fc1 = nn.Linear(max_len, hidden)
@@ -285,7 +273,7 @@ class AvgPoolTokenMixer(nn.Module):
 
     def __init__(self, pool_size: int = 3, causal: bool = False):
         super().__init__()
-        _check_pool(pool_size)
+        check_odd("pool_size", pool_size)
         self.pool_size, self.causal = pool_size, bool(causal)
 
     def forward(self, x: torch.Tensor, prefix: torch.Tensor | None = None, lengths=None) -> torch.Tensor:
@@ -299,7 +287,7 @@ class MaxPoolTokenMixer(nn.Module):
 
     def __init__(self, pool_size: int = 3, causal: bool = False):
         super().__init__()
-        _check_pool(pool_size)
+        check_odd("pool_size", pool_size)
         self.pool_size, self.causal = pool_size, bool(causal)
 
     def forward(self, x: torch.Tensor, prefix: torch.Tensor | None = None, lengths=None) -> torch.Tensor:
@@ -320,7 +308,7 @@ class RoutedTokenMixer(nn.Module):
     def __init__(self, dim: int, heads: int, max_len: int = 110, dist: int = 30, pool_size: int = 3,
                  mlp_ratio: float = 1.0, dropout: float = 0.0, backend: str = "auto", causal: bool = False):
         super().__init__()
-        _check_pool(pool_size)
+        check_odd("pool_size", pool_size)
         self.dim, self.pool_size, self.backend, self.causal = dim, pool_size, backend, bool(causal)
         self.router = nn.Linear(dim, 4)
         self.attention = ECCEAttention(dim, heads, dist, dropout, backend, causal)
@@ -399,7 +387,7 @@ class CrossAttention(nn.Module):
     def __init__(self, dim: int, heads: int, dropout: float = 0.0, causal: bool = False, backend: str = "auto",
                  dist: int = 30):
         super().__init__()
-        _check_heads(dim, heads)
+        check_heads(dim, heads)
         self.dim, self.heads, self.causal, self.backend, self.dist = dim, heads, bool(causal), backend, dist
         self.scale = 1.0 / math.sqrt(dim // heads)
         self.norm_q = nn.LayerNorm(dim)

@@ -17,14 +17,13 @@ import math
 
 import torch
 
+from ..checks import check_int, check_odd
 from . import backends
 from .backends import BackendUnavailable  # noqa: F401  (re-exported)
 from .padding import accumulation_dtype, prefix_table, valid_mask, zero_invalid
 
 __all__ = ["ecce_prefix", "ecce_bias", "ecce_attention", "routed_mixture", "check_lengths", "BackendUnavailable"]
 
-#: the largest dist / pool_size: the kernels take them as 32-bit ints
-MAX_INT = 2**31 - 1
 
 
 def _check_tensor(name: str, t, ndim: int, layout: str) -> None:
@@ -89,16 +88,6 @@ def check_lengths(lengths, B: int, L: int, device: torch.device, sync: bool = Tr
     return lengths.to(device=device, dtype=torch.int64, non_blocking=True)
 
 
-def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    if value > MAX_INT:
-        raise ValueError(f"{name} must be <= 2**31 - 1 (the kernels take a 32-bit int), got {value}")
-    return value
-
-
 def _check_bool(name: str, value) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
@@ -118,7 +107,7 @@ def ecce_prefix(z: torch.Tensor, w_fc: torch.Tensor, lengths=None, dist: int = 3
     _check_same({"z": z, "w_fc": w_fc})
     B, L, D = z.shape
     _check_dims("w_fc", w_fc, {0: ("input dim", D)})
-    dist = _check_int("dist", dist, 1)
+    dist = check_int("dist", dist, 1)
     lengths = check_lengths(lengths, B, L, z.device)
     return backends.call("ecce_prefix", backend, z, w_fc, lengths, dist)
 
@@ -131,7 +120,7 @@ def ecce_bias(zp: torch.Tensor, lengths=None, dist: int = 30, causal: bool = Fal
     inspection and heatmaps."""
     _check_tensor("zp", zp, 3, "(B, L, H)")
     B, L, _ = zp.shape
-    dist = _check_int("dist", dist, 1)
+    dist = check_int("dist", dist, 1)
     causal = _check_bool("causal", causal)
     lengths = check_lengths(lengths, B, L, zp.device)
     return backends.call("ecce_bias", backend, zp, lengths, dist, causal)
@@ -167,7 +156,7 @@ def ecce_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, zp: torch.
         _check_dims("prefix", prefix, {0: ("batch size", B), 1: ("number of heads", H), 2: ("table rows", 3),
                                        3: ("length", L)})
         _check_companion("prefix", prefix, q, (acc,))
-    dist = _check_int("dist", dist, 1)
+    dist = check_int("dist", dist, 1)
     if scale is None:
         scale = 1.0 / math.sqrt(Dh) if Dh else 1.0
     elif not isinstance(scale, (int, float)) or isinstance(scale, bool) or not math.isfinite(scale):
@@ -204,9 +193,12 @@ def routed_mixture(logits: torch.Tensor, x: torch.Tensor, y_attn: torch.Tensor, 
     _check_dims("logits", logits, {0: ("batch size", B), 1: ("length", L), 2: ("number of token mixers", 4)})
     for name, t in (("y_attn", y_attn), ("y_mlp", y_mlp)):
         _check_dims(name, t, {0: ("batch size", B), 1: ("length", L), 2: ("feature dim", D)})
-    pool_size = _check_int("pool_size", pool_size, 1)
-    if pool_size % 2 == 0:
-        raise ValueError(f"pool_size must be odd (a window centred on each token), got {pool_size}")
+    pool_size = check_odd("pool_size", pool_size)
     causal = _check_bool("causal", causal)
     lengths = check_lengths(lengths, B, L, x.device)
     return backends.call("routed_mixture", backend, logits, x, y_attn, y_mlp, lengths, pool_size, causal)
+
+
+# once per process, when the operators load (the package's root loads nothing eagerly): which
+# backends are missing and why
+backends.warn_missing_once()
