@@ -1,166 +1,308 @@
 #!/usr/bin/env bash
-# The one command for a GPU machine that already has torch, triton, nvcc and ninja and may
-# have no network:
+# The one command for a GPU machine (torch, triton, nvcc and ninja installed; no network needed):
 #
-#     bench/gpu_check.sh [OUT_DIR]          # default bench/results/gpu-check-<date>/
+#     bench/gpu_check.sh "$OUT/gpu-check"         # everything lands in that folder, nowhere else
+#     bench/gpu_check.sh --dry [DIR]              # no GPU: every stage in order at smoke sizes
+#     bench/gpu_check.sh --dry --hide sklearn,tqdm DIR   # ... as on a machine without those modules
 #
-# In this order, each step with its own time limit, all within TOTAL_S (480 s = 8 minutes on
-# an H100, machine start not included):
-#   1. environment   versions, the GPU
-#   2. build         iteach_fast._C with its CUDA kernels, in place, for this GPU's arch
-#   3. install       editable, no build isolation, no dependencies (maps kernels/ to iteach_fast.kernels)
-#   4. imports       the extension and the Triton kernels import; the backends available
-#   5. gpu-tests     pytest -m gpu (the GPU-only tests)
-#   6. headline      the issue's headline rows: K1 fp32/bf16 fwd+bwd vs FlexAttention and the
-#                    eager reference at L=2048, Dh=64; K2 at 64M elements; the training step at
-#                    the paper's size for every provider (with its host syncs and launches)
-#   7. syncs         host synchronisations of one training step, by op (python -m bench.syncs)
-#   8. kernel-resources  bench/kernel_resources.py (registers, spills, shared memory), if present
-#   9. bench-rest    every other case, compiled peers last, within what is left
-#  10. tests-rest    the rest of the test suite, within what is left (REST_TESTS_S reserved;
-#                    stopped by its limit is "stopped", not a failure: CI runs it on the CPU)
-#  11. report        the Markdown and plots of the result file
-# then a one-screen summary: the headline table and pass/fail per step. Everything lands in
-# OUT_DIR (logs/, environment.txt, JUnit XML, the benchmark JSON / Markdown / PNG). A failing
-# step does not stop the next; the exit status is non-zero if any step failed.
+# The stages, by value, each with a predicted time on an H100 / H200 (16 cores) and a limit; the
+# whole within TOTAL_S (480 s), machine start not included (bench/README.md, "The GPU check"):
+#   preflight        5 s   versions, the GPU, what is missing and what that costs (never fails)
+#   build           90 s   iteach_fast._C for this GPU's arch only, skipped when up to date; then checked
+#   install         15 s   editable, no build isolation, no index (maps kernels/ to iteach_fast.kernels)
+#   imports          5 s   the extension, the Triton kernels, the benchmark modules; the backends on the GPU
+#   headline       200 s   K1 fp32/bf16 fwd+bwd vs FlexAttention and the eager reference at L 2048, Dh 64;
+#                          K2 at 64M elements; the training step at paper size (reference, auto,
+#                          auto+compile, auto+compile+cuda-graphs) with host syncs and launches;
+#                          compiled rows last, the JSON rewritten after every case
+#   gpu-tests-key  100 s   the GPU tests that matter most, by node id (bench/gpu_check.py KEY_TESTS),
+#                          while kernel-resources compiles beside them (CPU only: 30 s on the spare cores)
+#   syncs           20 s   host syncs and launches of one training step, by op
+#   gpu-tests-rest  60 s   the other GPU tests (autotuning deselected: marker autotune)
+#   bench-rest      rest   every other benchmark case, compiled peers last
+#   tests-rest      rest   the rest of the suite (ops first: on a GPU they run the kernels there)
+#   report           5 s   the benchmark report (Markdown) and the summary
+# A stage gets min(its limit, what is left); one that no longer fits is skipped with the reason.
+# Nothing stops the next stage: a failing one is recorded and the check goes on. After each
+# stage summary.txt is rewritten, so a check stopped anywhere leaves what it had. The folder
+# holds at most 8 files (what a device session brings back): summary.txt, log.txt (every
+# stage's output), the benchmark JSON and Markdown, kernel-resources.json and .md.
 #
-# Without a CUDA device (a dry run: PYTHON=.venv/bin/python bench/gpu_check.sh /tmp/dry) every
-# step runs or says why not: no build or install, the benchmark steps at smoke sizes without
-# compilation, so nothing takes minutes.
+# Without a CUDA device (or with --dry / GPU_CHECK_DRY=1) it is a dry run: no build or install,
+# the benchmarks at smoke sizes on the CPU without compilation, the test stages collect their
+# tests (so a missing node id or an import that fails collection shows) without running them,
+# and each stage says what it would run on a device. PYTHON picks the interpreter (python3).
 set -uo pipefail
 cd "$(dirname "$0")/.."
+ROOT=$PWD
 
 PYTHON=${PYTHON:-python3}
-OUT=${1:-bench/results/gpu-check-$(date -u +%Y-%m-%d)}
-TOTAL_S=${TOTAL_S:-480}        # the whole script's limit
-BUILD_S=${BUILD_S:-240}        # a cold build for one arch: ~1-2 minutes on 16 cores
-REST_TESTS_S=${REST_TESTS_S:-100}  # kept for the rest of the test suite after the benchmarks
-SUMMARY_S=40                   # kept for the report and the summary
-mkdir -p "$OUT/logs"
+DRY=${GPU_CHECK_DRY:-0}
+HIDE=${GPU_CHECK_HIDE:-}
+OUT=""
+while [ $# -gt 0 ]; do
+    case $1 in
+        --dry) DRY=1 ;;
+        --hide) HIDE=$2; shift ;;
+        --hide=*) HIDE=${1#--hide=} ;;
+        -h|--help) sed -n '2,/^set -uo/p' "$0" | sed 's/^# \{0,1\}//; /^set -uo/d'; exit 0 ;;
+        -*) echo "gpu_check: unknown option $1 (see --help)" >&2; exit 2 ;;
+        *) OUT=$1 ;;
+    esac
+    shift
+done
+OUT=${OUT:-${TMPDIR:-/tmp}/iteach-gpu-check-$(date -u +%Y%m%d-%H%M%S)}
+TOTAL_S=${TOTAL_S:-480}
+RESERVE_S=${RESERVE_S:-15}  # kept for the report and the summary
+mkdir -p "$OUT" || { echo "gpu_check: cannot create $OUT" >&2; exit 2; }
 OUT=$(cd "$OUT" && pwd)
+LOG=$OUT/log.txt
+: >"$LOG"
 START=$SECONDS
-export ITEACH_FAST_EXPECT_CUDA=1  # the tests then insist that the extension has its CUDA kernels
-export MAX_JOBS=${MAX_JOBS:-$(nproc 2>/dev/null || echo 8)}
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # the bench package; the package itself once installed
+START_DATE=$(date -u +%FT%TZ)
 
-HAS_CUDA=$($PYTHON -c 'import torch; print(int(torch.cuda.is_available()))' 2>/dev/null || echo 0)
-if [ "$HAS_CUDA" = 1 ]; then
-    export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$($PYTHON -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())')}
-    ARCH=$($PYTHON -c 'import torch; print("%d%d" % torch.cuda.get_device_capability())')
-    BENCH_SIZE=()
-    SYNC_ARGS=(--sizes 32x110)
-    KR_ARGS=()
-else
-    ARCH=90
-    BENCH_SIZE=(--smoke --no-compile --threads 1)  # the flow, not the numbers
-    SYNC_ARGS=(--sizes 2x16 --threads 1)
-    KR_ARGS=(--only "bfloat16 64" --no-cuda-mixture)  # a few variants: the step's flow
+export PYTHONUNBUFFERED=1
+export ITEACH_FAST_IN_GPU_CHECK=1  # tests/bench/test_gpu_check.py does not run the check inside the check
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"  # the bench package (the package itself once installed)
+if [ -n "$HIDE" ]; then  # as a machine without these modules: bench/hide_modules/sitecustomize.py
+    export PYTHONPATH="$ROOT/bench/hide_modules:$PYTHONPATH" ITEACH_FAST_HIDE_MODULES=$HIDE
 fi
-STEPS=()  # "name|status|seconds|note"
+export MAX_JOBS=${MAX_JOBS:-$(nproc 2>/dev/null || echo 8)}
+NPROC=$(nproc 2>/dev/null || echo 4)
+
+HAS_CUDA=$(timeout 120 "$PYTHON" -c 'import torch; print(int(torch.cuda.is_available()))' 2>/dev/null | tail -n 1)
+[ "$HAS_CUDA" = 1 ] || HAS_CUDA=0
+if [ "$HAS_CUDA" = 1 ]; then
+    ARCH_LIST=$(timeout 60 "$PYTHON" -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())' 2>/dev/null)
+    ARCH=${ARCH_LIST/./}
+else
+    DRY=1
+    ARCH_LIST="9.0" ARCH=90
+fi
+if [ "$DRY" = 1 ]; then
+    MODE="dry run (no GPU work: smoke sizes, tests collected, not run)"
+    [ "$HAS_CUDA" = 1 ] || MODE="dry run: no CUDA device (smoke sizes on the CPU, tests collected, not run)"
+    BENCH=(--smoke --no-compile --threads 1 --device cpu)
+else
+    MODE="GPU check on sm_$ARCH"
+    export ITEACH_FAST_EXPECT_CUDA=1  # the tests then insist that the extension has its CUDA kernels
+    BENCH=(--compiled-last)
+fi
+HAS_PYTEST=0; "$PYTHON" -c 'import pytest' 2>/dev/null && HAS_PYTEST=1
+PYTEST=(-m pytest -p no:cacheprovider --continue-on-collection-errors -q -rfEs --tb=short)
+if [ "$DRY" = 1 ]; then
+    PYTEST+=(--collect-only)
+else
+    PYTEST+=(--durations=10)
+    "$PYTHON" -c 'import pytest_timeout' 2>/dev/null && PYTEST+=(--timeout=150)
+fi
+mapfile -t KEY_TESTS < <("$PYTHON" -m bench.gpu_check key-tests 2>/dev/null)
+STAGES=()  # "name|status|predicted|limit|took|note"
+ENV_TEXT="(no preflight yet)"
 
 left() { echo $((TOTAL_S - (SECONDS - START))); }
 
-record() { STEPS+=("$1|$2|$3|$4"); echo "== $1: $2${4:+ ($4)} after $3 s"; }
+bench_results() { ls "$OUT"/*.json 2>/dev/null | grep -v '/kernel-resources'; }
 
-step() {  # step NAME LIMIT_S MIN_S COMMAND...: run within min(LIMIT_S, what is left), log, record
-    local name=$1 limit=$2 min=$3; shift 3
-    local avail=$(( $(left) - SUMMARY_S ))
+summary() {  # summary.txt, rewritten after every stage
+    {
+        echo "iteach_fast GPU check: $MODE"
+        echo "started $START_DATE, $((SECONDS - START)) s so far, budget ${TOTAL_S} s; folder $OUT"
+        echo "$ENV_TEXT"
+        echo
+        printf '%-16s %-8s %6s %6s %6s  %s\n' stage status "pred s" "limit" "took" note
+        for s in "${STAGES[@]}"; do
+            IFS='|' read -r name status pred limit took note <<<"$s"
+            printf '%-16s %-8s %6s %6s %6s  %s\n' "$name" "$status" "$pred" "$limit" "$took" "$note"
+        done
+        echo
+        results=$(bench_results)
+        if [ -n "$results" ]; then timeout 60 "$PYTHON" -m bench.report --summary $results 2>/dev/null; fi
+    } >"$OUT/summary.txt.tmp" 2>/dev/null
+    mv -f "$OUT/summary.txt.tmp" "$OUT/summary.txt"
+}
+
+record() {  # record NAME STATUS PREDICTED LIMIT TOOK NOTE
+    STAGES+=("$1|$2|$3|$4|$5|$6")
+    echo "== $1: $2 after $5 s${6:+ ($6)}" | tee -a "$LOG"
+    summary
+}
+
+stage() {  # stage NAME PREDICTED LIMIT MIN "ON A DEVICE" COMMAND...: run within min(LIMIT, what is left)
+    local name=$1 pred=$2 limit=$3 min=$4 device=$5; shift 5
+    local avail=$(( $(left) - RESERVE_S ))
     [ "$limit" -le "$avail" ] || limit=$avail
     if [ "$limit" -lt "$min" ]; then
-        record "$name" skipped 0 "time budget: ${avail}s left, needs ${min}s"
+        record "$name" skipped "$pred" "$limit" 0 "time budget: ${avail} s left, needs ${min} s"
         return
     fi
-    echo "== $name (limit ${limit}s): $*"
+    local shown="${pred} s"
+    [[ $pred =~ ^[0-9]+$ ]] || shown="what is left"
+    {
+        echo
+        echo "================ $name (predicted $shown, limit ${limit} s) $(date -u +%T)"
+        [ "$DRY" = 1 ] && echo "[dry] on a device: $device"
+        echo "\$ $*"
+    } >>"$LOG"
+    echo "== $name (predicted $shown, limit ${limit} s)"
     local start=$SECONDS
-    timeout --signal=INT --kill-after=15 "$limit" "$@" >"$OUT/logs/$name.log" 2>&1
+    timeout --signal=INT --kill-after=15 "$limit" "$@" >>"$LOG" 2>&1
     local rc=$? took=$((SECONDS - start))
-    tail -n 12 "$OUT/logs/$name.log"
+    local note=""
+    [ "$DRY" = 1 ] && note="dry; on a device: $device"
     case $rc in
-        0) record "$name" passed "$took" "" ;;
-        124|137) record "$name" "${TIMEOUT_STATUS:-FAILED}" "$took" "time limit ${limit}s" ;;
-        *) record "$name" FAILED "$took" "exit $rc" ;;
+        0) record "$name" passed "$pred" "$limit" "$took" "$note" ;;
+        124|137) record "$name" "${TIMEOUT_STATUS:-FAILED}" "$pred" "$limit" "$took" "time limit ${limit} s${note:+; $note}" ;;
+        *) record "$name" FAILED "$pred" "$limit" "$took" "exit $rc${note:+; $note}" ;;
     esac
 }
 
-skip() { record "$1" skipped 0 "$2"; }
+skip() { record "$1" skipped "$2" - 0 "$3"; }
 
-step environment 60 5 $PYTHON - <<'EOF'
-import platform, subprocess, torch
-print("python", platform.python_version(), "torch", torch.__version__, "cuda", torch.version.cuda)
-try:
-    import triton; print("triton", triton.__version__)
-except ImportError as err:
-    print("triton: not installed", err)
-print("device", torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA device")
-for mod in ("pytest", "pytest_benchmark", "numpy", "sklearn", "tqdm", "matplotlib", "yaml"):
-    try:
-        m = __import__(mod); print(mod, getattr(m, "__version__", "?"))
-    except ImportError:
-        print(mod, "missing (the tests that need it are skipped)")
-try:
-    print(subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv"],
-                         capture_output=True, text=True).stdout)
-except FileNotFoundError:
-    print("nvidia-smi: not found")
-EOF
-cp "$OUT/logs/environment.log" "$OUT/environment.txt" 2>/dev/null
+pytest_stage() {  # pytest_stage NAME PREDICTED LIMIT MIN "ON A DEVICE" ARGS...
+    local name=$1 pred=$2 limit=$3 min=$4 device=$5; shift 5
+    if [ "$HAS_PYTEST" != 1 ]; then
+        skip "$name" "$pred" "pytest is not installed"
+        return
+    fi
+    # exit 5 (no tests collected, e.g. only skips) is not a failure of the check
+    stage "$name" "$pred" "$limit" "$min" "$device" bash -c '"$@"; rc=$?; [ $rc = 5 ] && exit 0; exit $rc' _ \
+        "$PYTHON" "${PYTEST[@]}" "$@"
+}
 
-if [ "$HAS_CUDA" = 1 ]; then
-    # no network: build against the installed torch, install nothing else
-    step build "$BUILD_S" 60 $PYTHON setup.py build_ext --inplace
-    # editable install without a second build: it maps kernels/ to iteach_fast.kernels
-    ITEACH_FAST_NO_EXT=1 step install 90 20 $PYTHON -m pip install --no-build-isolation --no-deps -e .
+bench_stage() {  # bench_stage NAME PREDICTED LIMIT MIN "ON A DEVICE" ARGS...: bench.run into this folder's JSON
+    local name=$1 pred=$2 limit=$3 min=$4 device=$5; shift 5
+    local avail=$(( $(left) - RESERVE_S ))
+    [ "$limit" -le "$avail" ] || limit=$avail
+    # the runner stops starting cases a quarter of the limit (at least 30 s) before it, so it
+    # ends by itself; stopped anyway, the JSON keeps every case measured (rewritten after each)
+    local budget=$(( limit - (limit / 4 > 30 ? limit / 4 : 30) ))
+    TIMEOUT_STATUS=stopped stage "$name" "$pred" "$limit" "$min" "$device" "$PYTHON" -m bench.run --append \
+        --no-report --out "$OUT" --budget-s $(( budget > 10 ? budget : 10 )) "${BENCH[@]}" "$@"
+}
+
+echo "gpu_check: $MODE; output in $OUT (summary.txt, log.txt)"
+
+# ----------------------------------------------------------------------------- the stages
+stage preflight 5 60 5 "the same" "$PYTHON" -m bench.gpu_check preflight
+ENV_TEXT=$(sed -n '/^================ preflight/,$p' "$LOG" | grep -v '^==\|^\$ \|^\[dry\]' | head -n 14)
+grep -q '^MISSING' <<<"$ENV_TEXT" && grep '^MISSING' <<<"$ENV_TEXT"
+
+if [ "$DRY" = 1 ]; then
+    skip build 90 "dry; on a device: TORCH_CUDA_ARCH_LIST=<its arch> $PYTHON setup.py build_ext --inplace (skipped when up to date)"
+    stage build-check 2 60 5 "bench.gpu_check verify-build on the GPU" "$PYTHON" -m bench.gpu_check verify-build
+    skip install 15 "dry; on a device: ITEACH_FAST_NO_EXT=1 pip install --no-build-isolation --no-deps --no-index -e . (unless installed from here)"
 else
-    skip build "no CUDA device: nothing to build for a GPU (the CPU build is make build's)"
-    skip install "no CUDA device: the environment's own install is used"
+    # no network: build against the installed torch, for this GPU only; a build already up to
+    # date (same sources, torch, and CUDA for this arch: setup.py's fingerprint) is not repeated
+    stage build 90 240 60 "" env TORCH_CUDA_ARCH_LIST="$ARCH_LIST" "$PYTHON" setup.py build_ext --inplace
+    stage build-check 2 60 5 "" "$PYTHON" -m bench.gpu_check verify-build
+    if "$PYTHON" -c "import iteach_fast, iteach_fast.kernels, os, sys; sys.exit(os.path.dirname(iteach_fast.__file__) != os.path.join('$ROOT', 'iteach_fast'))" 2>/dev/null; then
+        skip install 15 "iteach_fast (with iteach_fast.kernels) is already installed from this checkout"
+    else
+        stage install 15 90 20 "" env ITEACH_FAST_NO_EXT=1 "$PYTHON" -m pip install --no-build-isolation --no-deps \
+            --no-index -e .
+    fi
 fi
-step imports 60 10 $PYTHON -c "
-import torch, iteach_fast._C, iteach_fast.kernels.ecce
+stage imports 5 60 10 "the same, on the GPU" "$PYTHON" -c "
+import torch, iteach_fast._C, iteach_fast.kernels.ecce, bench.run, bench.syncs
 from iteach_fast.ops import backends
 device = 'cuda' if torch.cuda.is_available() else 'cpu'
-print('iteach_fast._C and iteach_fast.kernels import; on', device + ':')
+print('iteach_fast._C, iteach_fast.kernels and the benchmarks import; on', device + ':')
 for op, per in backends.available_backends(device).items():
     print(' ', op, {b: why or 'ok' for b, why in per.items()})"
 
-step gpu-tests 120 30 $PYTHON -m pytest -q -rs -m gpu -p no:cacheprovider --junitxml="$OUT/tests-gpu.xml" tests
+bench_stage headline 200 270 60 "bench.run --preset headline --compiled-last (full sizes, compiled rows)" \
+    --preset headline
 
-run_bench() {  # run_bench NAME LIMIT MIN ARGS...: python -m bench.run into the one result file of $OUT
-    local name=$1 limit=$2 min=$3; shift 3
-    local avail=$(( $(left) - SUMMARY_S ))
-    [ "$limit" -le "$avail" ] || limit=$avail
-    # the runner stops starting cases well before the step's limit (its imports and one case
-    # must fit after that), so it ends by itself with its JSON complete; a step stopped by the
-    # limit anyway keeps every case measured before (the JSON is rewritten after each one)
-    local budget=$((limit - (limit / 4 > 30 ? limit / 4 : 30)))
-    TIMEOUT_STATUS=stopped step "$name" "$limit" "$min" $PYTHON -m bench.run --append --no-report --out "$OUT" \
-        --budget-s $((budget > 10 ? budget : 10)) "${BENCH_SIZE[@]}" "$@"
-}
-run_bench headline 150 45 --preset headline
-step syncs 45 20 $PYTHON -m bench.syncs "${SYNC_ARGS[@]}"
-if [ -f bench/kernel_resources.py ]; then
-    TIMEOUT_STATUS=stopped step kernel-resources 90 20 $PYTHON -m bench.kernel_resources --arch "$ARCH" --out "$OUT" \
-        --name kernel-resources "${KR_ARGS[@]}"
+# the key GPU tests, with the kernel resource report compiling on the spare cores beside them
+KR_JOBS=$(( NPROC > 4 ? NPROC - 2 : 2 ))
+KR_ARGS=(--arch "$ARCH" --out "$OUT" --name kernel-resources --jobs "$KR_JOBS")
+[ "$DRY" = 1 ] && KR_ARGS+=(--only "tables_adjoint" --no-cuda-mixture --jobs 1)  # one small variant: the flow
+KR_LIMIT=$(( $(left) - RESERVE_S > 120 ? 120 : $(left) - RESERVE_S ))
+KR_START=$SECONDS
+if [ "$KR_LIMIT" -ge 20 ]; then
+    timeout --signal=INT --kill-after=10 "$KR_LIMIT" "$PYTHON" -m bench.kernel_resources "${KR_ARGS[@]}" \
+        >"$OUT/.kernel-resources.log" 2>&1 &
+    KR_PID=$!
 else
-    skip kernel-resources "bench/kernel_resources.py is not in this checkout"
+    KR_PID=""
 fi
-run_bench bench-rest $(( $(left) - SUMMARY_S - REST_TESTS_S )) 30 --compiled-last
+if [ "${#KEY_TESTS[@]}" -gt 0 ]; then
+    pytest_stage gpu-tests-key 100 150 30 "pytest the key GPU tests by node id" "${KEY_TESTS[@]}"
+else
+    skip gpu-tests-key 100 "bench.gpu_check key-tests gave no node ids"
+fi
+if [ -n "$KR_PID" ]; then
+    wait "$KR_PID"; kr_rc=$?
+    { echo; echo "================ kernel-resources (beside gpu-tests-key)"; cat "$OUT/.kernel-resources.log"; } >>"$LOG"
+    rm -f "$OUT/.kernel-resources.log"
+    kr_note=$(grep -h '^Variants missing' "$OUT/kernel-resources.md" 2>/dev/null | head -n 1)
+    [ "$DRY" = 1 ] && kr_note="dry (one variant); on a device: every variant for sm_$ARCH. $kr_note"
+    case $kr_rc in
+        0) record kernel-resources passed 30 "$KR_LIMIT" $((SECONDS - KR_START)) "$kr_note" ;;
+        124|137) record kernel-resources stopped 30 "$KR_LIMIT" $((SECONDS - KR_START)) "time limit; $kr_note" ;;
+        *) record kernel-resources FAILED 30 "$KR_LIMIT" $((SECONDS - KR_START)) "exit $kr_rc; $kr_note" ;;
+    esac
+else
+    skip kernel-resources 30 "time budget"
+fi
+
+if [ "$DRY" = 1 ]; then
+    stage syncs 20 60 10 "bench.syncs --sizes 32x110 (reference, auto) on the GPU" "$PYTHON" -m bench.syncs \
+        --sizes 2x16 --backends auto --threads 1 --device cpu
+else
+    stage syncs 20 60 20 "" "$PYTHON" -m bench.syncs --sizes 32x110
+fi
+
+DESELECT=()
+for t in "${KEY_TESTS[@]}"; do DESELECT+=(--deselect "$t"); done
+pytest_stage gpu-tests-rest 60 120 30 "pytest -m 'gpu and not autotune' (the key tests deselected)" \
+    -q -m "gpu and not autotune" "${DESELECT[@]}" tests
+
+# the dry run shows the flow only: one small op, the kernel tests' collection (the GPU stages
+# above have collected every test module already)
+REST_BENCH=(); REST_TESTS=(tests/ops tests/nn tests/bench tests/system)
+[ "$DRY" = 1 ] && REST_BENCH=(--ops ecce_bias --modes fwd) && REST_TESTS=(tests/ops)
+REST_S=$(( $(left) - RESERVE_S ))
+bench_stage bench-rest rest $(( REST_S * 2 / 3 > 30 ? REST_S * 2 / 3 : 30 )) 30 \
+    "bench.run (every other case, compiled peers last)" "${REST_BENCH[@]}"
 # the rest of the suite runs on the CPU in CI as well: here it gets what is left, and being
 # stopped by the time limit is not a failure
-TIMEOUT_STATUS=stopped step tests-rest "$(left)" 30 $PYTHON -m pytest -q -rs -m "not gpu" -p no:cacheprovider \
-    --junitxml="$OUT/tests-rest.xml" tests
-SUMMARY_S=0
-step report 40 5 $PYTHON -m bench.report "$OUT"/*.json
+TIMEOUT_STATUS=stopped pytest_stage tests-rest rest $(( $(left) - RESERVE_S )) 30 \
+    "pytest -m 'not gpu' tests/ops tests/nn tests/bench tests/system (ops first)" -q -m "not gpu" "${REST_TESTS[@]}"
 
+RESERVE_S=0
+if [ -n "$(bench_results)" ]; then
+    stage report 5 40 2 "the same" "$PYTHON" -m bench.report --no-plots $(bench_results)
+else
+    skip report 5 "no benchmark result to report"
+fi
+
+# ----------------------------------------------------------------------------- the end
 echo
 echo "================ summary: $((SECONDS - START)) s ================"
-head -n 4 "$OUT/environment.txt" 2>/dev/null
-$PYTHON -m bench.report --summary "$OUT"/*.json 2>/dev/null || echo "(no benchmark results)"
+summary
+cat "$OUT/summary.txt"
+# what failed, in the last lines a device session brings back: each failing or stopped stage's
+# last lines (pytest's -rfEs names the failing tests there), at most 4,000 characters in all
+for s in "${STAGES[@]}"; do
+    IFS='|' read -r name status _ <<<"$s"
+    case $status in FAILED|stopped) ;; *) continue ;; esac
+    echo
+    echo "---- $name ($status): the end of its output (log.txt has all of it)"
+    awk -v head="================ $name " 'index($0, head) == 1 {on = 1; n = 0; next}
+        on && /^================ / {on = 0} on {line[n++ % 20] = $0}
+        END {for (i = (n > 20 ? n - 20 : 0); i < n; i++) print substr(line[i % 20], 1, 200)}' "$LOG"
+done | head -c 4000
 echo
+echo "files in $OUT:"
+ls -l "$OUT" | tail -n +2
+n=$(find "$OUT" -type f | wc -l)
+[ "$n" -le 8 ] || echo "NOTE: $n files: a device session brings back 8 at most"
 failed=0
-for s in "${STEPS[@]}"; do
-    IFS='|' read -r name status took note <<<"$s"
-    printf '  %-17s %-8s %4ss  %s\n' "$name" "$status" "$took" "$note"
+for s in "${STAGES[@]}"; do
+    IFS='|' read -r name status _ <<<"$s"
     [ "$status" = FAILED ] && failed=1
 done
-echo "report folder: $OUT"
 exit $failed

@@ -1,15 +1,19 @@
 """End-to-end entries: a whole ITEACH-Net training step and inference, per provider, with the
 host synchronisations and kernel launches of one step recorded beside its time.
 
-The training step is the one ``iteach-fast train`` runs (:class:`iteach_fast.training.loop.Step`:
+The training step is the one ``iteach-fast train`` runs (:class:`iteach_fast.training.step.Step`:
 forward + loss, backward, gradient norm, AdamW, the step's report read once), on batches
 collated on the host and copied to the device as training does. Providers: ``reference``
 (every op on the reference backend), ``auto`` (the registry's best backend of each op),
 ``auto+compile`` (``train --compile``: forward + loss through ``torch.compile(fullgraph=True)``,
 backward through AOTAutograd) and, on CUDA, ``auto+compile+cuda-graphs`` (``train --compile
---cuda-graphs``: :class:`~iteach_fast.training.loop.GraphedStep`, the whole step captured in one CUDA
+--cuda-graphs``: :class:`~iteach_fast.training.step.GraphedStep`, the whole step captured in one CUDA
 graph). Inference is the student's forward (compiled, and replayed from a CUDA graph, likewise).
-A provider that cannot be built here is a skipped row with the reason.
+A provider that cannot be built here is a skipped row with the reason. The training tier
+(``iteach_fast.training``) is imported where a training step is built, not at import: the op
+entries, the inference rows and ``bench.syncs`` need only the model, and a training import that
+fails (a module missing on a GPU machine) is the reason in the training rows, not the end of
+the whole run.
 """
 from __future__ import annotations
 
@@ -21,9 +25,6 @@ import torch
 
 from iteach_fast.nn.config import ModelConfig
 from iteach_fast.nn.model import ITEACHNet
-from iteach_fast.training.config import TrainConfig
-from iteach_fast.training.distributed import context
-from iteach_fast.training.loop import GRAPH_WARMUP, Batch, GraphedStep, Step, make_optimizer
 
 from .cases import Case, Entry, Prepared, Size, Skip
 from .counters import count_cuda_syncs, count_kernels, count_ops, count_syncs
@@ -68,8 +69,10 @@ def make_batches(B: int, L: int, device: torch.device, dtype: torch.dtype, copie
     return batches
 
 
-def _train_batch(batch: tuple) -> Batch:
-    """One process's whole batch as :class:`iteach_fast.training.loop.Batch` (the loss averages over its own counts)."""
+def _train_batch(batch: tuple):
+    """One process's whole batch as :class:`iteach_fast.training.step.Batch` (the loss averages over its own counts)."""
+    from iteach_fast.training.step import Batch
+
     complete, incomplete, lengths, present, labels = batch
     return Batch(complete, incomplete, lengths, labels, present)
 
@@ -113,14 +116,19 @@ class ModelEntry(Entry):
                     out[case] = self._inference(case, device, nets, batches, compiled)
                 else:
                     out[case] = self._train_step(case, device, batches)
-            except Skip as why:
-                out[case] = why
+            except Exception as err:  # noqa: BLE001 - a Skip, or this provider's failure: its row, not the group's
+                out[case] = err
         return out
 
     @staticmethod
     def _train_step(case: Case, device: torch.device, batches: list) -> Prepared:
         if case.provider == GRAPHS and device.type != "cuda":
             raise Skip("CUDA graphs need a CUDA device")
+        # where it is used: a failing import is this row's reason (bench.run), not the end of the run
+        from iteach_fast.training.config import TrainConfig
+        from iteach_fast.training.distributed import context
+        from iteach_fast.training.step import GRAPH_WARMUP, GraphedStep, Step, make_optimizer
+
         backend = "reference" if case.provider == "reference" else "auto"
         cfg = TrainConfig(model=model_config(case.L, backend, case.D, case.H), compile=case.provider != backend,
                           cuda_graphs=case.provider == GRAPHS, device=device.type, progress=False)

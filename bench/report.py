@@ -369,13 +369,19 @@ def _panel(ax, metric, op, mode, data, ups, color, style) -> None:
 
 # ----------------------------------------------------------------------------- files
 
-def render(json_path: str, out_dir: str | None = None) -> list[str]:
-    """Write ``<stem>.md`` and the PNGs for one result file; returns the paths written."""
+def render(json_path: str, out_dir: str | None = None, with_plots: bool = True) -> list[str]:
+    """Write ``<stem>.md`` and (``with_plots``, where matplotlib is installed) the PNGs for one
+    result file; returns the paths written."""
     data = load(json_path)
     stem = os.path.splitext(os.path.basename(json_path))[0]
     out_dir = out_dir or os.path.dirname(os.path.abspath(json_path))
     os.makedirs(out_dir, exist_ok=True)
-    pngs = plots(data, os.path.join(out_dir, stem))
+    pngs = []
+    if with_plots:
+        try:
+            pngs = plots(data, os.path.join(out_dir, stem))
+        except ImportError as err:  # matplotlib: the tables do without it
+            print(f"bench.report: no plots ({err}); the Markdown report only", file=sys.stderr)
     md_path = os.path.join(out_dir, stem + ".md")
     with open(md_path, "w") as f:
         f.write(markdown(data, [os.path.basename(p) for p in pngs]))
@@ -443,6 +449,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None, help="folder for the .md and .png (default: beside the JSON)")
     p.add_argument("--update-readme", action="store_true", help="regenerate bench/README.md's results section")
     p.add_argument("--summary", action="store_true", help="print the headline rows of each file; write nothing")
+    p.add_argument("--no-plots", action="store_true", help="the Markdown report only (no PNGs)")
     p.add_argument("--readme", default=README, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if not args.json and not args.update_readme:
@@ -461,7 +468,7 @@ def main(argv=None) -> int:
             print(summary(data))
         return 0
     for path in args.json:
-        for written in render(path, args.out):
+        for written in render(path, args.out, with_plots=not args.no_plots):
             print(f"wrote {written}")
     if args.update_readme:
         update_readme(args.readme, args.json or None)
