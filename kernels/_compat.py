@@ -94,7 +94,7 @@ def wide_offsets(*tensors: torch.Tensor | None) -> bool:
         if t is None or not t.numel():
             continue
         dims = list(zip(t.shape, t.stride()))[1 if t.dim() >= 3 else 0:]
-        if sum((n + 256) * abs(s) for n, s in dims) >= 2**31:
+        if sum((n + 256) * s for n, s in dims) >= 2**31:  # strides are >= 0 (also symbolic ones, traced)
             return True
     return False
 
@@ -103,6 +103,8 @@ def batch_slices(B: int, per_batch: int) -> list[tuple[int, int]]:
     """``[(b0, b1), ...]`` covering conversations ``0..B``, each slice small enough that its
     ``(b1 - b0) * per_batch`` programs fit a grid's axis 1 or 2 (:data:`MAX_GRID_YZ`): one slice
     in every ordinary case."""
+    if B * per_batch <= MAX_GRID_YZ:  # the usual case, without iterating over a (traced, symbolic) B
+        return [(0, B)] if B else []
     if per_batch > MAX_GRID_YZ:
         raise ValueError(f"{per_batch} programs per conversation on a grid axis that holds {MAX_GRID_YZ}")
     step = MAX_GRID_YZ // max(1, per_batch)

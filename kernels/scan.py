@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._compat import batch_slices, launcher, triton_op_or_custom, wide_offsets
+from ._compat import batch_slices, launcher, sliced, triton_op_or_custom, wide_offsets
 from .band import addresses
 
 __all__ = ["ecce_prefix", "band_tables", "tables_adjoint", "dot_precision", "chunk", "scan_meta"]
@@ -184,9 +184,9 @@ def _launch_tables(x: torch.Tensor, w: torch.Tensor | None, lengths: torch.Tenso
         meta["BLOCK_D"] = 16  # unused
     wide = wide_offsets(x, w, zp, T)
     for b0, b1 in batch_slices(B, 1):  # the conversations on grid axis 1
-        xs, Ts = x[b0:b1], T[b0:b1]
+        xs, zps, Ts, lens = sliced((x, zp if zp is not None else T, T, lengths), b0, b1, B)  # (w is not batched)
         launcher(_tables_kernel)[(triton.cdiv(L, c), b1 - b0)](
-            xs, w if w is not None else xs, zp[b0:b1] if zp is not None else Ts, Ts, lengths[b0:b1], L, D, H, c,
+            xs, w if w is not None else xs, zps, Ts, lens, L, D, H, c,
             x.stride(0), x.stride(1), x.stride(2), *(w.stride() if w is not None else (0, 0)), *T.stride(),
             HAS_W=w is not None, DOT_PRECISION=dot_precision(x.dtype), WIDE=wide, **meta)
     return zp, T
@@ -202,7 +202,7 @@ def _launch_adjoint(dT: torch.Tensor, extra: torch.Tensor | None, lengths: torch
     wide = wide_offsets(dT, e, dzp)
     for b0, b1 in batch_slices(B, 1):  # the conversations on grid axis 1
         launcher(_tables_adjoint_kernel)[(triton.cdiv(L, c), b1 - b0)](
-            dT[b0:b1], e[b0:b1], dzp[b0:b1], lengths[b0:b1], L, H, c, *dT.stride(), *e.stride(),
+            *sliced((dT, e, dzp, lengths), b0, b1, B), L, H, c, *dT.stride(), *e.stride(),
             HAS_EXTRA=extra is not None, WIDE=wide, **scan_meta(c, None, H))
     return dzp
 
