@@ -31,10 +31,10 @@ import triton.language as tl
 
 from ._compat import batch_slices, interpreted, launcher, sliced, triton_op_or_custom, wide_offsets
 from .band import LOG2E, addresses, band_grads, band_tile, touches_band
-from .scan import band_tables, chunk, dot_precision
+from .scan import chunk, dot_precision
 from .tiles import AUTOTUNE, TUNED_KEYS, autotuned, head_block, launch_tiles, length_bucket
 
-__all__ = ["ecce_attention", "ecce_attention_zp", "attention_meta", "KERNELS"]
+__all__ = ["ecce_attention", "attention_meta", "KERNELS"]
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -381,9 +381,3 @@ def ecce_attention(q, k, v, prefix, lengths, dist: int, scale: float, causal: bo
     out, _ = torch.ops.iteach_fast.ecce_attention_fwd(q, k, v, prefix, lengths, chunk(dist, q.shape[2]),
                                                       float(scale), bool(causal))
     return out
-
-
-def ecce_attention_zp(q, k, v, zp, lengths, dist: int, scale: float, causal: bool = False) -> torch.Tensor:
-    """``ecce_attention`` with the bias of a given ``zp`` (B, L, H) (None: no bias)."""
-    prefix = band_tables(zp, lengths, dist) if zp is not None else None
-    return ecce_attention(q, k, v, prefix, lengths, dist, scale, causal)
