@@ -8,14 +8,8 @@ device. Every output at an invalid position is exactly 0 and invalid positions n
 influence valid ones (``torch.where``, not multiplication, so garbage such as inf in the
 padding cannot leak through a ``0 * inf``).
 
-The signatures are the registry's (``iteach_fast.ops.backends``), one per op:
-
-    ecce_prefix(z, w, lengths, dist)                              -> (zp, prefix)
-    ecce_bias(zp, lengths, dist, causal)                          -> E (B, H, L, L)
-    ecce_attention(q, k, v, prefix, lengths, dist, scale, causal) -> out (B, H, L, Dh)
-    routed_mixture(logits, x, y_attn, y_mlp, lengths, pool_size, causal) -> out (B, L, D)
-
-See docs/maths.md for the maths, and its "Local numerics" section for the prefix table.
+Each function takes its op's arguments as ``iteach_fast.ops.backends.SIGNATURES`` states
+them, and nothing else: no hook for the code under test. See docs/maths.md for the maths, and its "Local numerics" section for the prefix table.
 """
 from __future__ import annotations
 
