@@ -48,8 +48,8 @@ VARIANTS = {
 
 
 def config(variant: str, seed: int, folder: str) -> TrainConfig:
-    return TrainConfig().replace(**{**DEMO_DEFAULTS, **VARIANTS[variant]}, seed=seed, threads=1, progress=False,
-                                 out_dir=folder)
+    return TrainConfig().replace(**{**DEMO_DEFAULTS, **VARIANTS[variant], "seed": seed, "threads": 1,
+                                    "progress": False, "out_dir": folder})
 
 
 def run_one(out: str, variant: str, seed: int) -> dict:
