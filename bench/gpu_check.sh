@@ -70,12 +70,13 @@ fi
 export MAX_JOBS=${MAX_JOBS:-$(nproc 2>/dev/null || echo 8)}
 NPROC=$(nproc 2>/dev/null || echo 4)
 
-HAS_CUDA=$(timeout 120 "$PYTHON" -c 'import torch; print(int(torch.cuda.is_available()))' 2>/dev/null | tail -n 1)
-[ "$HAS_CUDA" = 1 ] || HAS_CUDA=0
-if [ "$HAS_CUDA" = 1 ]; then
-    ARCH_LIST=$(timeout 60 "$PYTHON" -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())' 2>/dev/null)
+read -r HAS_CUDA ARCH_LIST < <(timeout 120 "$PYTHON" -c '
+import torch
+print(1, "%d.%d" % torch.cuda.get_device_capability()) if torch.cuda.is_available() else print(0, "-")' 2>/dev/null | tail -n 1)
+if [ "${HAS_CUDA:-0}" = 1 ]; then
     ARCH=${ARCH_LIST/./}
 else
+    HAS_CUDA=0
     DRY=1
     ARCH_LIST="9.0" ARCH=90
 fi
