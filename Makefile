@@ -9,7 +9,7 @@ VENV := .venv
 PYTHON := $(VENV)/bin/python
 DEPS := $(VENV)/.stamp-deps
 EXT := $(VENV)/.stamp-ext
-export TORCH_CUDA_ARCH_LIST ?= 8.0;9.0
+# TORCH_CUDA_ARCH_LIST unset: setup.py builds for this machine's GPU, or 8.0;9.0 where there is none
 export MAX_JOBS ?= 2
 
 .PHONY: test demo bench build clean
