@@ -42,6 +42,8 @@ VARIANTS = {
     "cross-dist5-e40": {"epochs": 40, "dist": 5, "cross_ecce": True},
     "cross-dist3-drop0.2-e40": {"epochs": 40, "dist": 3, "cross_ecce": True, "dropout": 0.2},
     "cross-dist3-wd0.1-e40": {"epochs": 40, "dist": 3, "cross_ecce": True, "weight_decay": 0.1},
+    "cross-dist3-drop0.2-wd0.1-e40": {"epochs": 40, "dist": 3, "cross_ecce": True, "dropout": 0.2,
+                                      "weight_decay": 0.1},
     "cross-dist3-e60": {"epochs": 60, "dist": 3, "cross_ecce": True},
     "cross-dist3-dim64-e40": {"epochs": 40, "dist": 3, "cross_ecce": True, "dim": 64},
 }
