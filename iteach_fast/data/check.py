@@ -6,14 +6,18 @@
   real features. IEMOCAP: dialogue ids ``Ses0{k}{F|M}_impro{j}`` over five sessions (the
   pickle's ``trainVid`` sessions 1-4, ``testVid`` session 5, as GCNet's), utterances
   ``<dialogue>_{F|M}{i:03d}``; CMU-MOSI / MOSEI: the synthetic train / valid / test split as
-  ``trainVids`` / ``valVids`` / ``testVids``, labels in [-3, 3].
+  ``trainVids`` / ``valVids`` / ``testVids``, labels in [-3, 3]. What it writes passes
+  :func:`check_data`: too few conversations for the layout (IEMOCAP: one per session; MOSI /
+  MOSEI: one per split) is refused before anything is written, and ``overwrite`` replaces
+  only a folder that holds a previous export (nothing else is deleted).
 * :func:`check_data` — a GCNet-layout folder checked file by file with the loader's own
   readers and label checks (:mod:`iteach_fast.data.dataset`), every problem listed rather than the
   first: missing or unreadable feature files, feature dims per modality, NaN / inf, empty
-  conversations, labels out of range, a dialogue in two MOSI splits, IEMOCAP sessions
-  without a dialogue; files that match no utterance are named as warnings (GCNet's IEMOCAP
-  feature folders also hold the six-class set's utterances), and the class balance of each
-  session / split is summarised.
+  conversations, labels out of range, a dialogue in two MOSI splits or listed twice, an
+  utterance id used by two dialogues, IEMOCAP sessions without a dialogue, an empty MOSI
+  split; files that match no utterance are named as warnings (GCNet's IEMOCAP feature
+  folders also hold the six-class set's utterances), and the class balance of each session /
+  split is summarised.
 """
 from __future__ import annotations
 
@@ -28,12 +32,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..choices import MODALITIES
-from ..files import atomic_write
+from ..files import OutputError, atomic_write, check_output
 from .dataset import CLASS_NAMES, DataError
 from .gcnet import (
     GCNET_DATASETS,
     GCNET_FEATURES,
     check_disjoint,
+    check_split_lists,
+    check_utterance_ids,
     dialogue_labels,
     find_feature_root,
     find_label_file,
@@ -63,12 +69,23 @@ def export_synthetic(out_dir: str, dataset: str = "iemocap4", spec: SyntheticSpe
         raise ValueError(f"--layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     if dataset not in GCNET_DATASETS:
         raise ValueError(f"--dataset must be one of {', '.join(GCNET_DATASETS)}, got {dataset!r}")
+    kind, num_classes, label_files = GCNET_DATASETS[dataset]
+    spec = dataclasses.replace(spec or SyntheticSpec(), num_classes=num_classes)
+    _check_export_size(dataset, kind, spec)
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise OutputError(f"DIR {out_dir}: is a file; expected a folder to write the dataset into")
     if os.path.isdir(out_dir) and os.listdir(out_dir):
         if not overwrite:
-            raise ValueError(f"{out_dir}: the folder is not empty; pass --overwrite to replace it")
+            raise OutputError(f"DIR {out_dir}: the folder is not empty; pass --overwrite to replace a previous export")
+        foreign = _not_exported(out_dir)
+        if foreign:
+            raise OutputError(f"DIR {out_dir}: holds files export-synthetic does not write ({', '.join(foreign[:3])}"
+                              f"{' ...' if len(foreign) > 3 else ''}); --overwrite replaces a previous export only: "
+                              "choose an empty or new folder")
+        check_output(out_dir, "DIR", folder=True)
         shutil.rmtree(out_dir)
-    kind, num_classes, label_files = GCNET_DATASETS[dataset]
-    splits = make_synthetic(dataclasses.replace(spec or SyntheticSpec(), num_classes=num_classes))
+    check_output(out_dir, "DIR", folder=True)
+    splits = make_synthetic(spec)
     ids, labels, speakers, sentences, utterances = {}, {}, {}, {}, {}
     if kind == "iemocap":
         convs = sorted((c for part in (splits.train, splits.valid, splits.test) for c in part), key=lambda c: c["id"])
@@ -117,6 +134,42 @@ def export_synthetic(out_dir: str, dataset: str = "iemocap4", spec: SyntheticSpe
     return {"label_file": label_file, "feature_roots": roots, "dialogues": len(ids),
             "utterances": sum(len(v) for v in ids.values()),
             "splits": {k: len(v) for k, v in split_names.items()}}
+
+
+def _synthetic_split_sizes(spec: SyntheticSpec, n: int) -> tuple[int, int, int]:
+    """The train / valid / test sizes :func:`~iteach_fast.data.synthetic.make_synthetic` gives ``n`` conversations."""
+    n_train, n_valid = int(round(spec.split[0] * n)), int(round(spec.split[1] * n))
+    return n_train, n_valid, n - n_train - n_valid
+
+
+def _check_export_size(dataset: str, kind: str, spec: SyntheticSpec) -> None:
+    """Enough conversations for the layout, so that :func:`check_data` accepts the export:
+    IEMOCAP one per session (fold k tests on Session k), MOSI / MOSEI one per split."""
+    n = spec.num_conversations
+    if kind == "iemocap":
+        if n < len(SESSIONS):
+            raise ValueError(f"--syn-conversations {n}: {dataset}'s layout needs at least {len(SESSIONS)} "
+                             f"conversations (one per session Ses01..Ses05: fold k tests on Session k)")
+        return
+    sizes = _synthetic_split_sizes(spec, n)
+    if min(sizes) < 1:
+        least = next(k for k in range(n + 1, 10 * n + 100) if min(_synthetic_split_sizes(spec, k)) >= 1)
+        raise ValueError(f"--syn-conversations {n}: {dataset}'s layout needs a dialogue in each of its train, valid "
+                         f"and test splits; {n} conversations split as {sizes[0]} / {sizes[1]} / {sizes[2]}: use "
+                         f"{least} or more")
+
+
+def _not_exported(folder: str) -> list:
+    """The entries of ``folder`` that :func:`export_synthetic` does not write (any dataset)."""
+    labels = {f for _, _, files in GCNET_DATASETS.values() for f in files}
+    features = {names[0] for names in GCNET_FEATURES.values()}
+    foreign = [name for name in sorted(os.listdir(folder)) if name not in labels | {"features"}]
+    sub = os.path.join(folder, "features")
+    if os.path.isdir(sub):
+        foreign += [os.path.join("features", n) for n in sorted(os.listdir(sub)) if n not in features]
+    elif os.path.exists(sub):
+        foreign.append("features")
+    return foreign
 
 
 # ----------------------------------------------------------------------------- check
@@ -189,11 +242,17 @@ def _check_dialogues(report, path, ids, labels, speakers, split_lists, num_class
     """The dialogues usable for training (listed in a split, with consistent entries and labels
     as the loader checks them); the rest reported. IEMOCAP's folds ignore the pickle's split,
     MOSI / MOSEI's splits must be disjoint."""
-    if kind == "mosi":
+    for check in (check_split_lists, check_disjoint) if kind == "mosi" else (check_split_lists,):
         try:
-            check_disjoint(path, split_lists)
+            check(path, split_lists)
         except DataError as err:
             report.problems.append(str(err))
+    if kind == "mosi":
+        for name, vs in split_lists.items():
+            if not len(vs):
+                (report.warnings if name == "valid" else report.problems).append(
+                    f"{path}: the {name} split lists no dialogue"
+                    + (" (training selects on it: train with --select-on test)" if name == "valid" else ""))
     usable = []
     for vid in sorted({v for vs in split_lists.values() for v in vs}, key=str):
         entries = [t.get(vid) if isinstance(t, dict) else None for t in (ids, labels, speakers)]
@@ -215,6 +274,10 @@ def _check_dialogues(report, path, ids, labels, speakers, split_lists, num_class
         if num_classes == 1 and (np.abs(lab) > 3).any():
             report.warnings.append(f"{path}: dialogue {vid!r} has labels outside [-3, 3]")
         usable.append(vid)
+    try:
+        check_utterance_ids(path, ids, usable)
+    except DataError as err:
+        report.problems.append(str(err))
     return usable
 
 

@@ -56,6 +56,35 @@ class DataError(ValueError):
     """A data file is missing or malformed; the message names the path and what was expected."""
 
 
+def checked_features(x, where: str, dtype=np.float32, row: str | None = None, suffix: str = "") -> np.ndarray:
+    """``x`` cast to the compute dtype ``dtype``, then checked: not empty, every value finite. The
+    check comes after the cast, where it matters: a float64 1e300 is finite, its float32 is inf.
+    A ``DataError`` starting with ``where`` otherwise; ``row`` (e.g. ``"utterance"``) names the
+    first bad row of a 2-D array, ``suffix`` ends the message."""
+    src = np.asarray(x)
+    if src.dtype.kind not in "biuf":
+        raise DataError(f"{where}: expected a numeric feature array, got dtype {src.dtype}{suffix}")
+    with np.errstate(over="ignore", invalid="ignore"):
+        a = src.astype(dtype, copy=False)
+    if a.size == 0:
+        raise DataError(f"{where}: the feature array is empty (shape {a.shape}); expected at least one value"
+                        f"{suffix}")
+    bad = ~np.isfinite(a)
+    if bad.any():
+        overflow = int((bad & np.isfinite(src)).sum()) if src.dtype.kind == "f" else int(bad.sum())
+        dt = np.dtype(dtype).name
+        as_dt = f" as {dt}" if overflow else ""
+        over = (f"{overflow} of them finite as {src.dtype} but beyond {dt}'s range ±{float(np.finfo(dtype).max):.3g}"
+                if overflow else "")
+        if row and a.ndim == 2:
+            first = int(np.flatnonzero(bad.any(axis=1))[0])
+            raise DataError(f"{where}: {row} {first} holds NaN or infinite values{as_dt} ({int(bad.sum())} of {a.size} "
+                            f"in all{'; ' + over if over else ''}){suffix}")
+        raise DataError(f"{where}: {int(bad.sum())} of {a.size} feature values are NaN or infinite{as_dt}"
+                        f"{' (' + over + ')' if over else ''}{suffix}")
+    return a
+
+
 class ConversationDataset(Dataset):
     """A list of conversations plus what a model needs to know about them."""
 
@@ -93,6 +122,15 @@ class DataSplits:
     @property
     def task(self) -> str:
         return "regression" if self.num_classes == 1 else "classification"
+
+    def check_dtype(self, dtype) -> None:
+        """Every feature array of every split checked after its cast to ``dtype`` (e.g. float16,
+        the compute dtype of an fp16 run: values beyond ±65504 become inf there)."""
+        for part, data in (("train", self.train), ("valid", self.valid), ("test", self.test)):
+            for conv in data:
+                for m in MODALITIES:
+                    checked_features(conv[m], f"{data.name} {part} conversation {conv['id']!r}, {m}", dtype,
+                                     row="utterance")
 
     def summary(self) -> str:
         parts = [f"{k}: {len(d)} conversations / {d.num_utterances()} utterances"

@@ -6,6 +6,16 @@ and one feature folder per modality holding ``<utterance-id>*.npy`` (``[D]`` or 
 averaged over time) or, for faces, a folder per utterance with one ``.npy`` per face (for
 IEMOCAP the faces whose file name contains the speaker's letter F/M; none gives zeros),
 as GCNet's ``dataloader_iemocap.py`` / ``dataloader_cmumosi.py`` read them.
+
+The label pickle comes from a user's folder: it is read with :class:`LabelUnpickler`, which
+builds only the plain types GCNet's label files hold (dicts, lists, tuples, sets, strings,
+numbers, numpy arrays and scalars) and refuses anything else (a pickle can name any function
+to call while loading). Before any feature file is read, the pickle's tables are checked:
+each dialogue in its split lists once (MOSI / MOSEI: in one split only), with consistent
+entries, at least one utterance, labels as the task needs, and every utterance id in one
+dialogue only (an id names a feature file: two dialogues sharing one would share features, a
+train/test leak). Every feature array is checked after its cast to float32 (empty, NaN, ±inf:
+:func:`~iteach_fast.data.dataset.checked_features`).
 """
 from __future__ import annotations
 
@@ -16,9 +26,10 @@ import pickle
 import numpy as np
 
 from ..choices import MODALITIES
-from .dataset import CLASS_NAMES, ConversationDataset, DataError, DataSplits
+from .dataset import CLASS_NAMES, ConversationDataset, DataError, DataSplits, checked_features
 
-__all__ = ["GCNET_DATASETS", "GCNET_FEATURES", "load_gcnet"]
+__all__ = ["GCNET_DATASETS", "GCNET_FEATURES", "IEMOCAP_FOLDS", "load_gcnet", "LabelUnpickler", "check_fold",
+           "check_split_lists", "check_utterance_ids"]
 
 
 GCNET_DATASETS = {
@@ -36,6 +47,15 @@ GCNET_FEATURES = {
     "audio": ("wav2vec-large-c-UTT", "audio"),
     "visual": ("manet_UTT", "visual"),
 }
+
+#: IEMOCAP's leave-one-session-out folds: fold k tests on Session k
+IEMOCAP_FOLDS = (1, 2, 3, 4, 5)
+
+
+def check_fold(name: str, fold) -> None:
+    """IEMOCAP's folds are its five sessions; other datasets have one split (any fold reads it)."""
+    if name.startswith("iemocap") and fold not in IEMOCAP_FOLDS:
+        raise ValueError(f"--fold {fold}: {name}'s folds are its sessions 1..5 (fold k tests on Session k)")
 
 
 def find_label_file(root: str, name: str, label_file: str | None) -> str:
@@ -72,24 +92,22 @@ def find_feature_root(root: str, modality: str, given: str | None) -> str:
 
 
 def _load_vector(path: str, uid: str = "") -> np.ndarray:
-    """One ``.npy`` as a ``[D]`` vector (``[T, D]`` is averaged over time); ``uid`` names the
-    utterance in errors."""
+    """One ``.npy`` as a float32 ``[D]`` vector (``[T, D]`` is averaged over time); ``uid`` names
+    the utterance in errors. The array is checked after its cast to float32 (a float64 1e300
+    becomes inf there), and again after the averaging: what the model will see."""
     of = f"; utterance {uid!r}" if uid else ""
     try:
         a = np.load(path, allow_pickle=False)
     except Exception as err:  # noqa: BLE001 - numpy raises several kinds
         raise DataError(f"{path}: cannot read as a .npy array ({err}){of}") from err
-    try:
-        a = np.asarray(a, dtype=np.float32).squeeze()
-    except (TypeError, ValueError) as err:
-        raise DataError(f"{path}: expected a numeric [D] or [T, D] feature array ({err}){of}") from None
-    bad = int((~np.isfinite(a)).sum())
-    if bad:  # checked before averaging over time, which would hide nothing but blur where
-        raise DataError(f"{path}: {bad} of {a.size} feature values are NaN or infinite{of}; "
-                        "re-extract these features")
+    if a.dtype.kind not in "biuf":
+        raise DataError(f"{path}: expected a numeric [D] or [T, D] feature array, got dtype {a.dtype}{of}")
+    # checked before averaging over time, which would hide nothing but blur where
+    a = checked_features(a, path, suffix=f"{of}; re-extract these features").squeeze()
     if a.ndim == 2:
-        a = a.mean(axis=0)
-    if a.ndim != 1 or a.size == 0:
+        a = checked_features(a.mean(axis=0, dtype=np.float64), f"{path}: the average over time",
+                             suffix=f"{of}; re-extract these features")
+    if a.ndim != 1:
         raise DataError(f"{path}: expected a [D] or [T, D] feature array, got shape {np.shape(a)}{of}")
     return a
 
@@ -115,7 +133,12 @@ def utterance_feature(feature_root: str, uid: str, speaker: str) -> np.ndarray |
         faces = [f for f in faces if ("F" in f) == (speaker == "F") and ("F" in f or "M" in f)]
     if not faces:
         return None
-    return np.mean([_load_vector(os.path.join(folder, f), uid) for f in faces], axis=0)
+    vectors = [_load_vector(os.path.join(folder, f), uid) for f in faces]
+    if len({v.shape for v in vectors}) > 1:
+        raise DataError(f"{folder}: the faces of utterance {uid!r} have different feature dims "
+                        f"{sorted({v.shape[0] for v in vectors})}")
+    return checked_features(np.mean(vectors, axis=0, dtype=np.float64), f"{folder}: the average over its faces",
+                            suffix=f"; utterance {uid!r}")
 
 
 def dialogue_labels(path: str, vid, raw, uids, num_classes: int) -> np.ndarray:
@@ -164,16 +187,77 @@ def _read_modality(feature_root: str, uids, speakers, modality: str) -> list[np.
     return [f if f is not None else np.zeros(d, dtype=np.float32) for f in feats]
 
 
+class LabelUnpickler(pickle.Unpickler):
+    """An unpickler that builds only the plain types GCNet's label files hold: dicts, lists,
+    tuples, sets, strings, bytes, numbers, ordered dicts, numpy arrays and scalars. Anything
+    else a pickle names (a function to call, a class to build) is refused before it is looked
+    up, so loading a hostile file runs nothing."""
+
+    ALLOWED = frozenset({
+        *((mod, name) for mod in ("builtins", "__builtin__")
+          for name in ("dict", "list", "tuple", "set", "frozenset", "str", "bytes", "bytearray", "int", "float",
+                       "complex", "bool", "unicode", "long")),
+        ("collections", "OrderedDict"), ("_codecs", "encode"),  # protocol 2 writes bytes through _codecs.encode
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+        *((f"numpy.{core}.multiarray", name) for core in ("core", "_core") for name in ("_reconstruct", "scalar")),
+        *((f"numpy.{core}.numeric", "_frombuffer") for core in ("core", "_core")),  # protocol 5 arrays
+    })
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"it names {module}.{name}, which is not a plain type of a label file "
+                                         "(refused: loading it could run code)")
+        return super().find_class(module, name)
+
+
 def load_label_pickle(path: str, expected: int, layout: str):
+    """GCNet's label tuple from ``path``, read with :class:`LabelUnpickler`; a ``DataError``
+    naming the file for anything else."""
     try:
         with open(path, "rb") as f:
-            obj = pickle.load(f, encoding="latin1")
-    except Exception as err:  # noqa: BLE001
-        raise DataError(f"{path}: cannot unpickle ({err}); expected a tuple {layout}") from err
+            obj = LabelUnpickler(f, encoding="latin1").load()
+    except Exception as err:  # noqa: BLE001 - a broken pickle raises many kinds
+        raise DataError(f"{path}: cannot unpickle ({err}); expected a tuple {layout} of plain types") from None
     if not isinstance(obj, (tuple, list)) or len(obj) != expected:
         got = f"a {type(obj).__name__} of length {len(obj)}" if isinstance(obj, (tuple, list)) else type(obj).__name__
         raise DataError(f"{path}: expected a tuple {layout}, got {got}")
+    names = layout.strip("()").split(", ")
+    for i, (value, name) in enumerate(zip(obj, names)):
+        want = dict if i < 4 else (list, tuple, set, frozenset, np.ndarray)
+        if not isinstance(value, want):
+            raise DataError(f"{path}: {name} (item {i + 1} of {layout}) is a {type(value).__name__}; expected "
+                            f"{'a dict by dialogue id' if i < 4 else 'a list of dialogue ids'}")
     return obj
+
+
+def check_split_lists(path: str, splits: dict) -> None:
+    """Each dialogue listed once in each of ``splits`` (``{name: ids}``): a dialogue listed twice
+    is trained on (or tested) twice."""
+    for name, ids in splits.items():
+        counts = {}
+        for v in ids:
+            counts[v] = counts.get(v, 0) + 1
+        twice = sorted((v for v, n in counts.items() if n > 1), key=str)
+        if twice:
+            raise DataError(f"{path}: {len(twice)} dialogue(s) are listed more than once in the {name} split (e.g. "
+                            f"{', '.join(f'{v!r} {counts[v]} times' for v in twice[:3])}); list each dialogue once")
+
+
+def check_utterance_ids(path: str, ids: dict, vids) -> None:
+    """Every utterance id of the dialogues ``vids`` in one dialogue, once: an id names a feature
+    file, so two utterances with one id read the same features (across splits: a leak)."""
+    owner, repeated = {}, []
+    for vid in vids:
+        for uid in ids[vid]:
+            if uid in owner:
+                repeated.append((uid, owner[uid], vid))
+            else:
+                owner[uid] = vid
+    if repeated:
+        eg = "; ".join(f"{u!r} in dialogue {a!r} and {b!r}" if a != b else f"{u!r} twice in dialogue {a!r}"
+                       for u, a, b in repeated[:3])
+        raise DataError(f"{path}: {len(repeated)} utterance id(s) are used more than once ({eg}); an utterance id "
+                        "names its feature files, so each must be unique across the dialogues")
 
 
 def load_gcnet(name: str, data_root: str, fold: int = 1, seed: int = 0, select_on: str = "valid",
@@ -192,24 +276,31 @@ def load_gcnet(name: str, data_root: str, fold: int = 1, seed: int = 0, select_o
         raise ValueError(f"select_on must be 'valid' or 'test', got {select_on!r}")
     if not data_root or not os.path.isdir(data_root):
         raise DataError(f"{data_root}: --data-root must be a folder holding {name}'s label pickle and features")
+    check_fold(name, fold)
     kind, C, _ = GCNET_DATASETS[name]
     label_path = find_label_file(data_root, name, label_file)
     if kind == "iemocap":
         layout = "(videoIDs, videoLabels, videoSpeakers, videoSentences, trainVid, testVid)"
         ids, labels, spk, _sent, train_v, test_v = load_label_pickle(label_path, 6, layout)
+        check_split_lists(label_path, {"train": train_v, "test": test_v})
         vids = sorted(set(train_v) | set(test_v))
     else:
         layout = "(videoIDs, videoLabels, videoSpeakers, videoSentences, trainVids, valVids, testVids)"
         ids, labels, spk, _sent, train_v, val_v, test_v = load_label_pickle(label_path, 7, layout)
+        check_split_lists(label_path, {"train": train_v, "valid": val_v, "test": test_v})
         check_disjoint(label_path, {"train": train_v, "valid": val_v, "test": test_v})
         vids = sorted(set(train_v) | set(val_v) | set(test_v))
-    checked = {}  # labels checked before any feature file is read
+    checked = {}  # labels and ids checked before any feature file is read
     for vid in vids:
         complete = vid in ids and vid in labels and vid in spk
         if not complete or not len(ids[vid]) == len(labels[vid]) == len(spk[vid]):
             raise DataError(f"{label_path}: dialogue {vid!r} needs videoIDs, videoLabels and videoSpeakers "
                             "entries of equal length")
+        if len(ids[vid]) == 0:
+            raise DataError(f"{label_path}: dialogue {vid!r} is empty (no utterances); remove it from the split "
+                            "lists or give it its utterances")
         checked[vid] = dialogue_labels(label_path, vid, labels[vid], ids[vid], C)
+    check_utterance_ids(label_path, ids, vids)
     roots = {m: find_feature_root(data_root, m, (feature_roots or {}).get(m)) for m in MODALITIES}
     all_uids = [u for v in vids for u in ids[v]]
     all_spk = [str(s) for v in vids for s in spk[v]]
@@ -223,8 +314,6 @@ def load_gcnet(name: str, data_root: str, fold: int = 1, seed: int = 0, select_o
                       **{m: np.stack([feats[m][u] for u in ids[vid]]).astype(np.float32) for m in MODALITIES}}
     notes = []
     if kind == "iemocap":
-        if fold not in range(1, 6):
-            raise ValueError(f"IEMOCAP fold must be 1..5 (the held-out session), got {fold}")
         test = [v for v in vids if str(v).startswith(f"Ses0{fold}")]
         rest = [v for v in vids if not str(v).startswith(f"Ses0{fold}")]
         if not test:

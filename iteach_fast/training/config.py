@@ -3,9 +3,10 @@ model's :class:`~iteach_fast.nn.config.ModelConfig` nested in it. Defaults follo
 (§4.4) as docs/maths.md states them.
 
 Precedence: the defaults here < a ``--config`` YAML/JSON file < command-line flags. Keys may
-be given flat (``dim: 64``) or nested (``model: {dim: 64}``); every value is coerced to its
-field's declared type (``"5e-4"`` is a float, ``"two"`` is an error naming the key) and all
-problems of one source are reported together.
+be given flat (``dim: 64``) or nested (``model: {dim: 64}``), not both for one key with two
+values (an error naming both); every value is coerced to its field's declared type
+(``"5e-4"`` is a float, ``"two"`` is an error naming the key) and all problems of one source
+are reported together.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field, fields
 import torch
 
 from ..choices import DatasetName, Precision, SelectOn, Strategy
+from ..data.gcnet import check_fold
 from ..data.masking import EVAL_RATES, MAX_RATE
 from ..nn.config import ConfigError, ModelConfig, coerce, finite, raise_problems, type_hints, type_problems
 
@@ -97,10 +99,11 @@ class TrainConfig:
                 (bool(self.out_dir), "out_dir must not be empty"),
             ]
             problems = [msg for ok, msg in checks if not ok]
-            try:
-                _check_device(self.device)
-            except ConfigError as err:
-                problems.append(str(err))
+            for check in (lambda: _check_device(self.device), lambda: check_fold(self.dataset, self.fold)):
+                try:
+                    check()
+                except ValueError as err:
+                    problems.append(str(err))
         raise_problems(problems)
         self.model.validate()
         return self
@@ -111,6 +114,11 @@ class TrainConfig:
         """A copy with ``changes`` (flat keys; model keys route to :attr:`model`), each coerced
         to its field's type. Unknown keys and wrong types are reported together."""
         return _merge(self, changes, source="")
+
+    def merge(self, mapping: dict, source: str = "") -> TrainConfig:
+        """A copy with the keys of ``mapping`` (flat or nested, as a config file holds them) over
+        this config's values; errors name ``source``."""
+        return _merge(self, mapping, source)
 
     def to_dict(self) -> dict:
         """Plain JSON-able values, the model nested under ``"model"``."""
@@ -152,6 +160,12 @@ def _merge(cfg: TrainConfig, changes: dict, source: str) -> TrainConfig:
             problems.append(f"key 'model': expected a mapping of model keys, got {type(nested).__name__}")
         else:
             nested = dataclasses.asdict(nested) if isinstance(nested, ModelConfig) else nested
+            for key, value in nested.items():
+                name = key.replace("-", "_") if isinstance(key, str) else key
+                twice = [k for k in flat if isinstance(k, str) and k.replace("-", "_") == name]
+                if twice and not _same(value, flat[twice[0]]):
+                    problems.append(f"key '{name}' is given twice, as model.{key} ({value!r}) and as {twice[0]} "
+                                    f"({flat[twice[0]]!r}): give it once")
             flat = {**{f"model.{k}" if not isinstance(k, str) else k: v for k, v in nested.items()}, **flat}
     hints_t, hints_m = type_hints(TrainConfig), type_hints(ModelConfig)
     unknown = []
@@ -177,6 +191,11 @@ def _merge(cfg: TrainConfig, changes: dict, source: str) -> TrainConfig:
         raise ConfigError(where + "invalid config: " + "; ".join(problems))
     model = dataclasses.replace(cfg.model, **model_changes)
     return dataclasses.replace(cfg, **train_changes, model=model)
+
+
+def _same(a, b) -> bool:
+    """Whether two values of one key agree (``[1, 2]`` and ``(1, 2)`` do)."""
+    return _plain(a) == _plain(b)
 
 
 def _rate_ok(r) -> bool:
