@@ -16,6 +16,7 @@ import importlib
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import typing
@@ -30,7 +31,7 @@ from .data.check import LAYOUTS, check_data, export_synthetic
 from .data.gcnet import GCNET_DATASETS
 from .data.masking import EVAL_RATES
 from .data.sources import synthetic_spec
-from .files import atomic_write
+from .files import atomic_write, check_output
 from .nn.config import ModelConfig, coerce
 from .ops.backends import available_backends
 from .training.checkpoint import RunDirBusy, load_checkpoint, load_for_eval
@@ -153,9 +154,12 @@ class HelpFormatter(argparse.HelpFormatter):
 def _list_of(kind):
     def parse(text: str):
         try:
-            return tuple(kind(x) for x in text.split(",") if x.strip())
+            values = tuple(kind(x) for x in text.split(",") if x.strip())
         except ValueError as err:
             raise argparse.ArgumentTypeError(f"expected a comma-separated list of {kind.__name__}: {text!r}") from err
+        if not values:  # "," is not "the default"
+            raise argparse.ArgumentTypeError(f"expected one or more {kind.__name__} values, comma-separated: {text!r}")
+        return values
     return parse
 
 
@@ -204,7 +208,7 @@ def _add_config_flags(p: argparse.ArgumentParser, defaults: dict | None = None) 
 def config_from_args(args: argparse.Namespace, defaults: dict | None = None) -> TrainConfig:
     cfg = TrainConfig().replace(**(defaults or {}))
     if getattr(args, "config", None):
-        cfg = TrainConfig.from_dict({**cfg.to_dict(), **load_mapping(args.config)}, source=args.config)
+        cfg = cfg.merge(load_mapping(args.config), source=args.config)
     given = {k: getattr(args, k) for k in TRAIN_KEYS + MODEL_KEYS if hasattr(args, k)}
     return cfg.replace(**given).validate()
 
@@ -277,6 +281,10 @@ def cmd_evaluate(args) -> int:
     args.checkpoint = args.checkpoint or args.checkpoint_pos
     if not args.checkpoint:
         raise ValueError("the argument --checkpoint (or CHECKPOINT) is required: a best.pt or last.pt from `train`")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1 (conversations per batch), got {args.batch_size}")
+    check_output(args.out or os.path.dirname(os.path.abspath(args.checkpoint)), "--out", folder=True,
+                 inputs=(args.checkpoint,))
     res = _lazy("ume")(args.checkpoint, out_dir=args.out, rates=_flat(args.rates) if args.rates else None,
                        split=args.split, seed=args.seed, batch_size=args.batch_size, device=args.device,
                        backend=args.backend, dtype=args.dtype, plots=not args.no_plots, model=args.model)
@@ -301,6 +309,7 @@ def ime_options(p: argparse.ArgumentParser) -> None:
 
 def cmd_ime(args) -> int:
     cfg = config_from_args(args)
+    check_output(os.path.join(cfg.out_dir, "ime"), "--out-dir", folder=True)
     for rate in _flat(args.rates):  # every rate's run checked before the first one trains
         try:
             cfg.replace(strategy="fixed", rate=rate).validate()
@@ -391,7 +400,7 @@ def cmd_reproduce(args) -> int:
     defaults = {**(_lazy("QUICK") if args.quick else {}), "out_dir": os.path.join("runs", "reproduce")}
     cfg = config_from_args(args, defaults)
     command = "iteach-fast " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["reproduce"] else None
-    seeds = args.seeds or _lazy("QUICK_SEEDS" if args.quick else "DEFAULT_SEEDS")
+    seeds = args.seeds if args.seeds is not None else _lazy("QUICK_SEEDS" if args.quick else "DEFAULT_SEEDS")
     res = _lazy("reproduce")(args.what, cfg, seeds=seeds, folds=args.folds, jobs=args.jobs, devices=args.devices,
                              command=command, log=lambda *a: print(*a, flush=True))
     return 1 if res["failures"] else 0
@@ -435,6 +444,8 @@ def check_data_options(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_check_data(args) -> int:
+    if args.max_listed < 0:
+        raise ValueError(f"--max-listed must be >= 0, got {args.max_listed}")
     roots = {m: getattr(args, f"{m}_root") for m in ("text", "audio", "visual") if getattr(args, f"{m}_root")}
     report = check_data(args.dataset, args.data_root, label_file=args.label_file, feature_roots=roots)
     print(report.text(max_listed=args.max_listed))
@@ -467,7 +478,22 @@ def cmd_bench(args) -> int:
     # the checkout first on the path, and not the working folder (PYTHONSAFEPATH): no other `bench` shadows it
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (root, os.environ.get("PYTHONPATH")))),
            "PYTHONSAFEPATH": "1"}
-    return subprocess.run([sys.executable, "-m", "bench.run", *rest], env=env).returncode
+    return _child([sys.executable, "-m", "bench.run", *rest], env)
+
+
+def _child(command: list, env: dict) -> int:
+    """Run ``command`` and return its exit code; it ends with this process: SIGTERM is passed on
+    to it (Ctrl-C reaches it from the terminal), and it is waited for."""
+    proc = subprocess.Popen(command, env=env)
+    previous = signal.signal(signal.SIGTERM, lambda signum, _frame: proc.send_signal(signum))
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.send_signal(signal.SIGINT)
+        proc.wait()
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def no_options(p: argparse.ArgumentParser) -> None:
@@ -552,12 +578,20 @@ COMMANDS = (
 )
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse's parser whose usage errors are one line naming the argument (the usage of a
+    command with every config flag would bury it), pointing to --help."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser(only=None) -> argparse.ArgumentParser:
     """The parser of every command in :data:`COMMANDS`. ``only``: the names of the commands
     whose options are added (None: all); ``iteach-fast --help`` needs none of them."""
-    p = argparse.ArgumentParser(prog="iteach-fast", formatter_class=HelpFormatter,
-                                description="ITEACH-Net: incomplete multimodal ERC (Inverted Teacher-Student "
-                                            "training, UME / IME evaluation) and its kernels.")
+    p = Parser(prog="iteach-fast", formatter_class=HelpFormatter,
+               description="ITEACH-Net: incomplete multimodal ERC (Inverted Teacher-Student training, UME / IME "
+                           "evaluation) and its kernels.")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for c in COMMANDS:
@@ -577,11 +611,16 @@ def main(argv=None) -> int:
     args = build_parser(only=argv[:1]).parse_args(argv)  # the command is the first argument
     try:
         return args.func(args) or 0
-    except (ValueError, FileNotFoundError, RunDirBusy, DistributedError) as err:
-        # user errors (bad config, missing files, fp16 on CPU), a busy --out-dir, a diverged
-        # run, a failed peer under torchrun: one clear line (naming the rank), no traceback
+    except (ValueError, OSError, RunDirBusy, DistributedError) as err:
+        # user errors (bad config, missing or unwritable files, a full disk, fp16 on CPU), a busy
+        # --out-dir, a diverged run, a failed peer under torchrun: one clear line (naming the
+        # rank), no traceback
         print(f"iteach-fast {args.command}{rank_tag()}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as err:  # Ctrl-C: one line, saying how to continue where there is a way
+        print(f"\niteach-fast {args.command}{rank_tag()}: interrupted{': ' + str(err) if str(err) else ''}",
+              file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

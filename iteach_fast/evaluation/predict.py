@@ -3,8 +3,15 @@
     iteach-fast predict runs/train/best.pt new.npz --out predictions.csv
     iteach-fast predict runs/causal/best.pt new.pt --stream --out live.json
 
-Inputs (every conversation's arrays are checked before anything runs: the feature dims
-against the model's, finite values, shapes):
+Every argument is checked before anything is read: ``--batch-size`` (>= 1), the output file
+(not the checkpoint, not the input, not a folder, writable: :func:`iteach_fast.files.check_output`);
+then the checkpoint (its weights finite); then every conversation's arrays, before anything
+runs: the feature dims against the model's, shapes, and every value finite after the cast to
+float32 (:func:`iteach_fast.data.dataset.checked_features`). An utterance with no modality present
+is predicted from its context alone, with one :class:`~iteach_fast.nn.streaming.NoModalityWarning`
+per input.
+
+Inputs:
 
 - ``.npz``: per-conversation arrays under ``<conversation>/text`` ``(L, d_t)``,
   ``<conversation>/audio``, ``<conversation>/visual`` and optionally ``<conversation>/present``
@@ -33,15 +40,17 @@ import io
 import json
 import os
 import time
+import warnings
 
 import numpy as np
 import torch
 
 from ..choices import EVAL_MODELS, MODALITIES, check_choice
-from ..data.dataset import DataError
+from ..data.dataset import DataError, checked_features
 from ..data.gcnet import load_gcnet
-from ..files import atomic_write
+from ..files import atomic_write, check_output
 from ..nn.model import ITEACHNet
+from ..nn.streaming import NoModalityWarning
 from ..training.checkpoint import load_model
 from ..training.config import TrainConfig
 from ..training.runtime import resolve_device
@@ -81,13 +90,11 @@ def _check_conversation(cid: str, fields: dict, input_dims, max_len: int, source
             length = x.shape[0]
         elif x.shape[0] != length:
             raise DataError(f"{where}: {x.shape[0]} utterances, but text has {length}")
-        bad = ~np.isfinite(x)
-        if bad.any():
-            i = int(np.flatnonzero(bad.any(axis=1))[0])
-            raise DataError(f"{where}: utterance {i} holds NaN or infinite values ({int(bad.sum())} in all)")
-        conv[m] = x.astype(np.float32)
+        conv[m] = x
     if length == 0:
         raise DataError(f"{source}: conversation {cid!r} has no utterances")
+    for m in MODALITIES:  # checked as the model computes with them: float32 (a float64 1e300 is inf there)
+        conv[m] = checked_features(conv[m], f"{source}: conversation {cid!r}, {m}", np.float32, row="utterance")
     if length > max_len:
         raise DataError(f"{source}: conversation {cid!r} has {length} utterances; the model was built for at most "
                         f"max_len={max_len}")
@@ -163,6 +170,11 @@ def load_conversations(path: str, input_dims, max_len: int, dataset: str | None 
     if not raw:
         raise DataError(f"{path}: no conversations found")
     convs = [_check_conversation(cid, fields, input_dims, max_len, path) for cid, fields in raw.items()]
+    silent = [(c["id"], int(i)) for c in convs if "present" in c for i in np.flatnonzero(~c["present"].any(axis=1))]
+    if silent:
+        warnings.warn(f"{path}: {len(silent)} utterance(s) have no modality present (e.g. conversation "
+                      f"{silent[0][0]!r}, utterance {silent[0][1]}): their predictions rest on the other utterances "
+                      "alone", NoModalityWarning, stacklevel=2)
     if os.path.isdir(path):  # a GCNet folder's labels (checked by its loader) are reported beside the predictions
         for conv in convs:
             conv["labels"] = np.asarray(raw[conv["id"]]["labels"])
@@ -202,6 +214,7 @@ def predict_rows(net: ITEACHNet, conversations: list[dict], class_names=(), stre
     ``model`` ("student": the incomplete-data model, or "teacher"). ``stream``: each
     conversation replayed one utterance at a time through a causal net."""
     check_choice("model", model, EVAL_MODELS)
+    _check_batch_size(batch_size)
     m = getattr(net, model)
     device = next(net.parameters()).device
     regression = net.regression
@@ -212,15 +225,17 @@ def predict_rows(net: ITEACHNet, conversations: list[dict], class_names=(), stre
             raise ValueError("--stream needs a causal model (trained with --causal): a bidirectional model's "
                              "prediction for an utterance depends on the utterances after it")
         session = m.stream(batch_size=1)
-        for conv in conversations:
-            session.reset()
-            xs, present = _inputs(conv)
-            for i in range(len(present)):
-                t0 = time.perf_counter()
-                out = session.push(*(x[i:i + 1].to(device) for x in xs), present[i:i + 1].to(device))
-                latency = (time.perf_counter() - t0) * 1e3
-                row = _row(conv, i, out[0].cpu(), classes, regression)
-                rows.append({**row, "known": i + 1, "latency_ms": round(latency, 3)})
+        with warnings.catch_warnings():  # utterances with no modality: said once per input (load_conversations)
+            warnings.simplefilter("ignore", NoModalityWarning)
+            for conv in conversations:
+                session.reset()
+                xs, present = _inputs(conv)
+                for i in range(len(present)):
+                    t0 = time.perf_counter()
+                    out = session.push(*(x[i:i + 1].to(device) for x in xs), present[i:i + 1].to(device))
+                    latency = (time.perf_counter() - t0) * 1e3
+                    row = _row(conv, i, out[0].cpu(), classes, regression)
+                    rows.append({**row, "known": i + 1, "latency_ms": round(latency, 3)})
         return rows
     for start in range(0, len(conversations), batch_size):
         chunk = conversations[start:start + batch_size]
@@ -240,6 +255,11 @@ def predict_rows(net: ITEACHNet, conversations: list[dict], class_names=(), stre
         rows += [_row(conv, i, out[b, i], classes, regression) for b, conv in enumerate(chunk)
                  for i in range(len(conv["text"]))]
     return rows
+
+
+def _check_batch_size(batch_size) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"--batch-size must be an integer >= 1 (conversations per batch), got {batch_size!r}")
 
 
 def write_predictions(rows: list[dict], path: str, fmt: str | None = None, meta: dict | None = None) -> str:
@@ -269,8 +289,11 @@ def predict_file(checkpoint: str, inputs: str, out: str | None = None, fmt: str 
     :func:`predict_rows`, written to ``out`` (CSV or JSON; None: CSV on ``log``). Returns
     ``{"rows", "path", "meta"}``."""
     if fmt is not None:
-        check_choice("format", fmt, FORMATS)
-    check_choice("model", model, EVAL_MODELS)
+        check_choice("--format", fmt, FORMATS)
+    check_choice("--model", model, EVAL_MODELS)
+    _check_batch_size(batch_size)
+    if out:  # before anything is read: never over an input, never after the work
+        check_output(out, "--out", inputs=(checkpoint, inputs))
     dev = resolve_device(device)
     net, cfg, ckpt = load_model(checkpoint, dev, backend)
     data = ckpt["data"]

@@ -23,10 +23,20 @@ recompute:
 One push is ``O(L·D)`` work and memory (``L`` the utterances so far), never the ``O(L²·D)``
 of re-running the forward on the prefix, with no Python loop over positions. Its output
 equals the full causal forward's at every step (up to float rounding). The session computes
-the evaluation-mode forward (no dropout) without gradients; it holds at most ``max_len``
-utterances (the model's hyper-parameter) — pushing more is an error.
+the evaluation-mode forward (no dropout, even on a model left in ``train()`` mode: each push
+runs in eval mode and restores the model's modes) without gradients; it holds at most
+``max_len`` utterances (the model's hyper-parameter) — pushing more is an error.
+
+What a push refuses, before anything is kept (the session is unchanged, the conversation can
+go on): inputs of the wrong shape, and a NaN or ±inf value of a present modality, checked
+after the cast to the model's dtype (a float64 1e300 is inf in float32) — kept, it would
+poison every later output of its conversation. An utterance with no modality present is
+predicted from the earlier utterances alone, with a :class:`NoModalityWarning`.
 """
 from __future__ import annotations
+
+import contextlib
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +44,24 @@ from torch import nn
 
 from ..choices import MODALITIES
 
-__all__ = ["StreamingSession"]
+__all__ = ["StreamingSession", "NoModalityWarning"]
+
+
+class NoModalityWarning(UserWarning):
+    """An utterance was pushed with no modality present: its prediction rests on the earlier
+    utterances of its conversation alone."""
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module):
+    """``model`` in eval mode (no dropout) for the block, each submodule's mode restored after."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
 
 
 class _KV:
@@ -129,6 +156,10 @@ class StreamingSession:
             raise ValueError(f"the session already holds max_len={self.max_len} utterances: reset() for a new "
                              f"conversation, or build the model with a larger max_len")
         inputs = self._check(text, audio, visual, present)
+        with _eval_mode(self.model):
+            return self._push(inputs)
+
+    def _push(self, inputs) -> torch.Tensor:
         m, t = self.model, self.length
         xs = [proj(x) for proj, x in zip(m.proj, inputs)]  # eq. 1-2 (dropout is off in evaluation)
         biases = [self._ecce(ecce, state, x, t) for ecce, state, x in zip(m.ecce, self._modalities, xs)]
@@ -167,6 +198,22 @@ class StreamingSession:
             present = present.to(like.device)
             zero = torch.zeros((), dtype=like.dtype, device=like.device)
             out = [torch.where(present[:, i:i + 1], x, zero) for i, x in enumerate(out)]
+        # after the cast and the mask: the values the model computes with (one host sync for the three)
+        finite = torch.stack([torch.isfinite(x).all() for x in out]).tolist()
+        for name, x, ok in zip(MODALITIES, out, finite):
+            if not ok:
+                bad = ~torch.isfinite(x)
+                rows = bad.any(dim=1).nonzero()[:, 0].tolist()
+                raise ValueError(f"{name}: {int(bad.sum())} value(s) are NaN or infinite as {like.dtype} "
+                                 f"(conversation(s) {rows} of the batch, utterance {self.length}); refused, nothing "
+                                 "was kept: the session goes on from the previous utterance (mark a modality absent "
+                                 "with present instead)")
+        if present is not None:
+            nothing = (~present.any(dim=1)).nonzero()[:, 0].tolist()
+            if nothing:
+                warnings.warn(f"utterance {self.length} of conversation(s) {nothing}: no modality present (present is "
+                              "all False): its prediction rests on the earlier utterances alone",
+                              NoModalityWarning, stacklevel=3)
         return out
 
     # ------------------------------------------------------------------ the pieces, one position each

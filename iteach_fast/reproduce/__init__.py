@@ -14,7 +14,9 @@ Three jobs, one module each:
 * :mod:`.run` — each run trained and measured in its folder ``<out_dir>/runs/<key>/``
   (``result.json``, ``train.log``); a finished run is never trained again, an interrupted one
   resumes from its ``last.pt``; ``jobs`` runs at once as processes (each with
-  ``cores // jobs`` torch threads), ``devices`` spreads them over GPUs.
+  ``cores // jobs`` torch threads), ``devices`` spreads them over GPUs. The processes end with
+  the command: Ctrl-C or SIGTERM stops them (and says how to continue), and a worker whose
+  parent is gone (killed) stops itself.
 * :mod:`.report` — ``results.csv``, one ``<experiment>.md`` per table, the PNGs and
   ``report.md``, one renderer per experiment.
 """
@@ -23,7 +25,9 @@ from __future__ import annotations
 import time
 
 from ..data.sources import splits_for
+from ..files import check_output
 from ..training.config import TrainConfig
+from ..training.loop import Interrupted, check_compute
 from ..training.runtime import resolve_device
 from .plan import (
     DEFAULT_SEEDS,
@@ -50,7 +54,9 @@ def reproduce(what, cfg: TrainConfig, out_dir: str | None = None, seeds=None, fo
               devices=None, command: str | None = None, log=print) -> dict:
     """Run (or find cached) every run that ``what`` needs, then write the tables and figures
     under ``out_dir`` (default ``cfg.out_dir``). Returns ``{"paths", "tables", "failures",
-    "ran", "cached"}``. Every argument is checked, and the data loaded once, before any run."""
+    "ran", "cached"}``. Every argument is checked (the output folder writable, every run's
+    precision and backends on its device) before any data is read; the data is loaded once,
+    before any run."""
     experiments = expand(what)
     cfg = cfg.validate()
     out_dir = out_dir or cfg.out_dir
@@ -61,9 +67,17 @@ def reproduce(what, cfg: TrainConfig, out_dir: str | None = None, seeds=None, fo
     if jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {jobs}")
     devices = [str(resolve_device(f"cuda:{d}" if str(d).isdigit() else d)) for d in (devices or ())]
-    splits = splits_for(cfg)  # the data's problems surface here, not in every run
+    check_output(out_dir, "--out-dir", folder=True)
     runs, groups = plan(experiments, cfg, seeds, folds, out_dir)
-    results = {k: r for k, r in ((k, cached_result(run)) for k, run in runs.items()) if r is not None}
+    checked = set()
+    for run in runs.values():  # where each run will compute: its precision and backends, before any data is read
+        for device in devices or (run.config.device,):
+            what = (repr(run.config.model), run.config.dtype, str(device))
+            if what not in checked:
+                checked.add(what)
+                check_compute(run.config, resolve_device(device))
+    splits = splits_for(cfg)  # the data's problems surface here, not in every run
+    results = {k: r for k, r in ((k, cached_result(run, log)) for k, run in runs.items()) if r is not None}
     threads = cfg.threads or (max(1, cores() // jobs) if jobs > 1 else 0)
     pending = []
     for i, (key, run) in enumerate((k, r) for k, r in runs.items() if k not in results):
@@ -77,7 +91,12 @@ def reproduce(what, cfg: TrainConfig, out_dir: str | None = None, seeds=None, fo
         + (f" on {', '.join(devices)}" if devices else "") + (f", {threads} threads each" if threads else "")
         + f" -> {out_dir}")
     t0 = time.time()
-    new, failures = execute(pending, jobs, cfg.progress, log)
+    try:
+        new, failures = execute(pending, jobs, cfg.progress, log)
+    except KeyboardInterrupt as err:
+        why = f" ({err})" if str(err) else ""
+        raise Interrupted(f"reproduce stopped{why}; its runs were stopped too. Finished runs are kept: re-run the same "
+                          "command to continue (an interrupted run resumes from its last.pt)") from None
     results.update(new)
     context = {"dataset": cfg.dataset, "data": splits.train.name, "folds": folds, "seeds": seeds,
                "command": command, "input_dims": splits.input_dims, "num_classes": splits.num_classes,

@@ -111,6 +111,8 @@ def has_folds(dataset: str) -> bool:
 
 def resolve_folds(dataset: str, folds) -> tuple:
     """IEMOCAP: the given folds (default all five sessions); elsewhere ``(None,)``: one split."""
+    if folds is not None and not len(folds):
+        raise ValueError("--folds: expected one or more IEMOCAP sessions among 1..5, got none")
     if not has_folds(dataset):
         if folds:
             raise ValueError(f"--folds: {dataset} has one train/test split (folds are IEMOCAP's "

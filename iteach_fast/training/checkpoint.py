@@ -6,7 +6,9 @@ same folder, then ``os.replace``), so a reader never sees half a file and an int
 write leaves the previous version intact. A run holds :func:`run_lock` on its folder, so
 two runs cannot interleave their ``best.pt`` / ``last.pt``. :func:`load_weights` compares
 a checkpoint's weights with the model its stored config builds before loading them, so a
-mismatch is reported as the hyper-parameters that differ, not as a tensor shape error.
+mismatch is reported as the hyper-parameters that differ, not as a tensor shape error, and
+checks every weight finite (a NaN weight would otherwise evaluate as class 0 everywhere).
+:func:`load_checkpoint` refuses a checkpoint of a newer format than :data:`CHECKPOINT_VERSION`.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import datetime
 import fcntl
 import io
 import json
+import numbers
 import os
 import random
 import re
@@ -24,15 +27,16 @@ import numpy as np
 import torch
 
 from ..data.sources import splits_for
-from ..files import atomic_write
+from ..files import atomic_write, check_output
 from ..nn.model import ITEACHNet
 from .config import TrainConfig
 from .runtime import resolve_device
 
 __all__ = ["CHECKPOINT_VERSION", "CheckpointError", "RunDirBusy", "atomic_write", "save_checkpoint",
-           "load_checkpoint", "require_keys", "load_weights", "check_weights", "weights_hparams", "rng_state",
-           "set_rng_state", "check_writable", "run_lock", "load_model", "load_for_eval"]
+           "load_checkpoint", "require_keys", "load_weights", "check_weights", "check_finite", "weights_hparams",
+           "rng_state", "set_rng_state", "run_lock", "load_model", "load_for_eval"]
 
+#: the format :func:`save_checkpoint` writes; :func:`load_checkpoint` reads this one and older
 CHECKPOINT_VERSION = 1
 
 
@@ -61,6 +65,13 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
         raise ValueError(f"{path}: not an iteach-fast checkpoint ({err})") from err
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
         raise ValueError(f"{path}: not an iteach-fast checkpoint (expected keys model, config)")
+    version = ckpt.get("version", 0)
+    if isinstance(version, bool) or not isinstance(version, numbers.Integral) or version < 0:
+        raise CheckpointError(f"{path}: the checkpoint's format version is {version!r}; expected an integer "
+                              f"0..{CHECKPOINT_VERSION}")
+    if version > CHECKPOINT_VERSION:
+        raise CheckpointError(f"{path}: written by a newer iteach-fast (checkpoint format {version}; this one reads "
+                              f"format {CHECKPOINT_VERSION} and older): upgrade iteach-fast to use it")
     return ckpt
 
 
@@ -113,7 +124,19 @@ def load_weights(net: torch.nn.Module, state: dict, path: str) -> None:
     """``net.load_state_dict(state)`` after :func:`check_weights` (``net`` is the model the
     config stored in ``path`` builds)."""
     check_weights(net.state_dict(), state, path)
+    check_finite(state, path)
     net.load_state_dict(state)
+
+
+def check_finite(state: dict, path: str) -> None:
+    """Every floating-point tensor of ``state`` (a checkpoint's weights) finite; else one
+    :class:`CheckpointError` naming the tensors (a NaN weight makes every output NaN, whose
+    argmax is class 0: a plausible-looking, meaningless evaluation)."""
+    bad = [k for k, t in state.items() if torch.is_tensor(t) and t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise CheckpointError(f"{path}: {len(bad)} weight tensor(s) hold NaN or infinite values ({', '.join(bad[:3])}"
+                              f"{' ...' if len(bad) > 3 else ''}); the file is damaged or was written after the run "
+                              "diverged: use an earlier checkpoint")
 
 
 def check_weights(expected: dict, state: dict, path: str) -> None:
@@ -159,20 +182,6 @@ def set_rng_state(state: dict, generators: dict[str, torch.Generator]) -> None:
 
 # ----------------------------------------------------------------------------- the run folder
 
-def check_writable(folder: str) -> str:
-    """Create ``folder`` if needed and prove it writable (a probe file created and removed),
-    before any work starts; a ``ValueError`` naming the folder otherwise."""
-    probe = os.path.join(folder, f".write-probe-{os.getpid()}")
-    try:
-        os.makedirs(folder, exist_ok=True)
-        with open(probe, "wb") as f:
-            f.write(b"probe")
-        os.remove(probe)
-    except OSError as err:
-        raise ValueError(f"--out-dir {folder}: not a writable folder ({err.strerror or err})") from None
-    return folder
-
-
 @contextlib.contextmanager
 def run_lock(folder: str):
     """Hold ``<folder>/.lock`` (``fcntl.flock``) for a run's duration.
@@ -180,7 +189,7 @@ def run_lock(folder: str):
     A second run into the folder fails at once with :class:`RunDirBusy` naming the holder
     (pid, host, start time). The OS releases the lock when its process dies, so the lock of
     a killed run is taken over by the next one."""
-    path = os.path.join(check_writable(folder), ".lock")
+    path = os.path.join(check_output(folder, "--out-dir", folder=True), ".lock")
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     with os.fdopen(fd, "r+") as f:
         try:

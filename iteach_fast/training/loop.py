@@ -17,14 +17,20 @@ fixed-seed masks; ``best.pt`` is written only when an epoch improves on the best
 so far (a resumed run carries that record), ``last.pt`` after every epoch. Both are full
 checkpoints (model, optimiser, config, RNG states of torch / numpy / python and the two
 generators, history), written atomically (:mod:`iteach_fast.training.checkpoint`); ``resume``
-continues bit-identically.
+continues bit-identically. A resumed run's folder must agree with itself: ``best.pt`` holds
+the epoch ``last.pt`` records as the best; a run stopped between the two writes of one epoch
+(``last.pt`` of the new best epoch, ``best.pt`` of an older one) is repaired from ``last.pt``,
+any other disagreement refused, and either is said. Interrupting a run (Ctrl-C) raises
+:class:`Interrupted`, whose message is the command that continues it.
 
 What makes a run trustworthy, in the order it is checked: every setting validated, the
 backend / device / dtype combination asked of the registry, the weights of a resumed
-checkpoint compared with its config, the output folder proven writable and locked — all
-before any data is read; then, each step, the loss terms and the gradient norm are folded
-into one small device tensor read once (the only host synchronisation of a step): a
-non-finite value stops the run at once, and nothing of that epoch is saved.
+checkpoint compared with its config and checked finite, the output folder proven writable
+and locked, its ``best.pt`` checked against the resumed ``last.pt`` — all before any data is
+read; the data checked (an fp16 run: every feature after its cast to float16); then, each
+step, the loss terms and the gradient norm are folded into one small device tensor read once
+(the only host synchronisation of a step): a non-finite value stops the run at once, and
+nothing of that epoch is saved.
 
 Data parallelism (:mod:`iteach_fast.training.distributed`): under ``torchrun`` every rank takes its
 share of each global batch; the result follows the single process with the same
@@ -47,7 +53,9 @@ from ..data.sources import splits_for
 from ..nn.model import ITEACHNet, roles
 from ..ops import backends
 from .checkpoint import (
+    CheckpointError,
     atomic_write,
+    check_finite,
     check_weights,
     load_checkpoint,
     load_weights,
@@ -63,7 +71,8 @@ from .runtime import check_precision, op_dtype, seed_everything, set_threads
 from .step import GRAPH_WARMUP, TERMS, Batch, GraphedStep, Step, length_bucket, make_batch, make_optimizer, rate_for
 from .validation import evaluate_rates
 
-__all__ = ["train", "TrainingRun", "EpochStats", "TrainingDiverged", "RESUME_SETTINGS",
+__all__ = ["train", "TrainingRun", "EpochStats", "TrainingDiverged", "Interrupted", "RESUME_SETTINGS",
+           "check_backend", "check_compute",
            # the step's, re-exported: bench/model_bench.py imports them from here
            "Batch", "GraphedStep", "Step", "make_optimizer", "GRAPH_WARMUP"]
 
@@ -73,6 +82,10 @@ RESUME_SETTINGS = ("epochs", "out_dir", "progress", "compile", "cuda_graphs", "t
 
 class TrainingDiverged(ValueError):
     """A loss term or the gradient became NaN or infinite; nothing of that epoch was saved."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """A run stopped by Ctrl-C; the message says how to continue it."""
 
 
 # ------------------------------------------------------------------ checks at the door
@@ -91,7 +104,7 @@ def _check_speed_settings(cfg: TrainConfig, ctx: Context, dtype: str) -> None:
                          "--dtype bf16 or fp32")
 
 
-def _check_backend(cfg: TrainConfig, device: torch.device, dtype: str) -> None:
+def check_backend(cfg: TrainConfig, device: torch.device, dtype: str) -> None:
     """Ask the registry for every fused op the model will call (one clear line now, rather
     than an error at the first forward)."""
     mixers = {mixer for _, mixer in roles(cfg.model)}
@@ -103,6 +116,14 @@ def _check_backend(cfg: TrainConfig, device: torch.device, dtype: str) -> None:
             raise ValueError(f"--backend {cfg.model.backend} on {device} ({dtype}): {err}") from None
 
 
+def check_compute(cfg: TrainConfig, device: torch.device) -> str:
+    """The precision ``cfg`` asks for on ``device`` and every fused op's backend there, checked
+    without reading any data; returns the precision."""
+    dtype = check_precision(cfg.dtype, device)
+    check_backend(cfg, device, dtype)
+    return dtype
+
+
 def _resume_config(cfg: TrainConfig, ckpt: dict, path: str) -> TrainConfig:
     require_keys(ckpt, path, ("model", "optimizer", "rng", "epoch", "best_score", "best_epoch", "history"),
                  "resume training")
@@ -112,7 +133,8 @@ def _resume_config(cfg: TrainConfig, ckpt: dict, path: str) -> TrainConfig:
 
 
 def _check_resumed_weights(cfg: TrainConfig, ckpt: dict, path: str) -> None:
-    """The checkpoint's weights against the model its config builds, before any data is read."""
+    """The checkpoint's weights (finite, and as the model its config builds), before any data is read."""
+    check_finite(ckpt["model"], path)
     data = ckpt.get("data") or {}
     if "input_dims" not in data or "num_classes" not in data:
         return  # an old checkpoint: checked when the weights are loaded
@@ -176,22 +198,25 @@ def train(cfg: TrainConfig, resume: str | None = None, log=print, max_steps: int
         error = None
         try:  # everything that can fail before training, on every rank; then all agree
             set_threads(cfg.threads)
-            dtype = check_precision(cfg.dtype, ctx.device)
+            dtype = check_compute(cfg, ctx.device)
             _check_speed_settings(cfg, ctx, dtype)
-            _check_backend(cfg, ctx.device, dtype)
             if ckpt is not None:
                 _check_resumed_weights(cfg, ckpt, resume)
             if ctx.is_main:
                 stack.enter_context(run_lock(cfg.out_dir))
+            best_file = (TrainingRun.agree_best(resume, ckpt, paths["best"], log if ctx.is_main else None)
+                         if ckpt is not None else None)
             seed_everything(cfg.seed)
             splits = splits_for(cfg)
             if splits.valid.num_utterances() == 0:
                 raise ValueError(f"the validation split of {splits.train.name} has no utterances: model selection "
                                  "needs some (use --select-on test, or more data)")
+            if dtype == "fp16":  # the features as the model computes with them
+                splits.check_dtype(np.float16)
         except (ValueError, TypeError, OSError, RuntimeError) as err:
             error = err
         ctx.settle(error)
-        return _run(cfg, ctx, splits, dtype, ckpt, resume, paths, log, max_steps)
+        return _run(cfg, ctx, splits, dtype, ckpt, resume, best_file, paths, log, max_steps)
 
 
 # ------------------------------------------------------------------ the run
@@ -229,9 +254,10 @@ class TrainingRun:
         self.share = -(-cfg.batch_size // ctx.world)  # a rank's rows of a full global batch
         self.valid_part = ctx.shard(splits.valid.conversations) if ctx.parallel else None
 
-    def restore(self, ckpt: dict, path: str) -> None:
+    def restore(self, ckpt: dict, path: str, best_file: str | None) -> None:
         """Continue from the checkpoint ``ckpt`` read from ``path``: weights, optimiser, scaler,
-        every generator, the epoch and the best so far; ``best.pt`` carried into this run's folder."""
+        every generator, the epoch and the best so far; ``best_file``: the file holding the best
+        epoch's weights in this run's folder (:meth:`agree_best`), or None."""
         data = ckpt.get("data") or {}
         if list(data.get("input_dims", self.splits.input_dims)) != list(self.splits.input_dims):
             raise ValueError(f"{path}: trained on features of dims {data['input_dims']}, but the data now has "
@@ -249,8 +275,58 @@ class TrainingRun:
         self.start, self.best_score, self.best_epoch = ckpt["epoch"] + 1, ckpt["best_score"], ckpt["best_epoch"]
         self.history = list(ckpt["history"])
         self.log(f"resumed from {path} at epoch {self.start + 1}")
-        self.best_file = _carry_best(path, self.paths["best"], self.best_epoch, self.log if ctx.is_main else None)
+        self.best_file = best_file
         self.resumed_from = self.last_good = path
+
+    @staticmethod
+    def agree_best(resume: str, ckpt: dict, best_path: str, log) -> str | None:
+        """The file holding the weights of the best epoch that ``ckpt`` (read from ``resume``)
+        records, in the folder of ``best_path``, made to agree with it; None when there is none.
+
+        The ``best.pt`` next to ``resume`` is used (copied when the run moves to another folder)
+        if it holds that epoch. If not, and ``resume`` itself holds it (a run stopped between
+        writing ``last.pt`` and ``best.pt`` of one epoch), ``best.pt`` is repaired from it. A
+        ``best.pt`` of another epoch in the run's own folder that cannot be repaired is refused
+        (a :class:`~iteach_fast.training.checkpoint.CheckpointError`): it would be evaluated as
+        the best. ``log`` None: another rank, which computes the answer and writes nothing."""
+        best_epoch = ckpt["best_epoch"]
+        if best_epoch < 0:
+            return None
+        src = os.path.join(os.path.dirname(os.path.abspath(resume)), "best.pt")
+        same = os.path.abspath(src) == os.path.abspath(best_path)
+        held = load_checkpoint(src).get("epoch") if os.path.isfile(src) else None
+        if held == best_epoch:
+            if not same and log is not None:
+                with open(src, "rb") as f:
+                    atomic_write(best_path, f.read())
+                log(f"best.pt of epoch {best_epoch + 1} copied from {src}")
+            return best_path
+        if ckpt["epoch"] == best_epoch:
+            if log is not None:
+                with open(resume, "rb") as f:
+                    atomic_write(best_path, f.read())
+                found = f"held epoch {held + 1}" if held is not None else "was missing"
+                log(f"note: {src} {found}, but {resume} records epoch {best_epoch + 1} as the best and holds it (the "
+                    f"run stopped between writing the two): best.pt repaired from it")
+            return best_path
+        if same and held is not None:
+            raise CheckpointError(
+                f"{src}: holds epoch {held + 1}, but {resume} records epoch {best_epoch + 1} as the best (and holds "
+                f"epoch {ckpt['epoch'] + 1}): the run folder's files disagree; remove {src} to resume without a best "
+                "checkpoint (the next improving epoch writes one), or put back the best.pt of that run")
+        return None
+
+    def resume_hint(self) -> str:
+        """How to continue this run from its newest checkpoint (after an interruption)."""
+        last = self.last_good
+        if last is None:
+            return f"no epoch finished in {self.cfg.out_dir}, nothing to resume: run the same command again"
+        flags = [f"--resume {last}"]
+        if os.path.abspath(os.path.dirname(os.path.abspath(last))) != os.path.abspath(self.cfg.out_dir):
+            flags.append(f"--out-dir {self.cfg.out_dir}")
+        if last == self.resumed_from:  # the checkpoint resumed from records its own epochs
+            flags.append(f"--epochs {self.cfg.epochs}")
+        return f"{last} holds the last finished epoch; continue with: iteach-fast train {' '.join(flags)}"
 
     def describe(self) -> str:
         """The data, the model and the settings, for the log."""
@@ -375,39 +451,23 @@ class TrainingRun:
                 "rank": self.ctx.rank}
 
 
-def _run(cfg, ctx, splits, dtype, ckpt, resume, paths, log, max_steps) -> dict:
+def _run(cfg, ctx, splits, dtype, ckpt, resume, best_file, paths, log, max_steps) -> dict:
     for note in splits.notes:
         log(f"note: {note}")
     run = TrainingRun(cfg, ctx, splits, dtype, paths, log)
     if ckpt is not None:
-        run.restore(ckpt, resume)
+        run.restore(ckpt, resume, best_file)
     step = (GraphedStep if cfg.cuda_graphs else Step)(ctx.wrap(run.raw), run.raw, run.optim, run.scaler, cfg, ctx,
                                                       dtype)
     log(run.describe())
-    for epoch in range(run.start, cfg.epochs):
-        run.select_and_save(epoch, run.train_epoch(epoch, step, max_steps))
-        if max_steps is not None and run.steps >= max_steps:
-            break
+    try:
+        for epoch in range(run.start, cfg.epochs):
+            run.select_and_save(epoch, run.train_epoch(epoch, step, max_steps))
+            if max_steps is not None and run.steps >= max_steps:
+                break
+    except KeyboardInterrupt:
+        raise Interrupted(run.resume_hint()) from None
     if not run.history and run.best_epoch < 0:
         run.save_initial()
     ctx.barrier()  # the files are complete before any rank returns
     return run.summary()
-
-
-def _carry_best(resume: str, best_path: str, best_epoch: int, log) -> str | None:
-    """The file holding the weights of ``best_epoch`` for a run resumed from ``resume`` into
-    the folder of ``best_path``: that folder's own (same folder), or a copy of the one next to
-    ``resume`` if it is of that epoch, else None — ``best.pt`` never holds other weights.
-    ``log`` None: another rank, which only computes the answer."""
-    src = os.path.join(os.path.dirname(os.path.abspath(resume)), "best.pt")
-    if best_epoch < 0:
-        return None
-    if os.path.abspath(src) == os.path.abspath(best_path):
-        return best_path if os.path.isfile(best_path) else None
-    if not (os.path.isfile(src) and load_checkpoint(src).get("epoch") == best_epoch):
-        return None
-    if log is not None:
-        with open(src, "rb") as f:
-            atomic_write(best_path, f.read())
-        log(f"best.pt of epoch {best_epoch + 1} copied from {src}")
-    return best_path
