@@ -9,7 +9,8 @@ influence valid ones (``torch.where``, not multiplication, so garbage such as in
 padding cannot leak through a ``0 * inf``).
 
 Each function takes its op's arguments as ``iteach_fast.ops.backends.SIGNATURES`` states
-them, and nothing else: no hook for the code under test. See docs/maths.md for the maths, and its "Local numerics" section for the prefix table.
+them, and nothing else: no hook for the code under test. See docs/maths.md for the maths,
+and its "Local numerics" section for the prefix table.
 """
 from __future__ import annotations
 
