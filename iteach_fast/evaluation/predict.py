@@ -231,10 +231,13 @@ def predict_rows(net: ITEACHNet, conversations: list[dict], class_names=(), stre
                 session.reset()
                 xs, present = _inputs(conv)
                 for i in range(len(present)):
+                    if device.type == "cuda":
+                        torch.cuda.synchronize(device)  # earlier queued work is not this utterance's latency
                     t0 = time.perf_counter()
                     out = session.push(*(x[i:i + 1].to(device) for x in xs), present[i:i + 1].to(device))
+                    probs = out[0].cpu()  # a blocking copy: the latency includes the push's kernels
                     latency = (time.perf_counter() - t0) * 1e3
-                    row = _row(conv, i, out[0].cpu(), classes, regression)
+                    row = _row(conv, i, probs, classes, regression)
                     rows.append({**row, "known": i + 1, "latency_ms": round(latency, 3)})
         return rows
     for start in range(0, len(conversations), batch_size):

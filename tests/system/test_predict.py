@@ -124,6 +124,26 @@ def test_predict_stream_replays_what_was_known(tmp_path):
             assert a[f"p_{c}"] == pytest.approx(b[f"p_{c}"], abs=2e-6)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_stream_latency_waits_for_the_device(tmp_path, monkeypatch):
+    """--stream's latency_ms covers the push's GPU work, not only its launches: a push that
+    queues ~50 ms of device time reads at least 10 ms (unsynchronised, it reads microseconds)."""
+    from iteach_fast.nn.streaming import StreamingSession
+
+    ckpt, _ = _checkpoint(tmp_path / "causal.pt", causal=True)
+    inputs = _npz(tmp_path / "new.npz", _conversations((3,)))
+    push = StreamingSession.push
+
+    def slow_push(self, *args, **kwargs):
+        torch.cuda._sleep(50_000_000)  # device cycles: tens of ms on any current GPU
+        return push(self, *args, **kwargs)
+
+    monkeypatch.setattr(StreamingSession, "push", slow_push)
+    rows = predict_file(ckpt, inputs, stream=True, device="cuda")["rows"]
+    assert all(r["latency_ms"] >= 10 for r in rows), [r["latency_ms"] for r in rows]
+
+
 def test_predict_gcnet_folder(tmp_path):
     """A GCNet-layout folder, read by the package's loader; its labels come along."""
     root = tmp_path / "gcnet"
