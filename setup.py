@@ -126,6 +126,18 @@ def _local_archs(torch):
 
 
 FINGERPRINT = os.path.join(ROOT, "build", "iteach_fast-_C.fingerprint.json")
+#: written beside the extension: the torch it was built against (iteach_fast.ops.cpp compares it
+#: with the torch it runs with, and says to rebuild rather than load a mismatched extension)
+BUILD_INFO = "_build_info.py"
+
+
+def _write_build_info(folders, wanted: dict) -> None:
+    text = ('"""Written by setup.py when it builds iteach_fast._C (not tracked): what it was built against."""\n'
+            f"TORCH_VERSION = {wanted['torch']!r}\nCUDA = {wanted['cuda']!r}\n")
+    for folder in dict.fromkeys(os.path.abspath(f) for f in folders):
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, BUILD_INFO), "w") as f:
+            f.write(text)
 
 
 def _fingerprint(torch, with_cuda: bool) -> dict:
@@ -181,14 +193,23 @@ def _build_ext_class(base):
                 archs = f" with CUDA for {';'.join(wanted['archs'])}" if wanted["cuda"] else " (CPU only)"
                 print(f"iteach_fast: {ext.name} is up to date{archs}: not rebuilt (fingerprint in build/)",
                       file=sys.stderr)
+                _write_build_info((os.path.dirname(target), os.path.dirname(in_place)), wanted)
                 return
             if os.path.exists(FINGERPRINT):
                 os.remove(FINGERPRINT)  # stale from here on, whatever happens to this build
             super().build_extension(ext)
             if wanted is not None and os.path.exists(target):
+                _write_build_info((os.path.dirname(target),), wanted)  # the wheel's copy (build/lib)
                 os.makedirs(os.path.dirname(FINGERPRINT), exist_ok=True)
                 with open(FINGERPRINT, "w") as f:
                     json.dump({**wanted, "sha256": _sha256(target)}, f, indent=1)
+
+        def copy_extensions_to_source(self):
+            """--inplace and editable installs: the extension and what it was built against beside the sources."""
+            super().copy_extensions_to_source()
+            for ext in self.extensions:
+                if getattr(ext, "fingerprint", None) is not None:
+                    _write_build_info((os.path.join(ROOT, *ext.name.split(".")[:-1]),), ext.fingerprint)
 
     return BuildExt
 
@@ -200,13 +221,16 @@ setup(
     version=VERSION,
     description="Fused GPU kernels and drop-in PyTorch modules for ITEACH-Net "
                 "(incomplete multimodal emotion recognition in conversation)",
+    long_description=open(os.path.join(ROOT, "README.md"), encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
     packages=["iteach_fast", *(f"iteach_fast.{tier}" for tier in TIERS), "iteach_fast.kernels"],
     package_dir={"iteach_fast": "iteach_fast", "iteach_fast.kernels": "kernels"},
     package_data={"iteach_fast.reproduce": ["paper_results.json"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
     python_requires=">=3.10",
-    install_requires=["torch>=2.11", "numpy", "scikit-learn", "tqdm", "matplotlib"],
+    # every third-party module the package imports (triton: the GPU kernels, an extra)
+    install_requires=["torch>=2.11", "numpy", "scikit-learn", "tqdm", "matplotlib", "PyYAML"],
     extras_require={"triton": ["triton>=3.6"], "test": ["pytest", "pytest-benchmark"]},
     entry_points={"console_scripts": ["iteach-fast=iteach_fast.cli:main"]},
     options={"bdist_wheel": {"py_limited_api": "cp310"}},

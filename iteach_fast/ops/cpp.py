@@ -18,7 +18,8 @@ import torch
 
 from .padding import accumulation_dtype, prefix_table, valid_mask, zero_invalid
 
-__all__ = ["STATUS", "CPP_OPS", "load", "has_ops", "has_cuda", "routed_mixture", "ecce_bias", "ecce_attention"]
+__all__ = ["STATUS", "CPP_OPS", "REBUILD", "built_for", "load", "has_ops", "has_cuda", "routed_mixture", "ecce_bias",
+           "ecce_attention"]
 
 _FWD = "iteach_fast::routed_mixture"
 _BWD = "iteach_fast::routed_mixture_backward"
@@ -33,10 +34,30 @@ CPP_OPS = {"routed_mixture": ("routed_mixture", "routed_mixture_backward"),
            "ecce_attention": ("ecce_attention", "ecce_attention_backward")}
 
 
+#: how to rebuild the extension, for the messages
+REBUILD = ("rebuild it: `make build` in a checkout, or reinstall (pip install --no-build-isolation "
+           "--force-reinstall --no-deps <the package or checkout>)")
+
+
+def built_for() -> str | None:
+    """The torch version ``iteach_fast._C`` was built against (``_build_info.py``, which setup.py
+    writes beside it), or None where unrecorded (an extension built before it was recorded)."""
+    try:
+        info = importlib.import_module("iteach_fast._build_info")
+    except ImportError:
+        return None
+    return getattr(info, "TORCH_VERSION", None)
+
+
 def load():
-    """``(module, None)`` if ``iteach_fast._C`` loads, else ``(None, reason)``."""
+    """``(module, None)`` if ``iteach_fast._C`` loads, else ``(None, reason)``. An extension built
+    against another torch is not loaded (its C++ ABI may not match: a crash rather than an
+    error), and the reason says to rebuild it."""
     if os.environ.get("ITEACH_FAST_NO_EXT", "0") == "1":
         return None, "ITEACH_FAST_NO_EXT=1"
+    built = built_for()
+    if built is not None and built != torch.__version__:
+        return None, f"iteach_fast._C was built for torch {built} but this is torch {torch.__version__}: {REBUILD}"
     try:
         module = importlib.import_module("iteach_fast._C")
     except ImportError as err:  # not built, or built against another torch
