@@ -85,8 +85,7 @@ def baselines(out: str, seed: int) -> dict:
     from iteach_fast.data.sources import splits_for
 
     splits = splits_for(cfg)
-    folder = os.path.join(out, "baselines", f"s{seed}")
-    return {split: baselines_for_run(cfg, splits, EVAL_RATES, split, 0, folder=os.path.join(folder, split))
+    return {split: baselines_for_run(cfg, splits, EVAL_RATES, split, 0, folder=os.path.join(out, "baselines"))
             for split in ("valid", "test")}
 
 

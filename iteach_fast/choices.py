@@ -1,7 +1,9 @@
-"""Every closed set of choices in the package, once, as ``Literal`` types.
+"""Every closed set of choices in the package, once, as ``Literal`` types, and the missing
+rates every tier shares.
 
 The configuration validator, the command line (``choices=``) and the model's constructors
 all read these, so a new framework, mixer or backend name is added here and nowhere else.
+A leaf module without torch: the command line's help reads it.
 """
 from __future__ import annotations
 
@@ -17,7 +19,9 @@ SelectOn = Literal["valid", "test"]  # the split that model selection reads
 Precision = Literal["fp32", "bf16", "fp16"]  # fp16 / bf16: autocast on a GPU
 Backend = Literal["auto", "reference", "triton", "cpp"]
 EvalModel = Literal["student", "teacher"]  # which model an evaluation reads (teacher: complete data)
-Experiment = Literal["table1", "table2", "table3", "table4", "table5", "fig6", "fig78", "fig9"]  # reproduce
+Layout = Literal["gcnet"]  # export-synthetic's file layouts
+Experiment = Literal["table1", "table2", "table3", "table4", "table5", "fig6", "fig78", "fig9",  # reproduce
+                     "baselines"]
 
 MODALITIES: tuple[str, ...] = get_args(Modality)
 FRAMEWORKS: tuple[str, ...] = get_args(Framework)
@@ -30,6 +34,12 @@ PRECISIONS: tuple[str, ...] = get_args(Precision)
 BACKENDS: tuple[str, ...] = get_args(Backend)
 EVAL_MODELS: tuple[str, ...] = get_args(EvalModel)
 EXPERIMENTS: tuple[str, ...] = get_args(Experiment)
+LAYOUTS: tuple[str, ...] = get_args(Layout)
+
+#: UME's test rates (§4.3): 0.0, 0.1, ..., 0.7
+EVAL_RATES: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(8))
+#: rates are fractions of (utterance, modality) cells; above 2/3 every utterance keeps one modality
+MAX_RATE = 1.0
 
 
 def check_choice(name: str, value, allowed: tuple) -> str:

@@ -299,14 +299,14 @@ def baselines_for_run(cfg, splits, rates=EVAL_RATES, split: str = "test", mask_s
                       config: BaselineConfig | None = None, log=None) -> dict:
     """The baselines of the run ``cfg`` (its data, strategy and seed) on ``split`` at ``rates``:
     ``{"key", "rows": {baseline: rows}, "logreg_context_k", "config"}``. With ``folder``, kept
-    in ``<folder>/baselines.json`` and read back while its key (data, strategy, masks, recipe)
-    still matches, so re-evaluating a checkpoint does not retrain them."""
+    there as ``baselines-<key>.json`` (the key: data, strategy, masks, recipe), so re-evaluating
+    a checkpoint, or another model on the same data, does not retrain them."""
     config = config or BaselineConfig.from_train_config(cfg)
     plain = cfg.to_dict()
     what = {"data": {k: plain[k] for k in DATA_FIELDS}, "baseline": dataclasses.asdict(config),
             "rates": [float(r) for r in rates], "split": split, "mask_seed": mask_seed}
     key = hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    path = os.path.join(folder, "baselines.json") if folder else None
+    path = os.path.join(folder, f"baselines-{key}.json") if folder else None
     if path and os.path.isfile(path):
         try:
             with open(path) as f:

@@ -48,7 +48,7 @@ def ume(checkpoint: str, out_dir: str | None = None, rates=None, split: str = "t
 
     ``baselines`` (the student): the baselines of :mod:`.baselines`, trained on the
     checkpoint's data with its missing-rate strategy and tested with the same masks, printed
-    beside the model and written into ``ume.json`` (cached in ``baselines.json``).
+    beside the model and written into ``ume.json`` (kept in ``baselines-<key>.json``).
 
     ``model="teacher"``: the teacher on complete data (``rates`` default to, and must be,
     ``(0.0,)``), written as ``teacher.json`` / ``teacher.csv``; the plots are the student's,

@@ -22,6 +22,7 @@ Three jobs, one module each:
 """
 from __future__ import annotations
 
+import os
 import time
 
 from ..data.sources import splits_for
@@ -83,7 +84,8 @@ def reproduce(what, cfg: TrainConfig, out_dir: str | None = None, seeds=None, fo
     for i, (key, run) in enumerate((k, r) for k, r in runs.items() if k not in results):
         device = devices[i % len(devices)] if devices else run.config.device
         config = run.config.replace(threads=threads, device=device, progress=False)
-        pending.append((run, {"key": key, "config": config.to_dict(), "fold": run.fold}))
+        pending.append((run, {"key": key, "config": config.to_dict(), "fold": run.fold,
+                              "baselines_dir": os.path.join(out_dir, "baselines")}))
     where = (f"folds {', '.join(map(str, folds))} x seeds {', '.join(map(str, seeds))}" if folds != (None,)
              else f"seeds {', '.join(map(str, seeds))} ({cfg.dataset} has one split: folds are not meaningful)")
     log(f"reproduce {', '.join(experiments)} on {cfg.dataset} ({where}): {len(runs)} runs, "

@@ -22,6 +22,8 @@ import numpy as np
 from ..choices import EXPERIMENTS
 from ..data.masking import EVAL_RATES, fixed_masks
 from ..evaluation import plots
+from ..evaluation.baselines import BASELINES
+from ..evaluation.baselines import LABELS as BASELINE_LABELS
 from ..files import atomic_write
 from ..nn.config import ModelConfig
 from ..nn.model import ITEACHNet, roles
@@ -119,6 +121,38 @@ def _diff(ours: float, paper: float) -> str:
 
 # ----------------------------------------------------------------------------- one renderer per experiment
 
+def _baseline_results(grouped: dict) -> list:
+    """The baselines of the runs of a table (every run holds its data's; every row of a table
+    reads the same data): the first row's runs that have them."""
+    for results in grouped.values():
+        with_base = [r for r in results if r.get("baselines")]
+        if with_base:
+            return with_base
+    return []
+
+
+def _baseline_name(name: str, results: list) -> str:
+    ks = sorted({r.get("logreg_context_k") for r in results if r.get("logreg_context_k")})
+    return "baseline: " + (f"logistic regression, log-probs summed over ±{'/'.join(map(str, ks))}"
+                           if name == "logreg_context" else BASELINE_LABELS[name])
+
+
+def _baseline_rows(results: list, n_cells: int, summary: str | None) -> tuple[list, dict]:
+    """Rows of the baselines in a rates-as-columns table (mean ± std over the same runs) and their stats."""
+    rows, stats = [], {}
+    for name in BASELINES:
+        res = [{"student": r["baselines"][name]} for r in results if name in r["baselines"]]
+        if not res:
+            continue
+        per_rate = _per_rate_stats(res)
+        avg = _stats([np.mean(_curve(r)) for r in res])
+        dec = _stats([_curve(r)[0] - _curve(r)[-1] for r in res])
+        stats[name] = {"rates": per_rate, "average": avg, "decline": dec}
+        rows.append([_baseline_name(name, results)] + [""] * (n_cells - 1) + [_cell(s) for s in per_rate]
+                    + [_cell(avg)] + ([_cell(dec)] if summary == "decline" else []) + [avg[2]])
+    return rows, stats
+
+
 def _rate_table(variants, grouped: dict, dataset: str, summary: str, paper_key: str) -> tuple:
     """The Markdown of a rates-as-columns table (Tables 2, 4, 5) and its per-row stats."""
     n_cells = len(variants[0].cells)
@@ -143,7 +177,10 @@ def _rate_table(variants, grouped: dict, dataset: str, summary: str, paper_key: 
             rows.append(["Δ (ours − paper)"] + pad + [_diff(s[0], x) for s, x in zip(per_rate, p["rates"])]
                         + [_diff(avg[0], p.get("average", p_avg))]
                         + ([_diff(dec[0], p.get("decline", p_dec))] if summary == "decline" else []) + [""])
-    return _md(head, rows), stats
+    base_rows, base_stats = _baseline_rows(_baseline_results(grouped), n_cells, summary)
+    if base_stats:
+        stats["baselines"] = base_stats
+    return _md(head, rows + base_rows), stats
 
 
 def _draw_rates(summary: str, exp, g, runs, context, out_dir) -> tuple:
@@ -168,7 +205,32 @@ def _draw_table1(exp, g, runs, context, out_dir) -> tuple:
         stats[v.label] = s
         rows.append(list(v.cells) + [_cell(s), s[2]]
                     + ([f"{paper[v.label]:.2f}", _diff(s[0], paper[v.label])] if paper else []))
+    base = _baseline_results(g)
+    for name in BASELINES:  # the baselines on the same complete test data
+        s = _stats([r["baselines"][name][0]["waf"] for r in base if name in r["baselines"]])
+        if s[2]:
+            stats[f"baseline: {name}"] = s
+            rows.append([_baseline_name(name, base), ""] + [_cell(s), s[2]] + (["", ""] if paper else []))
     return _md(head, rows), stats, None
+
+
+def _draw_baselines(exp, g, runs, context, out_dir) -> tuple:
+    """The baselines' own table (Table 2/4-shaped: every rate, Average, Decline), ITEACH-Net's
+    rows beside them, each said to be at or below the best baseline per rate; and the curves."""
+    table, stats = _rate_table(VARIANTS[exp], g, context["dataset"], "decline", exp)
+    base = stats.get("baselines", {})
+    notes = []
+    if {"logreg_context", "gru"} <= set(base):
+        best = [max(a[0], b[0]) for a, b in zip(base["logreg_context"]["rates"], base["gru"]["rates"])]
+        for v in VARIANTS[exp]:
+            below = [f"{r:.1f}" for r, s, b in zip(EVAL_RATES, stats[v.label]["rates"], best) if s[0] < b]
+            notes.append(f"- {v.label}: " + (f"below the best baseline at rates {', '.join(below)}" if below else
+                                              "at or above the best baseline at every rate") + " (means)")
+    series = {v.label: _bands(stats[v.label]["rates"]) for v in VARIANTS[exp]}
+    series.update({BASELINE_LABELS[n]: _bands(s["rates"]) for n, s in base.items()})
+    path = plots.curves_with_bands(series, os.path.join(out_dir, "baselines_waf.png"),
+                                   f"ITEACH-Net beside the baselines: WAF vs test missing rate ({context['data']})")
+    return table + ("\n\n" + "\n".join(notes) if notes else ""), stats, path
 
 
 def parameter_counts(net: ITEACHNet) -> dict:
@@ -326,6 +388,9 @@ RENDERERS = {
                       "tested at every rate: WAF (%)", _draw_fig78),
     "fig9": Renderer("Figure 9 — t-SNE of the teacher's H_1 (complete data) and the student's H'_1 at each missing "
                      "rate", _draw_fig9, reads="first"),
+    "baselines": Renderer("Baselines — majority, logistic regression with and without context, BiGRU: trained with "
+                          "the same missing-rate strategy, tested with the same masks, beside ITEACH-Net (WAF %)",
+                          _draw_baselines),
 }
 assert set(RENDERERS) == set(EXPERIMENTS) == set(VARIANTS), "every experiment has its variants and its renderer"
 
@@ -359,14 +424,25 @@ def orderings(stats: dict) -> list[str]:
         check("Table 1, teacher: off > global (the paper's numbers: global alone is the worst, on all four "
               "datasets)", s["off"], s["global"])
     if "table2" in stats:
-        avg = {k: v["average"] for k, v in stats["table2"].items()}
-        dec = {k: v["decline"] for k, v in stats["table2"].items()}
+        paper_rows = ("PRE TF", "ITS TF TF", "ITS TF NAS", "TS NAS TF")  # the paper's claims are about these
+        avg = {k: v["average"] for k, v in stats["table2"].items() if k in paper_rows}
+        dec = {k: v["decline"] for k, v in stats["table2"].items() if k in paper_rows}
         check("Table 2: ITS TF NAS > PRE TF (average WAF over the rates)", avg["ITS TF NAS"], avg["PRE TF"])
         check("Table 2: ITS TF TF > PRE TF (average)", avg["ITS TF TF"], avg["PRE TF"])
         check("Table 2: ITS TF NAS > TS NAS TF (average)", avg["ITS TF NAS"], avg["TS NAS TF"])
         least = min((v for k, v in dec.items() if k != "ITS TF NAS"), key=lambda v: v[0])
         check("Table 2: the NAS student declines least (its Decline vs the smallest other)",
               dec["ITS TF NAS"], least, higher=False)
+    for exp in ("table4", "baselines"):  # not the paper's claim: what a researcher asks first
+        base = stats.get(exp, {}).get("baselines", {})
+        if {"logreg_context", "gru"} <= set(base):
+            best = max(("logreg_context", "gru"), key=lambda n: base[n]["average"][0])
+            for label, row in stats[exp].items():
+                if label != "baselines":
+                    check(f"{exp}: {label} > the best baseline ({BASELINE_LABELS[best]}; average WAF over the rates)",
+                          row["average"], base[best]["average"])
+        if base:
+            break
     if "fig6" in stats:
         # the mean over rates of each run's distance curve is not kept: the rates' mean and mean std
         curve = {k: (float(np.mean([x[0] for x in v])), float(np.mean([x[1] for x in v])), v[0][2])

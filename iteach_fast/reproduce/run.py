@@ -27,6 +27,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 import numpy as np
 
 from ..data.masking import EVAL_RATES, fixed_masks
+from ..evaluation.baselines import baselines_for_run
 from ..evaluation.tables import public_rows
 from ..files import atomic_write
 from ..training.checkpoint import load_for_eval
@@ -76,10 +77,13 @@ def _train_and_measure(cfg: TrainConfig, job: dict, log) -> dict:
     for rate in EVAL_RATES:
         h = hidden_features(net, test, fixed_masks(test, rate, cfg.eval_seed), cfg.batch_size, dev, dtype)
         distance.append({"rate": float(rate), "distance": float(np.abs(h["student"] - h["teacher"]).mean())})
+    # the baselines of the run's data and strategy, on the same masks (shared by every model on that data)
+    base = baselines_for_run(cfg, splits, EVAL_RATES, "test", cfg.eval_seed, folder=job.get("baselines_dir"))
     result = {"key": job["key"], "result_version": RESULT_VERSION, "config": cfg.to_dict(),
               "fold": job.get("fold"), "seed": cfg.seed, "dataset": test.name, "task": test.task,
               "class_names": list(splits.class_names), "notes": list(splits.notes),
               "student": public_rows(student), "teacher": teacher, "distance": distance,
+              "baselines": base["rows"], "logreg_context_k": base["logreg_context_k"],
               "best_epoch": summary["best_epoch"], "best_valid_waf": summary["best_score"],
               "seconds": round(time.time() - t0, 1), "cpu_seconds": round(time.process_time() - cpu0, 1)}
     atomic_write(os.path.join(cfg.out_dir, "result.json"), json.dumps(result, indent=1))

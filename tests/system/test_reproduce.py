@@ -35,7 +35,9 @@ def test_paper_numbers_are_typed_consistently():
                 assert len(r) == 8, (table, dataset, name)
                 want = r[0] - r[-1] if summary == "decline" else np.mean(r)
                 assert row[summary] == pytest.approx(want, abs=0.011), (table, dataset, name)
-    assert set(paper["table2"]["rows"]["iemocap4"]) == {v.label for v in rp.VARIANTS["table2"]}
+    # every row of the paper's Table 2 is one of ours; ours adds the cross-ECCE option
+    paper_rows = {v.label for v in rp.VARIANTS["table2"] if not dict(v.changes).get("cross_ecce")}
+    assert set(paper["table2"]["rows"]["iemocap4"]) == paper_rows
     assert all("ITEACH-Net" in rows for rows in paper["table4"]["rows"].values())
     for rows in paper["table1"]["rows"].values():
         assert set(rows) == {v.label for v in rp.VARIANTS["table1"]}
@@ -50,8 +52,10 @@ def test_plan_shares_runs_and_keys_ignore_where_they_run(tmp_path, tiny_keys):
         == set(groups["fig6"]["NAS student"])
     assert set(groups["table2"]["ITS TF TF"]) == set(groups["fig6"]["TF student"])
     assert groups["fig9"]["ITEACH-Net"] == groups["table4"]["ITEACH-Net"][:1]  # first seed only
-    # table1: 2 new rows, table2: 3 new, table5: 1, fig78: 8 (one per rate) -> 15 configs x 2 seeds
-    assert len(runs) == 30
+    # table1: 2 new rows, table2: 4 new (3 of the paper's and the cross-ECCE option, which table4 and
+    # baselines share), table5: 1, fig78: 8 (one per rate) -> 16 configs x 2 seeds
+    assert len(runs) == 32
+    assert set(groups["table2"]["ITS TF NAS + cross-ECCE"]) == set(groups["table4"]["ITEACH-Net + cross-ECCE"])
     cfg = {k: runs[k].config for k in groups["fig78"]["fixed 0.3"]}
     assert all(c.strategy == "fixed" and c.rate == 0.3 and c.select_rates == (0.3,) for c in cfg.values())
     pre = runs[groups["table2"]["PRE TF"][0]].config.model
@@ -65,7 +69,8 @@ def test_plan_shares_runs_and_keys_ignore_where_they_run(tmp_path, tiny_keys):
     # IEMOCAP: folds x seeds
     iem = base.replace(dataset="iemocap4", data_root=str(tmp_path))
     runs, groups = rp.plan(("table4",), iem, seeds=(0, 1), folds=(1, 2, 3), out_dir=str(tmp_path))
-    assert sorted((r.fold, r.seed) for r in runs.values()) == [(f, s) for f in (1, 2, 3) for s in (0, 1)]
+    paper_runs = [runs[k] for k in groups["table4"]["ITEACH-Net"]]
+    assert sorted((r.fold, r.seed) for r in paper_runs) == [(f, s) for f in (1, 2, 3) for s in (0, 1)]
     assert {r.config.fold for r in runs.values()} == {1, 2, 3}
 
 
@@ -175,7 +180,7 @@ def test_render_from_fake_results_on_a_paper_dataset(tmp_path, context):
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == ["experiment", "row", "dataset", "fold", "seed", "run", "model", "rate", "metric", "value"]
     t2_rows = [r for r in rows if r["experiment"] == "table2"]
-    assert len(t2_rows) == 4 * 4 * (8 * 3 + 2 + 8)  # rows x runs x (student waf/acc/realised, teacher, distance)
+    assert len(t2_rows) == 5 * 4 * (8 * 3 + 2 + 8)  # rows x runs x (student waf/acc/realised, teacher, distance)
     assert {r["fold"] for r in t2_rows} == {"1", "2"}
     for exp in exps:
         assert os.path.isfile(tmp_path / f"{exp}.md")
@@ -183,6 +188,32 @@ def test_render_from_fake_results_on_a_paper_dataset(tmp_path, context):
         with open(res["paths"][key], "rb") as f:
             assert f.read(8) == PNG, key
     assert os.path.isfile(res["paths"]["report"])
+
+
+def test_baselines_stand_beside_every_table(tmp_path, context):
+    """Each run holds its data's baselines: Tables 1, 2, 4 show them as rows over the same runs,
+    `baselines` draws their own table with ITEACH-Net said to be above or below the best of
+    them at each rate, and the report checks ITEACH-Net against the best baseline."""
+    exps = ("table1", "table2", "table4", "baselines")
+    groups, results = fake_set(exps, [(None, 0), (None, 1), (None, 2)], lambda e, v: 60.0)
+    for res in results.values():  # BiGRU (mean) 60 - 4r against ITEACH-Net's 60.5 - 8r: ahead from 0.2 on
+        res["baselines"] = {name: [{"rate": r, "waf": w - s * r, "acc": w, "n": 100} for r in EVAL_RATES]
+                            for name, w, s in (("majority", 15.0, 0.0), ("logreg", 55.0, 10.0),
+                                               ("logreg_context", 58.0, 8.0), ("gru", 62.0 - 2.0 * res["seed"], 4.0))}
+        res["logreg_context_k"] = 2
+    out = rp.render(exps, groups, results, {}, context("synthetic", (None,), (0, 1, 2)), str(tmp_path), log=quiet)
+    t4 = out["tables"]["table4"].splitlines()
+    gru = next(line for line in t4 if line.startswith("| baseline: BiGRU"))
+    assert "60.00 ± 2.00" in gru and gru.endswith("| 3 |")  # rate 0: 62, 60, 58 over the three runs
+    assert any(line.startswith("| baseline: logistic regression, log-probs summed over ±2") for line in t4)
+    assert "baseline: majority class" in out["tables"]["table2"] and "baseline: BiGRU" in out["tables"]["table1"]
+    own = out["tables"]["baselines"]
+    assert "- ITEACH-Net: below the best baseline at rates 0.2, 0.3, 0.4, 0.5, 0.6, 0.7 (means)" in own
+    assert "ITS TF NAS > PRE TF" in out["report"]  # the cross-ECCE row stays out of the paper's claims
+    assert "table4: ITEACH-Net > the best baseline (BiGRU (bc-LSTM style); average WAF over the rates): " \
+        "**does not hold**" in out["report"]
+    with open(out["paths"]["baselines"], "rb") as f:
+        assert f.read(8) == PNG
 
 
 def test_render_on_synthetic_data_has_no_paper_numbers(tmp_path, context):
@@ -225,16 +256,20 @@ def test_reproduce_trains_in_a_pool_then_caches_and_resumes(tmp_path, tiny_keys)
         result = json.load(f)
     assert [r["rate"] for r in result["student"]] == list(EVAL_RATES) and result["teacher"]["rate"] == 0.0
     assert len(result["distance"]) == 8 and result["config"]["threads"] == 1
+    # its data's baselines on the same masks, trained once for the three runs (same data, strategy, seed)
+    assert set(result["baselines"]) == {"majority", "logreg", "logreg_context", "gru"}
+    assert [r["realised_rate"] for r in result["baselines"]["gru"]] == [r["realised_rate"] for r in result["student"]]
+    assert len(os.listdir(tmp_path / "baselines")) == 1
     with open(tmp_path / "runs" / runs[0] / "train.log") as f:
         assert "== done in" in f.read()
-    # again, for another table reading the same run: nothing is trained
+    # again, for another table reading the same run: only its other row (cross-ECCE) is trained
     res = rp.reproduce("table4", cfg, seeds=(0,), jobs=2, log=quiet)
-    assert res["ran"] == 0 and res["cached"] == 1
+    assert res["ran"] == 1 and res["cached"] == 1
     # an interrupted run (its result not written) resumes from its last.pt, here in this process (jobs=1)
     key = rp.plan(("table4",), cfg, (0,), (None,), str(tmp_path))[1]["table4"]["ITEACH-Net"][0]
     os.remove(tmp_path / "runs" / key / "result.json")
     res = rp.reproduce("table4", cfg, seeds=(0,), log=quiet)
-    assert res["ran"] == 1 and res["cached"] == 0
+    assert res["ran"] == 1 and res["cached"] == 1
     with open(tmp_path / "runs" / key / "train.log") as f:
         assert "resumed from" in f.read()
 
