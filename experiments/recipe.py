@@ -24,13 +24,15 @@ import torch
 
 from iteach_fast.data.masking import EVAL_RATES
 from iteach_fast.evaluation.baselines import baselines_for_run
-from iteach_fast.evaluation.protocols import DEMO_DEFAULTS
 from iteach_fast.training.checkpoint import load_for_eval
 from iteach_fast.training.config import TrainConfig
 from iteach_fast.training.loop import train
 from iteach_fast.training.validation import evaluate_rates
 
-#: the demo's recipe as it was (10 epochs), and the changes each variant makes to it
+#: the demo's recipe before this search (the paper's model, 10 epochs): every variant changes it
+BASE = dict(syn_conversations=120, syn_max_len=60, dim=32, heads=4, max_len=60, epochs=10, batch_size=8, lr=1e-3,
+            router_lr=1e-2, dropout=0.1, dist=30, cross_ecce=False, strategy="random", framework="its",
+            select_rates=(0.0, 0.3, 0.5, 0.7))
 VARIANTS = {
     "paper-e10": {},
     "paper-e40": {"epochs": 40},
@@ -50,7 +52,7 @@ VARIANTS = {
 
 
 def config(variant: str, seed: int, folder: str) -> TrainConfig:
-    return TrainConfig().replace(**{**DEMO_DEFAULTS, **VARIANTS[variant], "seed": seed, "threads": 1,
+    return TrainConfig().replace(**{**BASE, **VARIANTS[variant], "seed": seed, "threads": 1,
                                     "progress": False, "out_dir": folder})
 
 
