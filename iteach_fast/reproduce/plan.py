@@ -27,10 +27,10 @@ NOT_HASHED = ("out_dir", "progress", "threads", "device", "compile", "cuda_graph
 DEFAULT_SEEDS = (0, 1, 2)
 QUICK_SEEDS = (0,)
 IEMOCAP_FOLDS = (1, 2, 3, 4, 5)
-#: ``--quick``: the demo's small synthetic set and model, 10 epochs, the progressive
-#: schedule compressed to one step per epoch (0.0, 0.1, ..., 0.7 within the 10 epochs)
+#: ``--quick``: the demo's recipe (small synthetic set and model), the progressive schedule
+#: compressed to reach 0.7 within its epochs (eight steps: 0.0, 0.1, ..., 0.7)
 QUICK = {**{k: v for k, v in DEMO_DEFAULTS.items() if k not in ("framework", "strategy", "out_dir")},
-         "progressive_every": 1}
+         "progressive_every": max(1, DEMO_DEFAULTS["epochs"] // 8)}
 #: the fields an experiment sets per run (a base config's values for them are replaced)
 VARIED = ("framework", "teacher_mixer", "student_mixer", "ecce", "cross_ecce", "strategy", "rate", "seed", "fold")
 #: every variant starts from the paper's ITEACH-Net: ITS, 3 x TF teacher, 4 x NAS student, full ECCE, random
