@@ -4,9 +4,14 @@ reproduce, export-synthetic, check-data, bench, info.
 Every field of :class:`iteach_fast.training.config.TrainConfig` is a flag (``--batch-size 16``,
 ``--syn-dims 64,32,48``); ``--config FILE`` (YAML/JSON) sets defaults that flags override.
 
-The parser is built from one table, :data:`COMMANDS`. ``--help`` stays fast: the training
-loop, evaluation (scikit-learn, matplotlib) and reproduce are imported when a command runs
-(:data:`LAZY`), and only the command being run (or asked for help) gets its options.
+The parser is built from one table, :data:`COMMANDS`. ``--help`` stays fast: whatever needs
+torch (the operators, the model, data, checkpoints), and the training loop, evaluation
+(scikit-learn, matplotlib) and reproduce, are imported when a command runs (:data:`LAZY`), and
+only the command being run (or asked for help) gets its options.
+
+Before anything imports torch, OpenMP is asked to let waiting threads sleep
+(:func:`~iteach_fast.training.runtime.passive_openmp`), and every command that computes gets
+its CPU threads from :func:`~iteach_fast.training.runtime.set_threads` (``--threads``).
 """
 from __future__ import annotations
 
@@ -22,25 +27,33 @@ import sys
 import typing
 from collections.abc import Callable
 
-import numpy
-import torch
+from .training import runtime
 
-from . import __version__
-from .choices import BACKENDS, EVAL_MODELS, EXPERIMENTS, PRECISIONS
-from .data.check import LAYOUTS, check_data, export_synthetic
-from .data.gcnet import GCNET_DATASETS
-from .data.masking import EVAL_RATES
-from .data.sources import synthetic_spec
-from .files import atomic_write, check_output
-from .nn.config import ModelConfig, coerce
-from .ops.backends import available_backends
-from .training.checkpoint import RunDirBusy, load_checkpoint, load_for_eval
-from .training.config import MODEL_KEYS, TRAIN_KEYS, TrainConfig, load_mapping
-from .training.distributed import DistributedError, rank_tag
-from .training.runtime import resolve_device
+#: whether this process set OpenMP's wait policy (its children but the benchmarks inherit it)
+PASSIVE_OPENMP = runtime.passive_openmp()  # before torch loads OpenMP (anything below may import torch)
+
+from . import __version__  # noqa: E402
+from .choices import BACKENDS, DATASETS, EVAL_MODELS, EVAL_RATES, EXPERIMENTS, LAYOUTS, PRECISIONS  # noqa: E402
+from .files import atomic_write, check_output  # noqa: E402
+from .nn.config import ModelConfig, coerce  # noqa: E402
+from .training.config import MODEL_KEYS, TRAIN_KEYS, TrainConfig, load_mapping  # noqa: E402
+from .training.runtime import resolve_device, set_threads  # noqa: E402
+
+#: the datasets read from files in GCNet's layout (every dataset but the embedded synthetic one)
+FILE_DATASETS = tuple(d for d in DATASETS if d != "synthetic")
 
 #: what the commands call from the heavy modules, imported when a command runs (:func:`_lazy`)
 LAZY = {
+    "check_data": "iteach_fast.data.check:check_data",
+    "export_synthetic": "iteach_fast.data.check:export_synthetic",
+    "synthetic_spec": "iteach_fast.data.sources:synthetic_spec",
+    "available_backends": "iteach_fast.ops.backends:available_backends",
+    "select": "iteach_fast.ops.backends:select",
+    "RunDirBusy": "iteach_fast.training.checkpoint:RunDirBusy",
+    "load_checkpoint": "iteach_fast.training.checkpoint:load_checkpoint",
+    "load_for_eval": "iteach_fast.training.checkpoint:load_for_eval",
+    "DistributedError": "iteach_fast.training.distributed:DistributedError",
+    "rank_tag": "iteach_fast.training.distributed:rank_tag",
     "train": "iteach_fast.training.loop:train",
     "RESUME_SETTINGS": "iteach_fast.training.loop:RESUME_SETTINGS",
     "ume": "iteach_fast.evaluation.protocols:ume",
@@ -98,7 +111,8 @@ CONFIG_HELP = {
     "seed": "the seed of the weights, the batch order and the training masks",
     "device": "auto (cuda if there is one), cpu, cuda or cuda:K",
     "dtype": "precision: fp32, or bf16 / fp16 autocast (GPU only)",
-    "threads": "torch's CPU threads (0: torch's default)",
+    "threads": "CPU threads: 0 fits the machine (the cores this process may use, its CPU quota, shared with the "
+               "processes beside it), all every core this process may use, N exactly N",
     "out_dir": "the run's folder: best.pt, last.pt",
     "progress": "progress bars on stderr",
     "compile": "torch.compile the forward + loss: the same results, faster steps once compiled",
@@ -179,6 +193,22 @@ def _flag_type(name: str, hint):
     return parse
 
 
+def _threads_type(text: str) -> int:
+    """``--threads``: an int >= 0 or ``all``."""
+    try:
+        return runtime.parse_threads(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+_threads_type.__name__ = "--threads"  # argparse names the type in its messages
+
+
+def _threads_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=_threads_type, default=runtime.THREADS_AUTO, metavar="N|all",
+                   help=CONFIG_HELP["threads"])
+
+
 def _add_config_flags(p: argparse.ArgumentParser, defaults: dict | None = None) -> None:
     """One flag per config field (model fields flattened in); default SUPPRESS so only given
     flags override --config. Types and choices come from the fields' annotations."""
@@ -197,7 +227,9 @@ def _add_config_flags(p: argparse.ArgumentParser, defaults: dict | None = None) 
         literal = [a for a in (hint, *typing.get_args(hint)) if typing.get_origin(a) is typing.Literal]  # or Optional
         if literal:
             kw["choices"] = typing.get_args(literal[0])
-        kw["type"] = _flag_type(flag, hint)
+        kw["type"] = _threads_type if name == "threads" else _flag_type(flag, hint)
+        if name == "threads":
+            kw["metavar"] = "N|all"
         if typing.get_origin(hint) is tuple:
             kw["metavar"] = "A,B,.."
         g.add_argument(flag, **kw)
@@ -210,7 +242,16 @@ def config_from_args(args: argparse.Namespace, defaults: dict | None = None) -> 
     if getattr(args, "config", None):
         cfg = cfg.merge(load_mapping(args.config), source=args.config)
     given = {k: getattr(args, k) for k in TRAIN_KEYS + MODEL_KEYS if hasattr(args, k)}
+    if "progress" not in given and not _terminal(sys.stderr):
+        given["progress"] = False  # a bar's carriage returns would fill a log file: --progress forces it
     return cfg.replace(**given).validate()
+
+
+def _terminal(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # replaced or closed
+        return False
 
 
 def _rates_option(p: argparse.ArgumentParser, **kw) -> None:
@@ -233,7 +274,7 @@ def cmd_train(args) -> int:
     if args.resume:
         # the checkpoint's own config; flags may raise --epochs or move --out-dir (default:
         # the checkpoint's folder), everything else stays as trained
-        ckpt_cfg = TrainConfig.from_dict(load_checkpoint(args.resume)["config"], source=args.resume)
+        ckpt_cfg = TrainConfig.from_dict(_lazy("load_checkpoint")(args.resume)["config"], source=args.resume)
         defaults = {**ckpt_cfg.flat_dict(), "out_dir": os.path.dirname(os.path.abspath(args.resume))}
         cfg = config_from_args(args, defaults)
         ignored = sorted(k for k, v in cfg.flat_dict().items()
@@ -268,6 +309,7 @@ def evaluate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default=None, choices=BACKENDS, help="the fused operators' backend (default: the "
                                                                      "run's)")
     p.add_argument("--dtype", default=None, choices=PRECISIONS, help="precision (default: the run's)")
+    _threads_option(p)
     p.add_argument("--no-plots", action="store_true", help="skip the PNGs (WAF vs rate, confusion, ECCE heatmap)")
     p.add_argument("--gaps", action="store_true",
                    help="also measure the data's context and modality gaps (classification): a per-utterance "
@@ -285,12 +327,13 @@ def cmd_evaluate(args) -> int:
         raise ValueError(f"--batch-size must be >= 1 (conversations per batch), got {args.batch_size}")
     check_output(args.out or os.path.dirname(os.path.abspath(args.checkpoint)), "--out", folder=True,
                  inputs=(args.checkpoint,))
+    set_threads(args.threads)
     res = _lazy("ume")(args.checkpoint, out_dir=args.out, rates=_flat(args.rates) if args.rates else None,
                        split=args.split, seed=args.seed, batch_size=args.batch_size, device=args.device,
                        backend=args.backend, dtype=args.dtype, plots=not args.no_plots, model=args.model)
     written = [f"{k} {v}" for k, v in res["paths"].items() if v]
     if args.gaps:
-        net, _, splits, _ = load_for_eval(args.checkpoint, device=args.device, backend=args.backend)
+        net, _, splits, _ = _lazy("load_for_eval")(args.checkpoint, device=args.device, backend=args.backend)
         print()
         gaps = _lazy("data_gaps")(splits, net, split=args.split, device=resolve_device(args.device))
         path = os.path.join(args.out or os.path.dirname(os.path.abspath(args.checkpoint)), "gaps.json")
@@ -353,20 +396,23 @@ def predict_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stream", action="store_true", help="replay utterance by utterance (causal checkpoints)")
     p.add_argument("--model", choices=EVAL_MODELS, default="student",
                    help="student (the incomplete-data model) or teacher")
-    p.add_argument("--dataset", choices=tuple(GCNET_DATASETS),
+    p.add_argument("--dataset", choices=FILE_DATASETS,
                    help="the dataset of a GCNet-layout folder (default: the checkpoint's)")
     p.add_argument("--device", default="auto", help="auto (cuda if there is one), cpu, cuda or cuda:K")
     p.add_argument("--backend", default=None, choices=BACKENDS, help="the fused operators' backend (default: the "
                                                                      "run's)")
     p.add_argument("--batch-size", type=int, default=32, help="conversations per batch")
+    _threads_option(p)
 
 
 def cmd_predict(args) -> int:
+    set_threads(args.threads)
     res = _lazy("predict_file")(args.checkpoint, args.inputs, out=args.out, fmt=args.format, stream=args.stream,
                                 device=args.device, backend=args.backend, batch_size=args.batch_size,
                                 dataset=args.dataset, model=args.model)
     if res["path"]:
-        print(f"{res['meta']['utterances']} predictions ({res['meta']['conversations']} conversations"
+        meta = res["meta"]
+        print(f"{_count(meta['utterances'], 'prediction')} ({_count(meta['conversations'], 'conversation')}"
               f"{', streamed' if args.stream else ''}) written to {res['path']}", file=sys.stderr)
     return 0
 
@@ -411,7 +457,7 @@ def cmd_reproduce(args) -> int:
 def export_synthetic_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("out", metavar="DIR", help="the folder to write (must be empty, or pass --overwrite)")
     p.add_argument("--layout", choices=LAYOUTS, default="gcnet", help="the file layout")
-    p.add_argument("--dataset", choices=tuple(GCNET_DATASETS), default="iemocap4",
+    p.add_argument("--dataset", choices=FILE_DATASETS, default="iemocap4",
                    help="the dataset whose layout and classes to write")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty DIR")
     hints = typing.get_type_hints(TrainConfig)
@@ -424,8 +470,8 @@ def export_synthetic_options(p: argparse.ArgumentParser) -> None:
 
 def cmd_export_synthetic(args) -> int:
     given = {k: getattr(args, k) for k in EXPORT_KEYS if getattr(args, k) is not None}
-    spec = synthetic_spec(TrainConfig().replace(**given).validate())
-    res = export_synthetic(args.out, args.dataset, spec, layout=args.layout, overwrite=args.overwrite)
+    spec = _lazy("synthetic_spec")(TrainConfig().replace(**given).validate())
+    res = _lazy("export_synthetic")(args.out, args.dataset, spec, layout=args.layout, overwrite=args.overwrite)
     print(f"wrote {res['dialogues']} dialogues / {res['utterances']} utterances for {args.dataset} in GCNet's layout "
           f"under {args.out}: {res['label_file']}; features in {', '.join(res['feature_roots'].values())}; "
           f"dialogues per {'session' if args.dataset.startswith('iemocap') else 'split'}: "
@@ -435,7 +481,7 @@ def cmd_export_synthetic(args) -> int:
 
 
 def check_data_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", choices=tuple(GCNET_DATASETS), required=True, help="the dataset the folder holds")
+    p.add_argument("--dataset", choices=FILE_DATASETS, required=True, help="the dataset the folder holds")
     p.add_argument("--data-root", required=True, help="the folder holding the label pickle and the features")
     p.add_argument("--label-file", help="the label pickle (default: found under --data-root)")
     for m in ("text", "audio", "visual"):
@@ -447,7 +493,7 @@ def cmd_check_data(args) -> int:
     if args.max_listed < 0:
         raise ValueError(f"--max-listed must be >= 0, got {args.max_listed}")
     roots = {m: getattr(args, f"{m}_root") for m in ("text", "audio", "visual") if getattr(args, f"{m}_root")}
-    report = check_data(args.dataset, args.data_root, label_file=args.label_file, feature_roots=roots)
+    report = _lazy("check_data")(args.dataset, args.data_root, label_file=args.label_file, feature_roots=roots)
     print(report.text(max_listed=args.max_listed))
     return 0 if report.ok else 1
 
@@ -478,6 +524,8 @@ def cmd_bench(args) -> int:
     # the checkout first on the path, and not the working folder (PYTHONSAFEPATH): no other `bench` shadows it
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (root, os.environ.get("PYTHONPATH")))),
            "PYTHONSAFEPATH": "1"}
+    if PASSIVE_OPENMP:  # the benchmarks measure OpenMP as the user's environment sets it, not as we do
+        env.pop("OMP_WAIT_POLICY", None)
     return _child([sys.executable, "-m", "bench.run", *rest], env)
 
 
@@ -507,21 +555,47 @@ def cmd_info(args) -> int:
         triton_version = triton.__version__
     except Exception as err:  # noqa: BLE001 - any import failure means "not usable"
         triton_version = f"not available ({type(err).__name__})"
+    import numpy
+    import torch
+
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
+    threads, note = runtime.resolve_threads(runtime.THREADS_AUTO)
+    quota = runtime.cpu_quota()
+    load = runtime.load_average()
     print(f"iteach_fast {__version__}")
     print(f"python      {platform.python_version()} ({sys.executable})")
     print(f"torch       {torch.__version__} (CUDA build: {torch.version.cuda or 'no'})")
     print(f"triton      {triton_version}")
     print(f"numpy       {numpy.__version__}")
     print(f"CUDA        {'available' if cuda else 'not available'}")
-    print(f"device      {torch.cuda.get_device_name(0) if cuda else 'cpu'} "
-          f"({torch.get_num_threads()} CPU threads)")
-    print(f"backends on {device}:")
-    for op, backends in available_backends(device).items():
+    print(f"device      {torch.cuda.get_device_name(0) if cuda else 'cpu'}")
+    print(f"CPU         {runtime.usable_cores()} usable of {os.cpu_count()} (CPU quota "
+          f"{'none' if quota is None else f'{quota:g} CPUs'}; 1-minute load "
+          f"{'unknown' if load is None else f'{load:.1f}'}): --threads 0 gives {_count(threads, 'thread')} now"
+          + (f" ({note.split(': ', 1)[1]})" if note else ""))
+    dtypes = (torch.float32, torch.bfloat16) if cuda else (torch.float32,)
+    print(f"backends on {device} (auto picks, for {' / '.join(str(d).replace('torch.', '') for d in dtypes)}):")
+    for op, backends in _lazy("available_backends")(device).items():
         for name, why in backends.items():
             print(f"  {op:16s} {name:10s} {'ok' if why is None else 'unavailable: ' + why}")
+        picks = []
+        for dtype in dtypes:
+            try:
+                picks.append(_lazy("select")(op, "auto", device, dtype).backend)
+            except (ValueError, TypeError) as err:
+                picks.append(f"none ({err})")
+        print(f"  {op:16s} {'auto':10s} picks {' / '.join(picks)}")
     return 0
+
+
+def _rank_tag() -> str:
+    return _lazy("rank_tag")()
+
+
+def _count(n: int, noun: str) -> str:
+    """``1 thread``, ``2 threads``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 # ------------------------------------------------------------------ the table of commands
@@ -565,8 +639,9 @@ COMMANDS = (
     Command("export-synthetic", "write the synthetic conversations in GCNet's file layout", cmd_export_synthetic,
             export_synthetic_options,
             "Write the synthetic conversations as GCNet's label pickle and per-modality <utterance-id>.npy folders "
-            "(IEMOCAP: five sessions Ses01..Ses05; CMU-MOSI / MOSEI: train / valid / test ids), so that "
-            "`train --dataset D --data-root DIR` runs on them."),
+            "(IEMOCAP: five sessions Ses01..Ses05, the visual features as per-utterance folders of faces named after "
+            "their speaker, as the real releases; CMU-MOSI / MOSEI: train / valid / test ids), so that "
+            "`train --dataset D --data-root DIR` (and GCNet's own readers) run on them."),
     Command("check-data", "check a GCNet-layout data folder before a long run", cmd_check_data, check_data_options,
             "Check a data folder file by file: missing or extra files (named), feature dims per modality, NaN / inf, "
             "empty conversations, labels, IEMOCAP's sessions, class balance per split; prints a summary and exits 1 "
@@ -611,14 +686,14 @@ def main(argv=None) -> int:
     args = build_parser(only=argv[:1]).parse_args(argv)  # the command is the first argument
     try:
         return args.func(args) or 0
-    except (ValueError, OSError, RunDirBusy, DistributedError) as err:
+    except (ValueError, OSError, _lazy("RunDirBusy"), _lazy("DistributedError")) as err:
         # user errors (bad config, missing or unwritable files, a full disk, fp16 on CPU), a busy
         # --out-dir, a diverged run, a failed peer under torchrun: one clear line (naming the
         # rank), no traceback
-        print(f"iteach-fast {args.command}{rank_tag()}: error: {err}", file=sys.stderr)
+        print(f"iteach-fast {args.command}{_rank_tag()}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as err:  # Ctrl-C: one line, saying how to continue where there is a way
-        print(f"\niteach-fast {args.command}{rank_tag()}: interrupted{': ' + str(err) if str(err) else ''}",
+        print(f"\niteach-fast {args.command}{_rank_tag()}: interrupted{': ' + str(err) if str(err) else ''}",
               file=sys.stderr)
         return 130
 

@@ -4,8 +4,11 @@
   label pickle's tuple, one feature folder per modality with ``<utterance-id>.npy``), so the
   real-data loader, IEMOCAP's folds and ``--select-on test`` can run end to end without the
   real features. IEMOCAP: dialogue ids ``Ses0{k}{F|M}_impro{j}`` over five sessions (the
-  pickle's ``trainVid`` sessions 1-4, ``testVid`` session 5, as GCNet's), utterances
-  ``<dialogue>_{F|M}{i:03d}``; CMU-MOSI / MOSEI: the synthetic train / valid / test split as
+  pickle's ``trainVid`` sessions 1-4, ``testVid`` session 5, sets as in GCNet's files, whose
+  reader takes their union), utterances ``<dialogue>_{F|M}{i:03d}``, and the visual features
+  as the real releases hold faces: a folder per utterance with one ``.npy`` per face, named
+  after its speaker (``F00.npy``, ``M00.npy``; the speaker's faces hold the utterance's
+  feature, the listener's another); CMU-MOSI / MOSEI: the synthetic train / valid / test split as
   ``trainVids`` / ``valVids`` / ``testVids``, labels in [-3, 3]. What it writes passes
   :func:`check_data`: too few conversations for the layout (IEMOCAP: one per session; MOSI /
   MOSEI: one per split) is refused before anything is written, and ``overwrite`` replaces
@@ -31,7 +34,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..choices import MODALITIES
+from ..choices import LAYOUTS, MODALITIES
 from ..files import OutputError, atomic_write, check_output
 from .dataset import CLASS_NAMES, DataError
 from .gcnet import (
@@ -50,7 +53,6 @@ from .synthetic import SyntheticSpec, make_synthetic
 
 __all__ = ["export_synthetic", "check_data", "DataReport", "LAYOUTS"]
 
-LAYOUTS = ("gcnet",)
 SESSIONS = (1, 2, 3, 4, 5)
 _LAYOUT = {"iemocap": "(videoIDs, videoLabels, videoSpeakers, videoSentences, trainVid, testVid)",
            "mosi": "(videoIDs, videoLabels, videoSpeakers, videoSentences, trainVids, valVids, testVids)"}
@@ -103,7 +105,7 @@ def export_synthetic(out_dir: str, dataset: str = "iemocap4", spec: SyntheticSpe
             labels[vid] = [int(x) for x in conv["labels"]]
             utterances[vid] = conv
         train_v = [v for s in SESSIONS[:-1] for v in members[s]]
-        groups = (train_v, members[SESSIONS[-1]])
+        groups = (set(train_v), set(members[SESSIONS[-1]]))  # sets, as GCNet's files (its reader: trainVid | testVid)
         split_names = {f"Session {s}": members[s] for s in SESSIONS}
     else:
         groups = []
@@ -129,11 +131,26 @@ def export_synthetic(out_dir: str, dataset: str = "iemocap4", spec: SyntheticSpe
         roots[m] = os.path.join(out_dir, "features", GCNET_FEATURES[m][0])
         os.makedirs(roots[m], exist_ok=True)
         for vid, conv in utterances.items():
-            for uid, x in zip(ids[vid], conv[m]):
-                np.save(os.path.join(roots[m], uid + ".npy"), np.asarray(x, dtype=np.float32))
+            for uid, speaker, x in zip(ids[vid], speakers[vid], conv[m]):
+                x = np.asarray(x, dtype=np.float32)
+                if m == "visual" and kind == "iemocap":
+                    _write_faces(os.path.join(roots[m], uid), speaker, x)
+                else:
+                    np.save(os.path.join(roots[m], uid + ".npy"), x)
     return {"label_file": label_file, "feature_roots": roots, "dialogues": len(ids),
             "utterances": sum(len(v) for v in ids.values()),
             "splits": {k: len(v) for k, v in split_names.items()}}
+
+
+def _write_faces(folder: str, speaker: str, x: np.ndarray) -> None:
+    """One utterance's faces as IEMOCAP's releases hold them: a folder of per-face ``.npy`` files
+    whose names carry their speaker's letter. The speaker's two faces hold ``x`` (their mean is
+    ``x``), the listener's one face ``-x``: a reader that kept the listener's face, or averaged
+    every face, would not load ``x`` back."""
+    os.makedirs(folder, exist_ok=True)
+    listener = _SPEAKERS[1 - _SPEAKERS.index(speaker)]
+    for name, value in ((f"{speaker}00", x), (f"{speaker}01", x), (f"{listener}00", -x)):
+        np.save(os.path.join(folder, name + ".npy"), value)
 
 
 def _synthetic_split_sizes(spec: SyntheticSpec, n: int) -> tuple[int, int, int]:

@@ -27,15 +27,13 @@ import zlib
 
 import torch
 
-from ..choices import MODALITIES
+from ..choices import EVAL_RATES, MAX_RATE, MODALITIES
 
 __all__ = ["sample_present", "add_outages", "OUTAGE_SUBSETS", "apply_mask", "fixed_masks", "present_for_batch",
            "missing_rate", "EVAL_RATES", "MAX_RATE"]
 
-#: UME's test rates (§4.3): 0.0, 0.1, ..., 0.7
-EVAL_RATES = tuple(round(0.1 * i, 1) for i in range(8))
-#: rates are fractions of (utterance, modality) cells; above 2/3 every utterance keeps one modality
-MAX_RATE = 1.0
+# EVAL_RATES (UME's test rates) and MAX_RATE are defined in iteach_fast.choices (no torch: the
+# command line's help reads them) and re-exported here
 
 
 def _draw(n: int, rate: float, generator: torch.Generator | None) -> torch.Tensor:

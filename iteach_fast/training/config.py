@@ -15,12 +15,10 @@ import json
 import os
 from dataclasses import dataclass, field, fields
 
-import torch
-
-from ..choices import DatasetName, Precision, SelectOn, Strategy
+from ..choices import EVAL_RATES, MAX_RATE, DatasetName, Precision, SelectOn, Strategy
 from ..data.gcnet import check_fold
-from ..data.masking import EVAL_RATES, MAX_RATE
 from ..nn.config import ConfigError, ModelConfig, coerce, finite, raise_problems, type_hints, type_problems
+from .runtime import THREADS_ALL, parse_threads
 
 __all__ = ["TrainConfig", "ModelConfig", "ConfigError", "load_mapping", "MODEL_KEYS", "TRAIN_KEYS"]
 
@@ -64,7 +62,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda[:k]
     dtype: Precision = "fp32"  # fp32 | bf16 | fp16 (autocast, GPU only)
-    threads: int = 0  # torch CPU threads; 0 leaves torch's default
+    threads: int = 0  # CPU threads: 0 fits the machine (cores, CPU quota, processes beside), -1 ("all") every core
     out_dir: str = "runs/train"
     progress: bool = True  # tqdm bars
     # ---- speed (docs/training.md): neither changes what is computed
@@ -95,7 +93,8 @@ class TrainConfig:
                 (self.syn_classes in (1, 4, 6), "syn_classes must be 4, 6 or 1 (regression)"),
                 (self.fold >= 1, "fold must be >= 1"),
                 (self.seed >= 0 and self.eval_seed >= 0, "seed and eval_seed must be >= 0"),
-                (self.threads >= 0, f"threads must be >= 0 (0: torch's default), got {self.threads}"),
+                (self.threads >= THREADS_ALL,
+                 f"threads must be >= 0 (0: fit the machine) or 'all' ({THREADS_ALL}), got {self.threads}"),
                 (bool(self.out_dir), "out_dir must not be empty"),
             ]
             problems = [msg for ok, msg in checks if not ok]
@@ -182,7 +181,7 @@ def _merge(cfg: TrainConfig, changes: dict, source: str) -> TrainConfig:
             unknown.append(key)
             continue
         try:
-            target[name] = coerce(value, hint)
+            target[name] = parse_threads(value) if name == "threads" else coerce(value, hint)
         except (TypeError, ValueError) as err:
             problems.append(f"key '{name}': {err}")
     if unknown:
@@ -205,6 +204,8 @@ def _rate_ok(r) -> bool:
 def _check_device(device: str) -> None:
     if device == "auto":
         return
+    import torch  # here, not at the top: the command line's help reads this module without torch
+
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as err:
