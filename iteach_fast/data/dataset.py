@@ -1,36 +1,12 @@
-"""Conversations: a synthetic generator (the default) and a loader for GCNet's feature files.
+"""Conversations as the package holds them, and their batches.
 
-Every dataset yields conversations as dicts of numpy arrays::
+Every dataset (the synthetic generator, :mod:`.synthetic`; GCNet's feature files,
+:mod:`.gcnet`) yields conversations as dicts of numpy arrays::
 
     {"id": str, "text": (n, d_t), "audio": (n, d_a), "visual": (n, d_v) float32,
      "labels": (n,) int64 (classification) or float32 (regression), "speakers": (n,) int64}
 
 and :func:`collate` pads a list of them into a batch (see its docstring).
-
-Synthetic conversations (``synthetic``; docs/data.md "Dataset facts" are what they mimic)
------------------------------------------------------------------------------------------
-* 10-110 utterances, two alternating speakers (one for regression, like CMU-MOSI).
-* Labels follow *local emotional stability*: a sticky Markov chain — runs of one emotion
-  that change at context shifts (probability ``shift_prob`` per utterance), the new emotion
-  drawn from IEMOCAP-like class frequencies.
-* Each modality sees the label through a latent class prototype plus noise, mapped by a
-  fixed random matrix into ``d_m`` dimensions. Modalities differ in reliability (text >
-  audio > visual) and each merges particular class pairs (audio: arousal — happy/angry and
-  sad/neutral; visual: neutral/sad, happy/excited; text: mild ones), so modalities are
-  complementary and dropping one costs accuracy.
-* Context matters: a fraction ``ambiguous`` of utterances carry only a weak signal in every
-  modality (the label is still the run's emotion), and each conversation and speaker adds
-  its own offset to the features; a model that looks at the neighbours resolves both, a
-  per-utterance classifier cannot.
-
-GCNet layout (``iemocap4``, ``iemocap6``, ``cmumosi``, ``cmumosei``)
---------------------------------------------------------------------
-``<data_root>/<label pickle>`` holding ``(videoIDs, videoLabels, videoSpeakers,
-videoSentences, trainVid, testVid)`` (MOSI/MOSEI: ``..., trainVids, valVids, testVids``)
-and one feature folder per modality holding ``<utterance-id>*.npy`` (``[D]`` or ``[T, D]``,
-averaged over time) or, for faces, a folder per utterance with one ``.npy`` per face (for
-IEMOCAP the faces whose file name contains the speaker's letter F/M; none gives zeros),
-as GCNet's ``dataloader_iemocap.py`` / ``dataloader_cmumosi.py`` read them.
 """
 from __future__ import annotations
 

@@ -267,9 +267,10 @@ class MLPTokenMixer(nn.Module):
         return zero_invalid(self.dropout(y), pad.valid)
 
 
-class AvgPoolTokenMixer(nn.Module):
-    """Masked average pool (Appendix C, eq. C.4): mean over ``[i - p//2, i + p//2] ∩ valid``
-    (``causal``: ``[i - p + 1, i] ∩ valid``). Same pooling code as the reference ``routed_mixture``."""
+class _PoolTokenMixer(nn.Module):
+    """A masked pool over ``[i - p//2, i + p//2] ∩ valid`` (``causal``: ``[i - p + 1, i] ∩ valid``),
+    0 at invalid rows; the same pooling code as the reference ``routed_mixture``."""
+    pool = None  # the masked pool of :mod:`iteach_fast.ops.padding`
 
     def __init__(self, pool_size: int = 3, causal: bool = False):
         super().__init__()
@@ -278,22 +279,18 @@ class AvgPoolTokenMixer(nn.Module):
 
     def forward(self, x: torch.Tensor, prefix: torch.Tensor | None = None, lengths=None) -> torch.Tensor:
         pad = _standalone(x, lengths, x.shape[-1])
-        return zero_invalid(masked_avg_pool(x, pad.valid, self.pool_size, self.causal), pad.valid)
+        # the max pool is -inf at invalid rows: zeroed here
+        return zero_invalid(type(self).pool(x, pad.valid, self.pool_size, self.causal), pad.valid)
 
 
-class MaxPoolTokenMixer(nn.Module):
-    """Masked max pool (Appendix C, eq. C.5): max over ``[i - p//2, i + p//2] ∩ valid``
-    (``causal``: ``[i - p + 1, i] ∩ valid``). Same pooling code as the reference ``routed_mixture``."""
+class AvgPoolTokenMixer(_PoolTokenMixer):
+    """Masked average pool (Appendix C, eq. C.4)."""
+    pool = staticmethod(masked_avg_pool)
 
-    def __init__(self, pool_size: int = 3, causal: bool = False):
-        super().__init__()
-        check_odd("pool_size", pool_size)
-        self.pool_size, self.causal = pool_size, bool(causal)
 
-    def forward(self, x: torch.Tensor, prefix: torch.Tensor | None = None, lengths=None) -> torch.Tensor:
-        pad = _standalone(x, lengths, x.shape[-1])
-        # -inf at invalid rows -> 0
-        return zero_invalid(masked_max_pool(x, pad.valid, self.pool_size, self.causal), pad.valid)
+class MaxPoolTokenMixer(_PoolTokenMixer):
+    """Masked max pool (Appendix C, eq. C.5)."""
+    pool = staticmethod(masked_max_pool)
 
 
 class RoutedTokenMixer(nn.Module):

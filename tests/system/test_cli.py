@@ -13,18 +13,9 @@ import iteach_fast
 from iteach_fast import cli
 from iteach_fast.choices import BACKENDS, DATASETS, ECCE_MODES, FRAMEWORKS, PRECISIONS, STRATEGIES
 from iteach_fast.training.config import MODEL_KEYS, TRAIN_KEYS
+from tests.system.helpers import run_main
 
 SUBCOMMANDS = ("train", "evaluate", "ime", "demo", "bench", "info")
-
-
-def run_main(argv, capsys):
-    """``(exit code, stdout, stderr)`` of ``iteach-fast argv`` in this process."""
-    try:
-        rc = cli.main(argv)
-    except SystemExit as e:  # argparse: --help and usage errors
-        rc = e.code
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def console_script():

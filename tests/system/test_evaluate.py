@@ -21,12 +21,9 @@ from iteach_fast.training import loop as training
 from iteach_fast.training import validation as ev
 from iteach_fast.training.checkpoint import load_checkpoint, load_for_eval
 from iteach_fast.training.config import TrainConfig
+from tests.system.helpers import quiet
 
 PNG = b"\x89PNG\r\n\x1a\n"
-
-
-def quiet(*_args, **_kw):
-    pass
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 
-from iteach_fast import cli
 from iteach_fast.data.dataset import DataError
 from iteach_fast.data.gcnet import load_gcnet
 from iteach_fast.nn.config import ConfigError
@@ -23,26 +22,7 @@ from iteach_fast.ops import backends
 from iteach_fast.training import checkpoint
 from iteach_fast.training import loop as training
 from iteach_fast.training.config import TrainConfig
-
-
-def quiet(*_args, **_kw):
-    pass
-
-
-def run_main(argv, capsys):
-    try:
-        rc = cli.main(argv)
-    except SystemExit as e:
-        rc = e.code
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def one_line_error(rc, err, *words):
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert rc == 2 and len(lines) == 1 and "Traceback" not in err, err
-    for w in words:
-        assert w in lines[0], (w, lines[0])
+from tests.system.helpers import one_line_error, quiet, run_main
 
 
 @pytest.fixture

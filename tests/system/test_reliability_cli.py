@@ -15,7 +15,7 @@ import warnings
 import numpy as np
 import pytest
 
-from iteach_fast import cli, files
+from iteach_fast import files
 from iteach_fast import reproduce as rp
 from iteach_fast.evaluation import predict, protocols
 from iteach_fast.nn.model import ITEACHNet
@@ -25,26 +25,10 @@ from iteach_fast.reproduce import run as rp_run
 from iteach_fast.training import checkpoint
 from iteach_fast.training import loop as training
 from iteach_fast.training.config import TrainConfig
+from tests.system.helpers import one_line_error, run_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DIMS = (6, 4, 5)
-
-
-def run_main(argv, capsys):
-    try:
-        rc = cli.main(argv)
-    except SystemExit as e:
-        rc = e.code
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def one_line_error(rc, err, *words):
-    """A refusal: exit status 2 and one line (notes about the machine before it aside) holding every word."""
-    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("note: ")]
-    assert rc == 2 and len(lines) == 1 and "Traceback" not in err, err
-    for w in words:
-        assert w in lines[0], (w, lines[0])
 
 
 @pytest.fixture

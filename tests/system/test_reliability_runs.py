@@ -17,23 +17,9 @@ from iteach_fast.nn.model import ITEACHNet
 from iteach_fast.training import checkpoint
 from iteach_fast.training import loop as training
 from iteach_fast.training.config import TrainConfig
+from tests.system.helpers import quiet, run_main
 
 DIMS = (6, 4, 5)
-
-
-def quiet(*_args, **_kw):
-    pass
-
-
-def run_main(argv, capsys):
-    try:
-        rc = cli.main(argv)
-    except SystemExit as e:
-        rc = e.code
-    except KeyboardInterrupt:  # would stop the test session
-        pytest.fail("KeyboardInterrupt escaped the command")
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def one_line(err):

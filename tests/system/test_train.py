@@ -9,10 +9,7 @@ import torch
 from iteach_fast.training import checkpoint, runtime, step
 from iteach_fast.training import loop as training
 from iteach_fast.training.checkpoint import load_for_eval
-
-
-def quiet(*_args, **_kw):
-    pass
+from tests.system.helpers import quiet
 
 
 @pytest.mark.parametrize("strategy,framework", [("fixed", "its"), ("random", "its"), ("progressive", "its"),
