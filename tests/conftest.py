@@ -29,3 +29,13 @@ def _fresh_seed(request):
     seed = zlib.crc32(request.node.nodeid.encode())  # str hash() is salted per process
     torch.manual_seed(seed)
     return seed
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test: for many tiny ops (a streaming push), threads only add
+    contention (on a loaded machine, 10x)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

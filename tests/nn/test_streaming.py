@@ -12,13 +12,7 @@ DIMS = (12, 8, 10)
 SMALL = dict(dim=16, heads=4, dist=7, conv_kernel=5)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """A push is a few hundred tiny ops: threads only add contention (on a loaded machine, 10x)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _perturb(module):

@@ -16,12 +16,7 @@ SMALL = dict(dim=16, heads=4, dist=3, conv_kernel=3, max_len=12, teacher_layers=
 L = 6
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _net(dropout=0.0):
