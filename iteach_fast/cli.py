@@ -62,6 +62,7 @@ LAZY = {
     "stream_demo": "iteach_fast.evaluation.protocols:stream_demo",
     "DEMO_DEFAULTS": "iteach_fast.evaluation.protocols:DEMO_DEFAULTS",
     "data_gaps": "iteach_fast.evaluation.gaps:data_gaps",
+    "BaselineConfig": "iteach_fast.evaluation.baselines:BaselineConfig",
     "predict_file": "iteach_fast.evaluation.predict:predict_file",
     "FORMATS": "iteach_fast.evaluation.predict:FORMATS",
     "reproduce": "iteach_fast.reproduce:reproduce",
@@ -103,6 +104,8 @@ CONFIG_HELP = {
                 "progressive (+ --progressive-step every --progressive-every epochs)",
     "rate": "the fixed strategy's missing rate: the fraction of (utterance, modality) cells dropped",
     "max_rate": "random: the largest rate drawn; progressive: the cap",
+    "outage_prob": "not the paper's: the probability that a training conversation loses one or two modalities for "
+                   "its whole length (a robustness option; evaluate --gaps measures outages)",
     "progressive_step": "progressive: the rate added at each step",
     "progressive_every": "progressive: epochs per step",
     "select_rates": "model selection: the student's validation WAF averaged over these rates (fixed: its own)",
@@ -311,10 +314,13 @@ def evaluate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default=None, choices=PRECISIONS, help="precision (default: the run's)")
     _threads_option(p)
     p.add_argument("--no-plots", action="store_true", help="skip the PNGs (WAF vs rate, confusion, ECCE heatmap)")
+    p.add_argument("--no-baselines", action="store_true",
+                   help="skip the baselines (majority, logistic regression with and without context, BiGRU) that "
+                        "are otherwise trained on the run's data and strategy and shown beside the student")
     p.add_argument("--gaps", action="store_true",
-                   help="also measure the data's context and modality gaps (classification): a per-utterance "
-                        "logistic regression vs one with context features, each modality subset, and the "
-                        "checkpoint's student with only those modalities present; writes gaps.json")
+                   help="also measure, like with like beside the baselines: context on complete data, the test "
+                        "utterances grouped by the modalities each kept under the paper's masks, and whole-"
+                        "conversation outages (classification); writes gaps.json")
 
 
 def cmd_evaluate(args) -> int:
@@ -330,12 +336,14 @@ def cmd_evaluate(args) -> int:
     set_threads(args.threads)
     res = _lazy("ume")(args.checkpoint, out_dir=args.out, rates=_flat(args.rates) if args.rates else None,
                        split=args.split, seed=args.seed, batch_size=args.batch_size, device=args.device,
-                       backend=args.backend, dtype=args.dtype, plots=not args.no_plots, model=args.model)
+                       backend=args.backend, dtype=args.dtype, plots=not args.no_plots, model=args.model,
+                       baselines=not args.no_baselines)
     written = [f"{k} {v}" for k, v in res["paths"].items() if v]
     if args.gaps:
-        net, _, splits, _ = _lazy("load_for_eval")(args.checkpoint, device=args.device, backend=args.backend)
+        net, cfg, splits, _ = _lazy("load_for_eval")(args.checkpoint, device=args.device, backend=args.backend)
         print()
-        gaps = _lazy("data_gaps")(splits, net, split=args.split, device=resolve_device(args.device))
+        gaps = _lazy("data_gaps")(splits, net, split=args.split, device=resolve_device(args.device),
+                                  config=_lazy("BaselineConfig").from_train_config(cfg), mask_seed=args.seed)
         path = os.path.join(args.out or os.path.dirname(os.path.abspath(args.checkpoint)), "gaps.json")
         atomic_write(path, json.dumps({"split": args.split, "rows": gaps["rows"]}, indent=2))
         written.append(f"gaps {path}")
@@ -372,6 +380,7 @@ def demo_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stream", action="store_true",
                    help="train a causal model (under runs/demo-stream/) and replay one test conversation "
                         "utterance by utterance, printing each prediction as it arrives")
+    p.add_argument("--no-baselines", action="store_true", help="skip the baselines shown beside the model")
 
 
 def cmd_demo(args) -> int:
@@ -381,7 +390,7 @@ def cmd_demo(args) -> int:
         _lazy("stream_demo")(config_from_args(args, {**defaults, "causal": True,
                                                      "out_dir": os.path.join("runs", "demo-stream")}), log=log)
         return 0
-    _lazy("demo")(config_from_args(args, defaults), log=log)
+    _lazy("demo")(config_from_args(args, defaults), log=log, baselines=not args.no_baselines)
     return 0
 
 
@@ -423,7 +432,7 @@ def reproduce_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("what", nargs="+", choices=EXPERIMENTS + ("all",), metavar="WHAT",
                    help=f"one or more of {', '.join(EXPERIMENTS)}, or all")
     p.add_argument("--quick", action="store_true",
-                   help=f"the small synthetic set and model, 10 epochs, seed 0 ({_demo_defaults_text(_lazy('QUICK'))})"
+                   help=f"the demo's recipe, seed 0 ({_demo_defaults_text(_lazy('QUICK'))})"
                         "; flags and --seeds still override")
     p.add_argument("--seeds", type=_list_of(int), default=None, metavar="S,S,..",
                    help=f"seeds of the runs (default {_shown(_lazy('DEFAULT_SEEDS'))}: the paper's three runs; "

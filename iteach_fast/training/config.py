@@ -52,6 +52,7 @@ class TrainConfig:
     strategy: Strategy = "random"  # §5.4.2
     rate: float = 0.0  # the missing rate of the fixed strategy
     max_rate: float = 0.7  # random: U[0, max_rate]; progressive: the cap
+    outage_prob: float = 0.0  # not the paper's: P(a conversation loses one or two modalities for its whole length)
     progressive_step: float = 0.1
     progressive_every: int = 10  # epochs per progressive step
     # ---- model selection on the validation split: the student's WAF averaged over these
@@ -82,6 +83,8 @@ class TrainConfig:
                 (finite(self.grad_clip) and self.grad_clip >= 0, "grad_clip must be a finite number >= 0 (0: off)"),
                 (_rate_ok(self.rate), f"rate must lie in [0, {MAX_RATE}], got {self.rate}"),
                 (_rate_ok(self.max_rate), f"max_rate must lie in [0, {MAX_RATE}], got {self.max_rate}"),
+                (finite(self.outage_prob) and 0.0 <= self.outage_prob <= 1.0,
+                 f"outage_prob must lie in [0, 1], got {self.outage_prob}"),
                 (finite(self.progressive_step) and self.progressive_step >= 0, "progressive_step must be >= 0"),
                 (self.progressive_every >= 1, "progressive_every must be >= 1"),
                 (len(self.select_rates) >= 1 and all(map(_rate_ok, self.select_rates)),

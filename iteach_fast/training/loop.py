@@ -366,7 +366,8 @@ class TrainingRun:
             elif cfg.compile:
                 shape = (self.share, length_bucket(max(len(train_set[i]["labels"]) for i in idx), self.longest))
             try:
-                vals = step(make_batch(train_set, idx, rate, self.gens["mask"], ctx, self.raw.loss_counts, shape))
+                vals = step(make_batch(train_set, idx, rate, self.gens["mask"], ctx, self.raw.loss_counts, shape,
+                                       cfg.outage_prob))
             except RuntimeError as err:
                 if not (ctx.parallel and _lost_peer(err)):
                     raise

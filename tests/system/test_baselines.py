@@ -121,3 +121,24 @@ def test_outages_take_channels_down_for_whole_conversations():
     assert torch.equal(add_outages(present, lengths, 0.0, g), present)
     with pytest.raises(ValueError, match="outage probability"):
         add_outages(present, lengths, 1.5, g)
+
+
+def test_outage_training_option(tiny_keys, tmp_path):
+    """outage_prob reaches the training masks (and 0, the default, draws nothing extra)."""
+    from iteach_fast.training.config import TrainConfig
+    from iteach_fast.training.distributed import context
+    from iteach_fast.training.step import make_batch
+
+    cfg = TrainConfig.from_dict({**tiny_keys, "outage_prob": 1.0, "out_dir": str(tmp_path)}).validate()
+    splits = make_synthetic(SyntheticSpec(num_conversations=12, min_len=6, max_len=10, dims=(6, 5, 4), seed=4))
+    count = ITEACHNet(splits.input_dims, 4, dim=8, heads=2, max_len=10).loss_counts
+    ctx = context("cpu")
+    batch = make_batch(splits.train, list(range(8)), 0.0, torch.Generator().manual_seed(0), ctx, count,
+                       outage=cfg.outage_prob)
+    valid = torch.arange(batch.present.shape[1])[None] < batch.lengths[:, None]
+    for b in range(8):  # rate 0 keeps everything; every conversation lost a channel for its whole length
+        assert 1 <= int((~batch.present[b][valid[b]].any(0)).sum()) <= 2
+    plain = make_batch(splits.train, list(range(8)), 0.0, torch.Generator().manual_seed(0), ctx, count)
+    assert plain.present[valid].all()
+    with pytest.raises(ValueError, match="outage_prob"):
+        TrainConfig.from_dict({**tiny_keys, "outage_prob": 1.5}).validate()
