@@ -241,7 +241,7 @@ def resolve_threads(threads: int = THREADS_AUTO, processes: int | None = None, l
         return share, note
     asked = threads * processes
     if asked > cores:
-        what = f"{threads} threads x {processes} processes" if processes > 1 else f"{threads} threads"
+        what = f"{threads} thread{'s' if threads != 1 else ''}" + (f" x {processes} processes" if processes > 1 else "")
         return threads, (f"--threads {threads}: {what} on {cores} usable core{'s' if cores != 1 else ''}: "
                          "threads wait for one another (--threads 0 fits the machine)")
     if free is not None and free < asked:
