@@ -44,7 +44,7 @@ SETTINGS = {
 
 def demo_flags() -> list[str]:
     """The demo's training settings as ``train`` flags (its epochs and out-dir left out)."""
-    from iteach_fast.evaluation.protocols import DEMO_DEFAULTS
+    from iteach_fast.presets import DEMO_DEFAULTS
 
     flags = ["--dataset", "synthetic", "--no-progress"]
     for key, value in DEMO_DEFAULTS.items():

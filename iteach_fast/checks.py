@@ -1,10 +1,13 @@
 """The argument rules every tier shares, each stated once: the public operators, the modules
 and the configuration all call these, so a rule (and its message) cannot drift between
-them. A leaf module: no torch, nothing of the package (the command line's help stays light).
+them. A leaf module: no torch, nothing of the package but the names of ``choices`` (the command
+line's help stays light).
 """
 from __future__ import annotations
 
-__all__ = ["MAX_INT", "check_int", "check_odd", "check_heads"]
+from .choices import IEMOCAP_FOLDS
+
+__all__ = ["MAX_INT", "check_int", "check_odd", "check_heads", "check_fold"]
 
 #: the largest dist / pool_size / length: the kernels take them as 32-bit ints
 MAX_INT = 2**31 - 1
@@ -36,3 +39,9 @@ def check_heads(dim, heads) -> None:
     check_int("heads", heads, 1)
     if dim % heads:
         raise ValueError(f"dim ({dim}) must be divisible by heads ({heads})")
+
+
+def check_fold(dataset: str, fold) -> None:
+    """IEMOCAP's folds are its five sessions; other datasets have one split (any fold reads it)."""
+    if dataset.startswith("iemocap") and fold not in IEMOCAP_FOLDS:
+        raise ValueError(f"--fold {fold}: {dataset}'s folds are its sessions 1..5 (fold k tests on Session k)")

@@ -47,3 +47,9 @@ def check_choice(name: str, value, allowed: tuple) -> str:
     if value not in allowed:
         raise ValueError(f"{name} must be one of {', '.join(map(str, allowed))}; got {value!r}")
     return value
+
+#: IEMOCAP's leave-one-session-out folds: fold k tests on Session k
+IEMOCAP_FOLDS: tuple[int, ...] = (1, 2, 3, 4, 5)
+
+#: the formats ``predict`` writes
+FORMATS: tuple[str, ...] = ("csv", "json")

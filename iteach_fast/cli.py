@@ -33,9 +33,10 @@ from .training import runtime
 PASSIVE_OPENMP = runtime.passive_openmp()  # before torch loads OpenMP (anything below may import torch)
 
 from . import __version__  # noqa: E402
-from .choices import BACKENDS, DATASETS, EVAL_MODELS, EVAL_RATES, EXPERIMENTS, LAYOUTS, PRECISIONS  # noqa: E402
+from .choices import BACKENDS, DATASETS, EVAL_MODELS, EVAL_RATES, EXPERIMENTS, FORMATS, LAYOUTS, PRECISIONS  # noqa: E402
 from .files import atomic_write, check_output  # noqa: E402
 from .nn.config import ModelConfig, coerce  # noqa: E402
+from .presets import DEFAULT_SEEDS, DEMO_DEFAULTS, QUICK, QUICK_SEEDS  # noqa: E402
 from .training.config import MODEL_KEYS, TRAIN_KEYS, TrainConfig, load_mapping  # noqa: E402
 from .training.runtime import resolve_device, set_threads  # noqa: E402
 
@@ -60,16 +61,11 @@ LAZY = {
     "ime": "iteach_fast.evaluation.protocols:ime",
     "demo": "iteach_fast.evaluation.protocols:demo",
     "stream_demo": "iteach_fast.evaluation.protocols:stream_demo",
-    "DEMO_DEFAULTS": "iteach_fast.evaluation.protocols:DEMO_DEFAULTS",
     "data_gaps": "iteach_fast.evaluation.gaps:data_gaps",
     "BaselineConfig": "iteach_fast.evaluation.baselines:BaselineConfig",
     "predict_file": "iteach_fast.evaluation.predict:predict_file",
-    "FORMATS": "iteach_fast.evaluation.predict:FORMATS",
     "reproduce": "iteach_fast.reproduce:reproduce",
     "VARIED": "iteach_fast.reproduce.plan:VARIED",
-    "QUICK": "iteach_fast.reproduce.plan:QUICK",
-    "QUICK_SEEDS": "iteach_fast.reproduce.plan:QUICK_SEEDS",
-    "DEFAULT_SEEDS": "iteach_fast.reproduce.plan:DEFAULT_SEEDS",
 }
 
 #: the synthetic set's fields that export-synthetic takes, named as for train
@@ -372,7 +368,7 @@ def cmd_ime(args) -> int:
 
 
 def demo_options(p: argparse.ArgumentParser) -> None:
-    defaults = _lazy("DEMO_DEFAULTS")
+    defaults = DEMO_DEFAULTS
     p.description = (f"Train on synthetic conversations with a short schedule, then UME; writes under "
                      f"runs/demo/<framework>/. Demo defaults: {_demo_defaults_text(defaults)}. Any training flag "
                      "overrides them; --framework pre runs the single-model baseline for comparison.")
@@ -385,7 +381,7 @@ def demo_options(p: argparse.ArgumentParser) -> None:
 
 def cmd_demo(args) -> int:
     log = lambda *a: print(*a, flush=True)  # noqa: E731
-    defaults = _lazy("DEMO_DEFAULTS")
+    defaults = DEMO_DEFAULTS
     if args.stream:  # a causal model, then one test conversation replayed live
         _lazy("stream_demo")(config_from_args(args, {**defaults, "causal": True,
                                                      "out_dir": os.path.join("runs", "demo-stream")}), log=log)
@@ -400,7 +396,7 @@ def predict_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="best.pt or last.pt from `train`")
     p.add_argument("inputs", help=".npz / .pt of per-conversation arrays, or a GCNet-layout folder")
     p.add_argument("--out", help="output file, .csv or .json (default: CSV on stdout)")
-    p.add_argument("--format", choices=_lazy("FORMATS"), help="the output format (default: from --out's "
+    p.add_argument("--format", choices=FORMATS, help="the output format (default: from --out's "
                                                               "extension, csv otherwise)")
     p.add_argument("--stream", action="store_true", help="replay utterance by utterance (causal checkpoints)")
     p.add_argument("--model", choices=EVAL_MODELS, default="student",
@@ -432,11 +428,11 @@ def reproduce_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("what", nargs="+", choices=EXPERIMENTS + ("all",), metavar="WHAT",
                    help=f"one or more of {', '.join(EXPERIMENTS)}, or all")
     p.add_argument("--quick", action="store_true",
-                   help=f"the demo's recipe, seed 0 ({_demo_defaults_text(_lazy('QUICK'))})"
+                   help=f"the demo's recipe, seed 0 ({_demo_defaults_text(QUICK)})"
                         "; flags and --seeds still override")
     p.add_argument("--seeds", type=_list_of(int), default=None, metavar="S,S,..",
-                   help=f"seeds of the runs (default {_shown(_lazy('DEFAULT_SEEDS'))}: the paper's three runs; "
-                        f"--quick: {_shown(_lazy('QUICK_SEEDS'))})")
+                   help=f"seeds of the runs (default {_shown(DEFAULT_SEEDS)}: the paper's three runs; "
+                        f"--quick: {_shown(QUICK_SEEDS)})")
     p.add_argument("--folds", type=_list_of(int), default=None, metavar="K,K,..",
                    help="IEMOCAP's held-out sessions (default 1,2,3,4,5); other datasets have one split")
     p.add_argument("--jobs", type=int, default=1, help="runs trained at once, as processes")
@@ -452,10 +448,10 @@ def cmd_reproduce(args) -> int:
     if varied:
         print(f"note: reproduce sets {', '.join('--' + k.replace('_', '-') for k in varied)} per run (each "
               "table's rows); the values given are ignored", file=sys.stderr)
-    defaults = {**(_lazy("QUICK") if args.quick else {}), "out_dir": os.path.join("runs", "reproduce")}
+    defaults = {**(QUICK if args.quick else {}), "out_dir": os.path.join("runs", "reproduce")}
     cfg = config_from_args(args, defaults)
     command = "iteach-fast " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["reproduce"] else None
-    seeds = args.seeds if args.seeds is not None else _lazy("QUICK_SEEDS" if args.quick else "DEFAULT_SEEDS")
+    seeds = args.seeds if args.seeds is not None else QUICK_SEEDS if args.quick else DEFAULT_SEEDS
     res = _lazy("reproduce")(args.what, cfg, seeds=seeds, folds=args.folds, jobs=args.jobs, devices=args.devices,
                              command=command, log=lambda *a: print(*a, flush=True))
     return 1 if res["failures"] else 0

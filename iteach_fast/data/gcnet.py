@@ -25,10 +25,11 @@ import pickle
 
 import numpy as np
 
+from ..checks import check_fold
 from ..choices import MODALITIES
 from .dataset import CLASS_NAMES, ConversationDataset, DataError, DataSplits, checked_features
 
-__all__ = ["GCNET_DATASETS", "GCNET_FEATURES", "IEMOCAP_FOLDS", "load_gcnet", "LabelUnpickler", "check_fold",
+__all__ = ["GCNET_DATASETS", "GCNET_FEATURES", "load_gcnet", "LabelUnpickler",
            "check_split_lists", "check_utterance_ids"]
 
 
@@ -49,13 +50,6 @@ GCNET_FEATURES = {
 }
 
 #: IEMOCAP's leave-one-session-out folds: fold k tests on Session k
-IEMOCAP_FOLDS = (1, 2, 3, 4, 5)
-
-
-def check_fold(name: str, fold) -> None:
-    """IEMOCAP's folds are its five sessions; other datasets have one split (any fold reads it)."""
-    if name.startswith("iemocap") and fold not in IEMOCAP_FOLDS:
-        raise ValueError(f"--fold {fold}: {name}'s folds are its sessions 1..5 (fold k tests on Session k)")
 
 
 def find_label_file(root: str, name: str, label_file: str | None) -> str:

@@ -45,7 +45,7 @@ import warnings
 import numpy as np
 import torch
 
-from ..choices import EVAL_MODELS, MODALITIES, check_choice
+from ..choices import EVAL_MODELS, FORMATS, MODALITIES, check_choice
 from ..data.dataset import DataError, checked_features
 from ..data.gcnet import load_gcnet
 from ..files import atomic_write, check_output
@@ -58,7 +58,6 @@ from ..training.runtime import resolve_device
 __all__ = ["load_conversations", "predict_rows", "write_predictions", "predict_file", "replay", "FORMATS"]
 
 #: the file formats predictions are written in
-FORMATS = ("csv", "json")
 
 
 # ------------------------------------------------------------------ inputs

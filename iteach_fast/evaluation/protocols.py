@@ -21,6 +21,7 @@ import numpy as np
 from ..choices import EVAL_MODELS, MODALITIES, check_choice
 from ..data.masking import EVAL_RATES
 from ..evaluation import plots as plotting
+from ..presets import DEMO_DEFAULTS
 from ..training.checkpoint import load_for_eval
 from ..training.config import TrainConfig
 from ..training.loop import train
@@ -31,16 +32,6 @@ from .predict import replay
 from .tables import average_row, format_comparison, format_table, public_rows, write_rate_table
 
 __all__ = ["ume", "ime", "ime_config", "demo", "stream_demo", "DEMO_DEFAULTS"]
-
-#: the demo's recipe, chosen on the synthetic data's validation split (experiments/README.md):
-#: small synthetic conversations and a small model, so that it ends in a few minutes on 2 CPU
-#: cores; the framework's own mixers (its: TF teacher, NAS student); the paper's architecture
-#: (cross_ecce off), with ECCE's band narrowed to the conversations' emotion runs (dist 3) and
-#: 40 epochs (the 10 of the first release stopped before the model had learnt)
-DEMO_DEFAULTS = dict(syn_conversations=120, syn_max_len=60, dim=32, heads=4, max_len=60, epochs=40, batch_size=8,
-                     lr=1e-3, router_lr=1e-2, dropout=0.1, dist=3, strategy="random", framework="its",
-                     select_rates=(0.0, 0.3, 0.5, 0.7), out_dir=os.path.join("runs", "demo"))
-
 
 def ume(checkpoint: str, out_dir: str | None = None, rates=None, split: str = "test", seed: int = 0,
         batch_size: int | None = None, device: str = "auto", backend: str | None = None, dtype: str | None = None,
@@ -71,7 +62,10 @@ def ume(checkpoint: str, out_dir: str | None = None, rates=None, split: str = "t
         label = f"{cfg.model.framework.upper()} (teacher {net.teacher.mixer.upper()}, ecce {cfg.model.ecce})"
         title = f"teacher on complete data, {dataset.name} [{split}], {label}"
     else:
-        label = f"{cfg.model.framework.upper()} (student {net.student.mixer.upper()}, {cfg.strategy})"
+        # PRE is one model, trained on complete and masked data alike: it has no student
+        role = "one model" if net.teacher is net.student else "student"
+        label = (f"{cfg.model.framework.upper()} ({role} {net.student.mixer.upper()}, {cfg.strategy}"
+                 + (", cross-ECCE" if cfg.model.cross_ecce else "") + ")")
         title = f"UME on {dataset.name} [{split}], {label}, masks seed {seed}"
     table = format_table(rows, title)
     log(table)
@@ -100,14 +94,16 @@ def ume(checkpoint: str, out_dir: str | None = None, rates=None, split: str = "t
 
         pdir = os.path.join(out_dir, "plots")
         reference = {LABELS[name]: r for name, r in (base["rows"].items() if base else ())}
+        what = f"{label} on {dataset.name} [{split}]"
         paths["waf_plot"] = plotting.waf_vs_rate({label: public_rows(rows)}, os.path.join(pdir, "waf_vs_rate.png"),
-                                                 baselines=reference)
+                                                 baselines=reference, title=what)
         if not net.regression:
             classes = range(net.student.num_classes)
             paths["confusion"] = plotting.confusion_grid(
                 {r["rate"]: confusion_matrix(r["_y"], r["_p"], labels=classes) for r in rows},
-                dataset.class_names or [str(i) for i in classes], os.path.join(pdir, "confusion.png"))
-        paths["ecce"] = plotting.ecce_heatmap(net, dataset, os.path.join(pdir, "ecce_heatmap.png"), device=dev)
+                dataset.class_names or [str(i) for i in classes], os.path.join(pdir, "confusion.png"), title=what)
+        paths["ecce"] = plotting.ecce_heatmap(net, dataset, os.path.join(pdir, "ecce_heatmap.png"), device=dev,
+                                              title=what)
     rows = public_rows(rows)
     return {"rows": rows, "average": average_row(rows), "table": table, "paths": paths, "meta": meta}
 
@@ -161,14 +157,17 @@ def demo(cfg: TrainConfig, log=print, baselines: bool = True) -> dict:
     res = ume(summary["best"], out_dir=cfg.out_dir, device=cfg.device, dtype=cfg.dtype, log=log, baselines=baselines)
     total = time.time() - t0
     log(f"\ntrained in {t_train:.0f} s, evaluated in {total - t_train:.0f} s (total {total:.0f} s)")
-    found = {}
+    found, chance = {}, {}
     for fw in ("its", "ts", "pre"):
         path = os.path.join(root, fw, "ume.json")
         if os.path.isfile(path):
             with open(path) as f:
                 run = json.load(f)
             found[run["label"]] = run["rows"]
-    compare = plotting.waf_vs_rate(found, os.path.join(root, "waf_vs_rate.png"))
+            chance = chance or {LABELS["majority"]: run.get("baselines", {}).get("rows", {}).get("majority", [])}
+    compare = plotting.waf_vs_rate(found, os.path.join(root, "waf_vs_rate.png"),
+                                   baselines={k: v for k, v in chance.items() if v},
+                                   title=f"the demo runs so far on {res['meta']['dataset']} [test]")
     if len(found) > 1:
         log("UME average WAF of the demo runs so far: " + "; ".join(
             f"{label} {sum(r['waf'] for r in rows) / len(rows):.2f}" for label, rows in found.items()))

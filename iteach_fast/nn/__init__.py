@@ -9,24 +9,22 @@ May import: :mod:`iteach_fast.ops` (the fused operators, called through the regi
     >>> from iteach_fast.nn import ITEACHNet
     >>> net = ITEACHNet(input_dims=(1024, 512, 1024), num_classes=4)
 """
-from .config import ModelConfig
-from .model import IGNORE_INDEX, ITEACHModel, ITEACHNet, ModelOutput
-from .modules import (
-    ECCE,
-    AvgPoolTokenMixer,
-    CrossAttention,
-    ECCEAttention,
-    EncoderLayer,
-    ITEACHEncoder,
-    MaxPoolTokenMixer,
-    MLPTokenMixer,
-    Padded,
-    RoutedTokenMixer,
-    padded,
-    set_backend,
-)
-from .streaming import StreamingSession
+import importlib
 
-__all__ = ["ITEACHNet", "ITEACHModel", "ModelOutput", "IGNORE_INDEX", "ModelConfig", "StreamingSession", "ECCE",
-           "ECCEAttention", "MLPTokenMixer", "AvgPoolTokenMixer", "MaxPoolTokenMixer", "RoutedTokenMixer",
-           "ITEACHEncoder", "CrossAttention", "EncoderLayer", "Padded", "padded", "set_backend"]
+from .config import ModelConfig
+
+#: where each public name lives, loaded on first use: importing the config (the command line's
+#: help reads it) does not import torch
+_WHERE = {**dict.fromkeys(("ITEACHNet", "ITEACHModel", "ModelOutput", "IGNORE_INDEX"), "model"),
+          "StreamingSession": "streaming",
+          **dict.fromkeys(("ECCE", "ECCEAttention", "MLPTokenMixer", "AvgPoolTokenMixer", "MaxPoolTokenMixer",
+                           "RoutedTokenMixer", "ITEACHEncoder", "CrossAttention", "EncoderLayer", "Padded", "padded",
+                           "set_backend"), "modules")}
+
+__all__ = ["ModelConfig", *_WHERE]
+
+
+def __getattr__(name):
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

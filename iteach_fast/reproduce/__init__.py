@@ -14,7 +14,7 @@ Three jobs, one module each:
 * :mod:`.run` — each run trained and measured in its folder ``<out_dir>/runs/<key>/``
   (``result.json``, ``train.log``); a finished run is never trained again, an interrupted one
   resumes from its ``last.pt``; ``jobs`` runs at once as processes (each with
-  ``cores // jobs`` torch threads), ``devices`` spreads them over GPUs. The processes end with
+  the machine's usable cores / ``jobs`` torch threads), ``devices`` spreads them over GPUs. The processes end with
   the command: Ctrl-C or SIGTERM stops them (and says how to continue), and a worker whose
   parent is gone (killed) stops itself.
 * :mod:`.report` — ``results.csv``, one ``<experiment>.md`` per table, the PNGs and
@@ -29,7 +29,7 @@ from ..data.sources import splits_for
 from ..files import check_output
 from ..training.config import TrainConfig
 from ..training.loop import Interrupted, check_compute
-from ..training.runtime import resolve_device
+from ..training.runtime import resolve_device, resolve_threads
 from .plan import (
     DEFAULT_SEEDS,
     QUICK,
@@ -44,7 +44,7 @@ from .plan import (
     run_key,
 )
 from .report import orderings, paper_results, parameter_counts, render, runs_line, tsne_panels
-from .run import cached_result, cores, execute, run_one
+from .run import cached_result, execute, run_one
 
 __all__ = ["reproduce", "plan", "run_key", "run_one", "render", "paper_results", "parameter_counts", "Variant",
            "VARIANTS", "VARIED", "QUICK", "QUICK_SEEDS", "DEFAULT_SEEDS", "RESULT_VERSION", "expand", "resolve_folds",
@@ -79,7 +79,8 @@ def reproduce(what, cfg: TrainConfig, out_dir: str | None = None, seeds=None, fo
                 check_compute(run.config, resolve_device(device))
     splits = splits_for(cfg)  # the data's problems surface here, not in every run
     results = {k: r for k, r in ((k, cached_result(run, log)) for k, run in runs.items()) if r is not None}
-    threads = cfg.threads or (max(1, cores() // jobs) if jobs > 1 else 0)
+    # each run's threads: what fits the machine (affinity, CPU quota) shared by the jobs, or as asked
+    threads = resolve_threads(cfg.threads, processes=jobs)[0]
     pending = []
     for i, (key, run) in enumerate((k, r) for k, r in runs.items() if k not in results):
         device = devices[i % len(devices)] if devices else run.config.device
@@ -90,7 +91,7 @@ def reproduce(what, cfg: TrainConfig, out_dir: str | None = None, seeds=None, fo
              else f"seeds {', '.join(map(str, seeds))} ({cfg.dataset} has one split: folds are not meaningful)")
     log(f"reproduce {', '.join(experiments)} on {cfg.dataset} ({where}): {len(runs)} runs, "
         f"{len(runs) - len(pending)} cached, {len(pending)} to train, {jobs} at a time"
-        + (f" on {', '.join(devices)}" if devices else "") + (f", {threads} threads each" if threads else "")
+        + (f" on {', '.join(devices)}" if devices else "") + f", {threads} thread{'s' if threads != 1 else ''} each"
         + f" -> {out_dir}")
     t0 = time.time()
     try:

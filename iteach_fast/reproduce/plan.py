@@ -11,9 +11,10 @@ import hashlib
 import json
 import os
 
-from ..choices import EXPERIMENTS
+from ..choices import EXPERIMENTS, IEMOCAP_FOLDS
 from ..data.masking import EVAL_RATES
-from ..evaluation.protocols import DEMO_DEFAULTS, ime_config
+from ..evaluation.protocols import ime_config
+from ..presets import DEFAULT_SEEDS, QUICK, QUICK_SEEDS
 from ..training.config import TrainConfig
 
 __all__ = ["Variant", "VARIANTS", "Run", "run_key", "expand", "has_folds", "resolve_folds", "plan", "RESULT_VERSION",
@@ -23,14 +24,6 @@ __all__ = ["Variant", "VARIANTS", "Run", "run_key", "expand", "has_folds", "reso
 RESULT_VERSION = 2  # 2: each run also holds its data's baselines
 #: config fields that say where or how fast a run computes, not what: left out of its key
 NOT_HASHED = ("out_dir", "progress", "threads", "device", "compile", "cuda_graphs")
-#: the paper runs each model three times (§4.4); ``--quick`` runs one seed unless told otherwise
-DEFAULT_SEEDS = (0, 1, 2)
-QUICK_SEEDS = (0,)
-IEMOCAP_FOLDS = (1, 2, 3, 4, 5)
-#: ``--quick``: the demo's recipe (small synthetic set and model), the progressive schedule
-#: compressed to reach 0.7 within its epochs (eight steps: 0.0, 0.1, ..., 0.7)
-QUICK = {**{k: v for k, v in DEMO_DEFAULTS.items() if k not in ("framework", "strategy", "out_dir")},
-         "progressive_every": max(1, DEMO_DEFAULTS["epochs"] // 8)}
 #: the fields an experiment sets per run (a base config's values for them are replaced)
 VARIED = ("framework", "teacher_mixer", "student_mixer", "ecce", "cross_ecce", "strategy", "rate", "seed", "fold")
 #: every variant starts from the paper's ITEACH-Net: ITS, 3 x TF teacher, 4 x NAS student, full ECCE, random

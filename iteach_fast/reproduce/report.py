@@ -188,12 +188,22 @@ def _draw_rates(summary: str, exp, g, runs, context, out_dir) -> tuple:
     last column, ``decline`` or ``average``), and the curves with their bands."""
     data, dataset = context["data"], context["dataset"]
     table, stats = _rate_table(VARIANTS[exp], g, dataset, summary, exp)
-    series = {v.label: _bands(stats[v.label]["rates"]) for v in VARIANTS[exp]}
+    series = {LEGEND_NAMES.get(v.label, v.label): _bands(stats[v.label]["rates"]) for v in VARIANTS[exp]}
     paper = _paper_rows(exp, dataset)
     if summary == "average" and paper:  # Tables 4 / 5: the paper's ITEACH-Net curve beside ours
         series["paper: ITEACH-Net"] = (EVAL_RATES, paper["ITEACH-Net"]["rates"], [0.0] * len(EVAL_RATES))
     title = f"{RENDERERS[exp].title.split(' — ')[0]}: WAF vs test missing rate ({data})"
-    return table, stats, plots.curves_with_bands(series, os.path.join(out_dir, f"{exp}_waf.png"), title)
+    base = {BASELINE_LABELS[n]: (EVAL_RATES, [x[0] for x in s["rates"]])
+            for n, s in stats.get("baselines", {}).items() if n in ("majority", "gru")}
+    return table, stats, plots.curves_with_bands(series, os.path.join(out_dir, f"{exp}_waf.png"), title,
+                                                 baselines=base, legend_title="framework" if exp == "table2" else None)
+
+
+#: Table 2's row names spelled out for a figure's legend (the table's columns say it there)
+LEGEND_NAMES = {"PRE TF": "PRE: one Transformer model", "ITS TF TF": "ITS: Transformer teacher → Transformer student",
+                "ITS TF NAS": "ITS: Transformer teacher → NAS student (ITEACH-Net)",
+                "TS NAS TF": "TS: NAS teacher → Transformer student",
+                "ITS TF NAS + cross-ECCE": "ITS: Transformer teacher → NAS student, cross-ECCE (option)"}
 
 
 def _draw_table1(exp, g, runs, context, out_dir) -> tuple:
@@ -358,7 +368,8 @@ def _draw_fig9(exp, g, runs, context, out_dir) -> tuple:
                 "train it again)", None, None)
     features, names = fig9_features(checkpoint, device=context.get("device", "auto"))
     path = plots.embedding_grid(tsne_panels(features), names, os.path.join(out_dir, "fig9_tsne.png"),
-                                f"t-SNE of H_1 on the test split ({context['data']}, seed {result['seed']})")
+                                f"t-SNE of H_1 on the test split ({context['data']}, seed {result['seed']})",
+                                xlabel="t-SNE dimension 1", ylabel="t-SNE dimension 2")
     return f"![Fig. 9]({os.path.basename(path)}) (run {result['key']}, seed {result['seed']})", None, path
 
 
@@ -484,8 +495,9 @@ def _report(experiments, tables, context, grouped, stats) -> str:
     if context["dataset"] in paper_results()["datasets"]:
         head += [f"The paper's numbers are from {paper_results()['paper']} ({paper_results()['note']}).", ""]
     else:
-        head += [f"{context['dataset']} is not one of the paper's datasets, so no paper numbers are shown beside ours.",
-                 ""]
+        head += [f"{context['dataset']} is not one of the paper's datasets, so no paper numbers are shown beside ours"
+                 + (" (but for Table 3's parameter counts, which are the paper's settings, not its data)"
+                    if "table3" in experiments else "") + ".", ""]
     body = [_section(exp, tables[exp], context, grouped.get(exp, {})) for exp in experiments]
     claims = orderings(stats)
     tail = ["### The paper's orderings, checked here", ""] + claims + [""] if claims else []

@@ -37,7 +37,7 @@ from ..training.runtime import check_precision, resolve_device
 from ..training.validation import evaluate_rates, hidden_features
 from .plan import RESULT_VERSION, Run
 
-__all__ = ["run_one", "cached_result", "cores", "execute", "RESULT_KEYS"]
+__all__ = ["run_one", "cached_result", "execute", "RESULT_KEYS"]
 
 #: what a finished run's ``result.json`` holds (the tables read these)
 RESULT_KEYS = {"key": str, "result_version": int, "config": dict, "seed": int, "dataset": str, "task": str,
@@ -118,10 +118,6 @@ def cached_result(run: Run, log=None) -> dict | None:
     return None
 
 
-def cores() -> int:
-    """The CPU cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
 
 def _interrupt(signum, _frame):
     raise KeyboardInterrupt(f"stopped by {signal.Signals(signum).name}")
@@ -173,7 +169,7 @@ def execute(pending: list, jobs: int, progress: bool, log) -> tuple[dict, list]:
     from tqdm import tqdm  # the progress bar: only when runs are executed
 
     results, failures = {}, []
-    bar = tqdm(total=len(pending), desc="reproduce", unit="run", disable=not progress or not pending,
+    bar = tqdm(total=len(pending), desc="reproduce", unit="run", disable=None if progress and pending else True,
                file=sys.stderr, dynamic_ncols=True)
 
     def done(run, result=None, err=None):

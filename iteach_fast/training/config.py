@@ -15,8 +15,8 @@ import json
 import os
 from dataclasses import dataclass, field, fields
 
+from ..checks import check_fold
 from ..choices import EVAL_RATES, MAX_RATE, DatasetName, Precision, SelectOn, Strategy
-from ..data.gcnet import check_fold
 from ..nn.config import ConfigError, ModelConfig, coerce, finite, raise_problems, type_hints, type_problems
 from .runtime import THREADS_ALL, parse_threads
 

@@ -356,7 +356,7 @@ class TrainingRun:
             from tqdm import tqdm  # the progress bar: only where one is shown
 
             bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, file=sys.stderr,
-                       dynamic_ncols=True)
+                       dynamic_ncols=True, disable=None)  # None: no bar when stderr is not a terminal (a log file)
         for idx in bar:
             rate = rate_for(cfg, epoch, self.gens["mask"])
             rates.append(rate)

@@ -13,7 +13,7 @@ PACKAGES = {"iteach_fast": os.path.join(ROOT, "iteach_fast"), "iteach_fast.kerne
 
 #: the tiers, bottom up: a module may import modules of its own tier or a lower one only
 TIERS = (
-    ("leaves", ("iteach_fast.choices", "iteach_fast.files", "iteach_fast.checks")),
+    ("leaves", ("iteach_fast.choices", "iteach_fast.files", "iteach_fast.checks", "iteach_fast.presets")),
     ("ops", ("iteach_fast.ops", "iteach_fast.kernels", "iteach_fast")),  # the package's face imports ops only
     ("nn", ("iteach_fast.nn",)),
     ("data", ("iteach_fast.data",)),
