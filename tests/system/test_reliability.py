@@ -272,7 +272,7 @@ def test_item4_backend_device_combination_is_checked_when_the_model_is_built(tmp
     (["--teacher-layers", "0"], ("teacher_layers",)),
     (["--heads", "0"], ("heads",)),
     (["--dim", "0"], ("dim",)),
-    (["--threads", "-3"], ("threads must be >= 0", "-3")),
+    (["--threads", "-3"], ("threads must be an int >= 0", "-3")),
     (["--device", "meta"], ("device 'meta'",)),
 ])
 def test_item7_bad_values_give_one_clear_line_and_a_nonzero_exit(tmp_path, capsys, no_data, flags, words, tiny_flags):
