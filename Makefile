@@ -1,7 +1,7 @@
 # One command each, on a fresh machine (Python 3.11, gcc, optionally nvcc):
 #   make test    venv + pinned deps + extension build + the test suite
 #   make demo    the main job: train ITEACH-Net on synthetic conversations, then evaluate (UME)
-#   make bench   kernel benchmarks, report under bench/results/
+#   make bench   kernel benchmarks, report under runs/bench/ (git ignores it)
 # Re-running is fast: the venv is rebuilt only when requirements.txt changes and the
 # extension only when csrc/ or setup.py changes (ninja recompiles just what changed).
 PY ?= python3

@@ -4,13 +4,16 @@
     python -m bench.run                     # the full set for this device (GPU if there is one)
     python -m bench.run --preset headline   # the rows the issues' targets are read from
     python -m bench.run --smoke --out DIR   # the smallest sizes (the tests' smoke run)
+    python -m bench.run --quick --out bench/results   # results meant to be committed (README's section)
     python -m bench.run --ops ecce_attention --providers reference,triton --dtypes bfloat16
     python -m bench.run --ops ddp_train --append   # 1 vs 2 processes under torchrun (run only when named)
 
 Writes ``<out>/<device-slug>-<YYYY-MM-DD>.json`` (rewritten after every case, so an
 interrupted run keeps what it measured; ``--append`` adds to it, skipping the cases it
 already holds), then ``bench.report`` renders the Markdown table and the PNG plots next
-to it. The providers of one comparison (same op, mode, dtype, size) share their inputs and
+to it. ``<out>`` is ``runs/bench/`` of the checkout by default, a folder git ignores, so a run
+leaves the checkout clean; ``--out bench/results`` writes where committed results live.
+The providers of one comparison (same op, mode, dtype, size) share their inputs and
 are timed in interleaved rounds; the ceilings are re-measured before each op's cases. A case
 that cannot run is a row with status ``skipped`` and the reason; a case that raises is a row
 with status ``failed`` and the error.
@@ -31,7 +34,9 @@ from . import measure, report, suite
 from .cases import Case, Prepared, Skip
 
 SCHEMA = 2  # 1: one ceiling set per run; 2: adds ceiling_samples (rows point at theirs), counters, D/H sizes
-DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+# ignored by git (.gitignore's runs/): a run leaves the checkout clean; committed results are
+# written with --out bench/results
+DEFAULT_OUT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "runs", "bench")
 WARM_UP_CALLS = 2
 
 
@@ -54,7 +59,9 @@ def parse_args(argv):
     p.add_argument("--budget-s", type=float, default=None,
                    help="stop starting new cases after this many seconds (the rest are rows 'skipped')")
     p.add_argument("--threads", type=int, default=0, help="torch's CPU threads (0: torch's default)")
-    p.add_argument("--out", default=DEFAULT_OUT, help="folder for the JSON and the report")
+    p.add_argument("--out", default=DEFAULT_OUT,
+                   help="folder for the JSON and the report (default: runs/bench/ of the checkout, ignored by git; "
+                   "bench/results to commit them)")
     p.add_argument("--append", action="store_true", help="add to this device's result file of today in --out")
     p.add_argument("--no-report", action="store_true", help="write the JSON only")
     args = p.parse_args(argv)
