@@ -48,6 +48,11 @@ VARIANTS = {
                                       "weight_decay": 0.1},
     "cross-dist3-e60": {"epochs": 60, "dist": 3, "cross_ecce": True},
     "cross-dist3-dim64-e40": {"epochs": 40, "dist": 3, "cross_ecce": True, "dim": 64},
+    "cross-dist3-drop0.5-e40": {"epochs": 40, "dist": 3, "cross_ecce": True, "dropout": 0.5},
+    "cross-dist3-lr3e-4-e40": {"epochs": 40, "dist": 3, "cross_ecce": True, "lr": 3e-4},
+    "cross-dist3-lr3e-3-e40": {"epochs": 40, "dist": 3, "cross_ecce": True, "lr": 3e-3},
+    "cross-dist3-b4-e40": {"epochs": 40, "dist": 3, "cross_ecce": True, "batch_size": 4},
+    "cross-dist3-b16-e40": {"epochs": 40, "dist": 3, "cross_ecce": True, "batch_size": 16},
 }
 
 
