@@ -52,12 +52,19 @@ GCNET_FEATURES = {
 #: IEMOCAP's leave-one-session-out folds: fold k tests on Session k
 
 
+def _given(root: str, given: str, exists, what: str) -> str:
+    """A path the user named, relative to ``root`` unless absolute; a ``DataError`` saying
+    ``what`` was expected when ``exists`` (os.path.isfile / isdir) says it is not there."""
+    path = given if os.path.isabs(given) else os.path.join(root, given)
+    if not exists(path):
+        raise DataError(f"{path}: {what}")
+    return path
+
+
 def find_label_file(root: str, name: str, label_file: str | None) -> str:
     if label_file:
-        path = label_file if os.path.isabs(label_file) else os.path.join(root, label_file)
-        if not os.path.isfile(path):
-            raise DataError(f"{path}: label pickle not found (expected GCNet's label file for {name})")
-        return path
+        return _given(root, label_file, os.path.isfile,
+                      f"label pickle not found (expected GCNet's label file for {name})")
     for cand in GCNET_DATASETS[name][2]:
         if os.path.isfile(os.path.join(root, cand)):
             return os.path.join(root, cand)
@@ -71,10 +78,7 @@ def find_label_file(root: str, name: str, label_file: str | None) -> str:
 
 def find_feature_root(root: str, modality: str, given: str | None) -> str:
     if given:
-        path = given if os.path.isabs(given) else os.path.join(root, given)
-        if not os.path.isdir(path):
-            raise DataError(f"{path}: {modality} feature folder not found")
-        return path
+        return _given(root, given, os.path.isdir, f"{modality} feature folder not found")
     tried = []
     for name in GCNET_FEATURES[modality]:
         for path in (os.path.join(root, "features", name), os.path.join(root, name)):

@@ -102,30 +102,17 @@ def coerce(value, hint):
         if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
             return value.lower() in ("true", "yes", "on", "1")
         raise TypeError(f"expected true or false, got {_show(value)}")
-    if hint is int:
-        if isinstance(value, bool):
-            raise TypeError(f"expected an int, got {_show(value)}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value.strip())
-            except ValueError:
-                pass
-        raise TypeError(f"expected an int, got {_show(value)}")
-    if hint is float:
-        if isinstance(value, bool):
-            raise TypeError(f"expected a number, got {_show(value)}")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value.strip())
-            except ValueError:
-                pass
-        raise TypeError(f"expected a number, got {_show(value)}")
+    if hint in (int, float):
+        # an int key takes 3, 3.0 and "3"; a float key any number; neither takes a bool
+        if not isinstance(value, bool):
+            if isinstance(value, int) or (isinstance(value, float) and (hint is float or value.is_integer())):
+                return hint(value)
+            if isinstance(value, str):
+                try:
+                    return hint(value.strip())
+                except ValueError:
+                    pass
+        raise TypeError(f"expected {'an int' if hint is int else 'a number'}, got {_show(value)}")
     if hint is str:
         if isinstance(value, str):
             return value

@@ -45,18 +45,27 @@ THREADS_AUTO = 0
 THREADS_ALL = -1
 
 
+def parse_device(device: str | torch.device, name: str = "--device") -> torch.device:
+    """``"cpu"``, ``"cuda"`` or ``"cuda:N"`` as a device, whether or not this machine has it;
+    anything else is a ``ValueError`` naming ``name``."""
+    import torch  # here, not at the top: the command line's help reads this module without torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"{name} {device!r} is not a device (use auto, cpu, cuda or cuda:N)") from err
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"{name} {device!r}: runs use cpu or cuda (use auto, cpu, cuda or cuda:N)")
+    return dev
+
+
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     """``"auto"`` (CUDA if available, else the CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``."""
     import torch
 
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise ValueError(f"--device {device!r} is not a device (use auto, cpu, cuda or cuda:N)") from err
-    if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"--device {device}: runs use cpu or cuda (use auto, cpu, cuda or cuda:N)")
+    dev = parse_device(device)
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"--device {device}: no CUDA device is available (use --device cpu)")
