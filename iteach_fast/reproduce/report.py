@@ -448,9 +448,10 @@ def orderings(stats: dict) -> list[str]:
         base = stats.get(exp, {}).get("baselines", {})
         if {"logreg_context", "gru"} <= set(base):
             best = max(("logreg_context", "gru"), key=lambda n: base[n]["average"][0])
+            table = "Table 4" if exp == "table4" else "Baselines"
             for label, row in stats[exp].items():
                 if label != "baselines":
-                    check(f"{exp}: {label} > the best baseline ({BASELINE_LABELS[best]}; average WAF over the rates)",
+                    check(f"{table}: {label} > the best baseline ({BASELINE_LABELS[best]}; average WAF over the rates)",
                           row["average"], base[best]["average"])
         if base:
             break

@@ -210,7 +210,7 @@ def test_baselines_stand_beside_every_table(tmp_path, context):
     own = out["tables"]["baselines"]
     assert "- ITEACH-Net: below the best baseline at rates 0.2, 0.3, 0.4, 0.5, 0.6, 0.7 (means)" in own
     assert "ITS TF NAS > PRE TF" in out["report"]  # the cross-ECCE row stays out of the paper's claims
-    assert "table4: ITEACH-Net > the best baseline (BiGRU (bc-LSTM style); average WAF over the rates): " \
+    assert "Table 4: ITEACH-Net > the best baseline (BiGRU (bc-LSTM style); average WAF over the rates): " \
         "**does not hold**" in out["report"]
     with open(out["paths"]["baselines"], "rb") as f:
         assert f.read(8) == PNG
