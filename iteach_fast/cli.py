@@ -138,6 +138,7 @@ CONFIG_HELP = {
     "backend": "the fused operators' backend: auto picks the fastest available here (iteach-fast info)",
     "causal": "real-time ERC: each output sees the utterances up to its own only (streamable)",
     "cross_ecce": "not the paper's: the text stream's ECCE bias guides its cross-attentions too",
+    "early_fusion": "not the paper's: the text stream's input projection reads text, audio and visual together",
 }
 
 

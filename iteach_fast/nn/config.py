@@ -43,6 +43,7 @@ class ModelConfig:
     backend: Backend = "auto"  # the fused operators' backend
     causal: bool = False  # real-time ERC: every output i sees utterances <= i only (streamable)
     cross_ecce: bool = False  # not the paper's: the text stream's ECCE bias guides its cross-attentions too
+    early_fusion: bool = False  # not the paper's: the text stream's input projection reads all three modalities
 
     def validate(self) -> ModelConfig:
         problems = type_problems(self)

@@ -75,7 +75,8 @@ class ITEACHModel(nn.Module):
     def __init__(self, input_dims, num_classes: int, num_layers: int, mixer: str = "tf", dim: int = 128,
                  heads: int = 8, ffn_ratio: float = 4.0, max_len: int = 110, dist: int = 30, conv_kernel: int = 7,
                  pool_size: int = 3, ecce: str = "local+global", dropout: float = 0.0, backend: str = "auto",
-                 mlp_ratio: float = 1.0, causal: bool = False, cross_ecce: bool = False):
+                 mlp_ratio: float = 1.0, causal: bool = False, cross_ecce: bool = False,
+                 early_fusion: bool = False):
         super().__init__()
         input_dims = tuple(int(d) for d in input_dims)
         if len(input_dims) != 3 or min(input_dims) < 1:
@@ -87,7 +88,11 @@ class ITEACHModel(nn.Module):
         check_choice("mixer", mixer, MIXERS)
         self.input_dims, self.num_classes, self.num_layers = input_dims, num_classes, num_layers
         self.mixer, self.dim, self.max_len, self.causal = mixer, dim, max_len, bool(causal)
-        self.proj = nn.ModuleList(nn.Linear(d, dim) for d in input_dims)
+        # early_fusion (an option, not the paper's): the text stream's projection reads the three
+        # modalities side by side, so every utterance's fused representation starts at the input
+        self.early_fusion = bool(early_fusion)
+        in_dims = (sum(input_dims),) + input_dims[1:] if self.early_fusion else input_dims
+        self.proj = nn.ModuleList(nn.Linear(d, dim) for d in in_dims)
         self.ecce = nn.ModuleList(ECCE(dim, heads, conv_kernel, dist, ecce, backend, causal) for _ in input_dims)
         self.dropout = nn.Dropout(dropout)
         self.layers = nn.ModuleList(
@@ -149,7 +154,7 @@ class ITEACHModel(nn.Module):
         zero = torch.zeros((), dtype=text.dtype, device=text.device)
         # eq. 1-2: X_m, then ECCE once per modality; padding zeroed (the projection bias would not be)
         xs = [torch.where(valid, self.dropout(proj(torch.where(valid, x, zero))), zero)
-              for proj, x in zip(self.proj, inputs)]
+              for proj, x in zip(self.proj, self.projection_inputs(inputs))]
         prefixes = tuple(ecce(x, pad) for ecce, x in zip(self.ecce, xs))
         t, a, v = xs
         hidden = []
@@ -161,6 +166,12 @@ class ITEACHModel(nn.Module):
         if self.regression:
             logits = logits.squeeze(-1)
         return ModelOutput(logits, hidden)
+
+    def projection_inputs(self, inputs: tuple) -> tuple:
+        """What each stream's input projection reads: ``(text, audio, visual)``, or with
+        ``early_fusion`` the three concatenated for the text stream (a missing modality is
+        already zero there)."""
+        return (torch.cat(inputs, -1),) + tuple(inputs[1:]) if self.early_fusion else tuple(inputs)
 
     def stream(self, batch_size: int = 1) -> StreamingSession:
         """A :class:`~iteach_fast.nn.streaming.StreamingSession` on this (causal) model: push one

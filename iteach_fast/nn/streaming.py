@@ -161,7 +161,7 @@ class StreamingSession:
 
     def _push(self, inputs) -> torch.Tensor:
         m, t = self.model, self.length
-        xs = [proj(x) for proj, x in zip(m.proj, inputs)]  # eq. 1-2 (dropout is off in evaluation)
+        xs = [proj(x) for proj, x in zip(m.proj, m.projection_inputs(inputs))]  # eq. 1-2 (no dropout in evaluation)
         biases = [self._ecce(ecce, state, x, t) for ecce, state, x in zip(m.ecce, self._modalities, xs)]
         tt, aa, vv = xs
         for layer, encs, (ca_a, ca_v) in zip(m.layers, self._encoders, self._cross):

@@ -32,6 +32,7 @@ from ..training.loop import Interrupted, check_compute
 from ..training.runtime import resolve_device, resolve_threads
 from .plan import (
     DEFAULT_SEEDS,
+    OPTIONS,
     QUICK,
     QUICK_SEEDS,
     RESULT_VERSION,
@@ -47,8 +48,8 @@ from .report import orderings, paper_results, parameter_counts, render, runs_lin
 from .run import cached_result, execute, run_one
 
 __all__ = ["reproduce", "plan", "run_key", "run_one", "render", "paper_results", "parameter_counts", "Variant",
-           "VARIANTS", "VARIED", "QUICK", "QUICK_SEEDS", "DEFAULT_SEEDS", "RESULT_VERSION", "expand", "resolve_folds",
-           "orderings", "runs_line", "tsne_panels"]
+           "VARIANTS", "VARIED", "OPTIONS", "QUICK", "QUICK_SEEDS", "DEFAULT_SEEDS", "RESULT_VERSION", "expand",
+           "resolve_folds", "orderings", "runs_line", "tsne_panels"]
 
 
 def reproduce(what, cfg: TrainConfig, out_dir: str | None = None, seeds=None, folds=None, jobs: int = 1,

@@ -203,7 +203,8 @@ def _draw_rates(summary: str, exp, g, runs, context, out_dir) -> tuple:
 LEGEND_NAMES = {"PRE TF": "PRE: one Transformer model", "ITS TF TF": "ITS: Transformer teacher → Transformer student",
                 "ITS TF NAS": "ITS: Transformer teacher → NAS student (ITEACH-Net)",
                 "TS NAS TF": "TS: NAS teacher → Transformer student",
-                "ITS TF NAS + cross-ECCE": "ITS: Transformer teacher → NAS student, cross-ECCE (option)"}
+                "ITS TF NAS + cross-ECCE": "ITS: Transformer teacher → NAS student, cross-ECCE (option)",
+                "ITS TF NAS + early fusion": "ITS: Transformer teacher → NAS student, early fusion (option)"}
 
 
 def _draw_table1(exp, g, runs, context, out_dir) -> tuple:

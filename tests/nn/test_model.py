@@ -544,3 +544,35 @@ def test_a_batch_without_any_utterance(framework, causal):
     losses = net.loss(t_out, s_out, torch.zeros(2, 0, dtype=torch.long), lengths, present)
     assert all(torch.equal(v.detach(), torch.zeros(())) for v in losses.values())
     losses["total"].backward()
+
+
+# ----------------------------------------------------------------------------- early fusion (an option)
+
+@pytest.mark.parametrize("mixer", ["tf", "nas"])
+def test_early_fusion_is_the_paper_model_fed_the_three_modalities_as_its_text(mixer):
+    """early_fusion: the text stream's projection reads (text | audio | visual). The same
+    weights in the paper's model, given that concatenation as its text input, give the same
+    outputs; audio and visual keep their own streams."""
+    m = _perturb(ITEACHModel(DIMS, C, num_layers=2, mixer=mixer, early_fusion=True, **SMALL))
+    assert m.proj[0].in_features == sum(DIMS) and [p.in_features for p in m.proj[1:]] == list(DIMS[1:])
+    paper = ITEACHModel((sum(DIMS),) + DIMS[1:], C, num_layers=2, mixer=mixer, **SMALL)
+    paper.load_state_dict(m.state_dict())
+    _, incomplete, lens, present, _ = batch()
+    out = m(*incomplete, lens, present)
+    ref = paper(torch.cat(incomplete, -1), *incomplete[1:], lens, present)
+    torch.testing.assert_close(out.logits, ref.logits)
+    for h, r in zip(out.hidden, ref.hidden):
+        torch.testing.assert_close(h, r)
+    # the text stream sees the audio of its own utterance: changing it moves that utterance's logits
+    audio = incomplete[1].clone()
+    audio[0, 2] += 1.0
+    moved = m(incomplete[0], audio, incomplete[2], lens, present).logits
+    assert (moved[0, 2] - out.logits[0, 2]).abs().max() > 1e-4
+
+
+def test_early_fusion_round_trips_through_its_config():
+    net = ITEACHNet(DIMS, C, early_fusion=True, **SMALL)
+    again = ITEACHNet.from_config(net.config, DIMS, C)
+    again.load_state_dict(net.state_dict())
+    assert net.config.early_fusion and again.student.early_fusion and again.teacher.early_fusion
+    assert ModelConfig().early_fusion is False  # the paper's model by default

@@ -35,8 +35,8 @@ def test_paper_numbers_are_typed_consistently():
                 assert len(r) == 8, (table, dataset, name)
                 want = r[0] - r[-1] if summary == "decline" else np.mean(r)
                 assert row[summary] == pytest.approx(want, abs=0.011), (table, dataset, name)
-    # every row of the paper's Table 2 is one of ours; ours adds the cross-ECCE option
-    paper_rows = {v.label for v in rp.VARIANTS["table2"] if not dict(v.changes).get("cross_ecce")}
+    # every row of the paper's Table 2 is one of ours; ours adds the options' rows
+    paper_rows = {v.label for v in rp.VARIANTS["table2"] if not any(dict(v.changes).get(o) for o in rp.OPTIONS)}
     assert set(paper["table2"]["rows"]["iemocap4"]) == paper_rows
     assert all("ITEACH-Net" in rows for rows in paper["table4"]["rows"].values())
     for rows in paper["table1"]["rows"].values():
@@ -52,10 +52,12 @@ def test_plan_shares_runs_and_keys_ignore_where_they_run(tmp_path, tiny_keys):
         == set(groups["fig6"]["NAS student"])
     assert set(groups["table2"]["ITS TF TF"]) == set(groups["fig6"]["TF student"])
     assert groups["fig9"]["ITEACH-Net"] == groups["table4"]["ITEACH-Net"][:1]  # first seed only
-    # table1: 2 new rows, table2: 4 new (3 of the paper's and the cross-ECCE option, which table4 and
-    # baselines share), table5: 1, fig78: 8 (one per rate) -> 16 configs x 2 seeds
-    assert len(runs) == 32
+    # table1: 2 new rows, table2: 5 new (3 of the paper's and the two options, which table4 and
+    # baselines share), table5: 1, fig78: 8 (one per rate) -> 17 configs x 2 seeds
+    assert len(runs) == 34
     assert set(groups["table2"]["ITS TF NAS + cross-ECCE"]) == set(groups["table4"]["ITEACH-Net + cross-ECCE"])
+    assert set(groups["table2"]["ITS TF NAS + early fusion"]) == set(groups["table4"]["ITEACH-Net + early fusion"])
+    assert runs[groups["table4"]["ITEACH-Net + early fusion"][0]].config.model.early_fusion
     cfg = {k: runs[k].config for k in groups["fig78"]["fixed 0.3"]}
     assert all(c.strategy == "fixed" and c.rate == 0.3 and c.select_rates == (0.3,) for c in cfg.values())
     pre = runs[groups["table2"]["PRE TF"][0]].config.model
@@ -180,7 +182,7 @@ def test_render_from_fake_results_on_a_paper_dataset(tmp_path, context):
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == ["experiment", "row", "dataset", "fold", "seed", "run", "model", "rate", "metric", "value"]
     t2_rows = [r for r in rows if r["experiment"] == "table2"]
-    assert len(t2_rows) == 5 * 4 * (8 * 3 + 2 + 8)  # rows x runs x (student waf/acc/realised, teacher, distance)
+    assert len(t2_rows) == 6 * 4 * (8 * 3 + 2 + 8)  # rows x runs x (student waf/acc/realised, teacher, distance)
     assert {r["fold"] for r in t2_rows} == {"1", "2"}
     for exp in exps:
         assert os.path.isfile(tmp_path / f"{exp}.md")
@@ -262,14 +264,14 @@ def test_reproduce_trains_in_a_pool_then_caches_and_resumes(tmp_path, tiny_keys)
     assert len(os.listdir(tmp_path / "baselines")) == 1
     with open(tmp_path / "runs" / runs[0] / "train.log") as f:
         assert "== done in" in f.read()
-    # again, for another table reading the same run: only its other row (cross-ECCE) is trained
+    # again, for another table reading the same run: only its other rows (the options) are trained
     res = rp.reproduce("table4", cfg, seeds=(0,), jobs=2, log=quiet)
-    assert res["ran"] == 1 and res["cached"] == 1
+    assert res["ran"] == 2 and res["cached"] == 1
     # an interrupted run (its result not written) resumes from its last.pt, here in this process (jobs=1)
     key = rp.plan(("table4",), cfg, (0,), (None,), str(tmp_path))[1]["table4"]["ITEACH-Net"][0]
     os.remove(tmp_path / "runs" / key / "result.json")
     res = rp.reproduce("table4", cfg, seeds=(0,), log=quiet)
-    assert res["ran"] == 1 and res["cached"] == 1
+    assert res["ran"] == 1 and res["cached"] == 2
     with open(tmp_path / "runs" / key / "train.log") as f:
         assert "resumed from" in f.read()
 
