@@ -55,6 +55,7 @@ VARIANTS = {
     "cross-dist3-b16-e40": {"epochs": 40, "dist": 3, "cross_ecce": True, "batch_size": 16},
     "early-dist3-e40": {"epochs": 40, "dist": 3, "early_fusion": True},
     "early-cross-dist3-e40": {"epochs": 40, "dist": 3, "early_fusion": True, "cross_ecce": True},
+    "early-cross-dist3-lr3e-3-e40": {"epochs": 40, "dist": 3, "early_fusion": True, "cross_ecce": True, "lr": 3e-3},
     "cross-dist3-dim16-e40": {"epochs": 40, "dist": 3, "cross_ecce": True, "dim": 16},
     "cross-dist3-layers2-e40": {"epochs": 40, "dist": 3, "cross_ecce": True, "teacher_layers": 2,
                                 "student_layers": 2},
