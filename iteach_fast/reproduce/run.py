@@ -118,7 +118,6 @@ def cached_result(run: Run, log=None) -> dict | None:
     return None
 
 
-
 def _interrupt(signum, _frame):
     raise KeyboardInterrupt(f"stopped by {signal.Signals(signum).name}")
 

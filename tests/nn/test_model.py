@@ -433,15 +433,17 @@ def _step(net, opt, complete, incomplete, lens, present, labels):
     opt.step()
 
 
-@pytest.mark.parametrize("framework,mixer,causal", [("its", None, False), ("pre", "nas", True)])
-def test_training_step_has_no_host_synchronisation(framework, mixer, causal):
+@pytest.mark.parametrize("framework,mixer,causal,options", [("its", None, False, {}), ("pre", "nas", True, {}),
+                                                            ("its", None, False, {"cross_ecce": True,
+                                                                                  "early_fusion": True})])
+def test_training_step_has_no_host_synchronisation(framework, mixer, causal, options):
     """Forward, loss, backward and the AdamW step dispatch no op that reads a value back to the
     host (.item(), nonzero, boolean-mask indexing, ...): the step can be captured as a CUDA
     graph. The lengths arrive as the data loader hands them (a CPU tensor), and AdamW runs
     fused (the default implementation reads its step count on the host)."""
     from bench.counters import count_syncs
 
-    net = ITEACHNet(DIMS, C, framework=framework, student_mixer=mixer, causal=causal, **SMALL)
+    net = ITEACHNet(DIMS, C, framework=framework, student_mixer=mixer, causal=causal, **options, **SMALL)
     opt = torch.optim.AdamW(net.parameter_groups(), fused=True)
     args = batch()
     _step(net, opt, *args)  # AdamW's state exists from here on
