@@ -49,9 +49,6 @@ GCNET_FEATURES = {
     "visual": ("manet_UTT", "visual"),
 }
 
-#: IEMOCAP's leave-one-session-out folds: fold k tests on Session k
-
-
 def _given(root: str, given: str, exists, what: str) -> str:
     """A path the user named, relative to ``root`` unless absolute; a ``DataError`` saying
     ``what`` was expected when ``exists`` (os.path.isfile / isdir) says it is not there."""

@@ -57,9 +57,6 @@ from ..training.runtime import resolve_device
 
 __all__ = ["load_conversations", "predict_rows", "write_predictions", "predict_file", "replay", "FORMATS"]
 
-#: the file formats predictions are written in
-
-
 # ------------------------------------------------------------------ inputs
 
 def _as_array(value, where: str) -> np.ndarray:
