@@ -49,6 +49,7 @@ GCNET_FEATURES = {
     "visual": ("manet_UTT", "visual"),
 }
 
+
 def _given(root: str, given: str, exists, what: str) -> str:
     """A path the user named, relative to ``root`` unless absolute; a ``DataError`` saying
     ``what`` was expected when ``exists`` (os.path.isfile / isdir) says it is not there."""

@@ -57,6 +57,7 @@ from ..training.runtime import resolve_device
 
 __all__ = ["load_conversations", "predict_rows", "write_predictions", "predict_file", "replay", "FORMATS"]
 
+
 # ------------------------------------------------------------------ inputs
 
 def _as_array(value, where: str) -> np.ndarray:
