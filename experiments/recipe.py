@@ -10,6 +10,11 @@ process; ``report`` tabulates every finished run. A run measures, from its ``bes
 epoch chosen on validation): the student at UME's rates 0.0..0.7 on the validation and the
 test split, the teacher on complete validation and test data, and its fit on the training
 split (teacher complete, student at 0.0 and 0.7) to tell under- from over-fitting.
+
+Two validation columns: the student's score at the epoch chosen on validation (the maximum
+over the run's epochs, so the noisier a run's epoch-to-epoch score, the more it is flattered:
+the winner's curse), and its level, the selection score averaged over the last 20 epochs,
+which no epoch was chosen on; ``epoch sd`` is the spread of that score from epoch to epoch.
 """
 from __future__ import annotations
 
@@ -53,9 +58,21 @@ VARIANTS = {
     "cross-dist3-lr3e-3-e40": {"epochs": 40, "dist": 3, "cross_ecce": True, "lr": 3e-3},
     "cross-dist3-b4-e40": {"epochs": 40, "dist": 3, "cross_ecce": True, "batch_size": 4},
     "cross-dist3-b16-e40": {"epochs": 40, "dist": 3, "cross_ecce": True, "batch_size": 16},
-    "early-dist3-e40": {"epochs": 40, "dist": 3, "early_fusion": True},
-    "early-cross-dist3-e40": {"epochs": 40, "dist": 3, "early_fusion": True, "cross_ecce": True},
-    "early-cross-dist3-lr3e-3-e40": {"epochs": 40, "dist": 3, "early_fusion": True, "cross_ecce": True, "lr": 3e-3},
+    "early-dist3-e40": {"epochs": 40, "dist": 3, "early_fusion": "text"},
+    "early-cross-dist3-e40": {"epochs": 40, "dist": 3, "early_fusion": "text", "cross_ecce": True},
+    "early-cross-dist3-lr3e-3-e40": {"epochs": 40, "dist": 3, "early_fusion": "text", "cross_ecce": True, "lr": 3e-3},
+    "early-dist3-lr3e-3-e40": {"epochs": 40, "dist": 3, "early_fusion": "text", "lr": 3e-3},
+    "earlyall-dist3-lr3e-3-e40": {"epochs": 40, "dist": 3, "early_fusion": "all", "lr": 3e-3},
+    "earlyall-cross-dist3-lr3e-3-e40": {"epochs": 40, "dist": 3, "early_fusion": "all", "cross_ecce": True,
+                                        "lr": 3e-3},
+    "earlyall-cross-dist3-lr3e-3-ema-e40": {"epochs": 40, "dist": 3, "early_fusion": "all", "cross_ecce": True,
+                                            "lr": 3e-3, "ema": 0.98},
+    "earlyall-cross-dist3-lr3e-3-ema.99-e40": {"epochs": 40, "dist": 3, "early_fusion": "all", "cross_ecce": True,
+                                               "lr": 3e-3, "ema": 0.99},
+    "early-cross-dist3-lr3e-3-ema-e40": {"epochs": 40, "dist": 3, "early_fusion": "text", "cross_ecce": True,
+                                         "lr": 3e-3, "ema": 0.98},
+    "early-cross-dist3-lr3e-3-drop0.3-e40": {"epochs": 40, "dist": 3, "early_fusion": "text", "cross_ecce": True,
+                                             "lr": 3e-3, "dropout": 0.3},
     "cross-dist3-dim16-e40": {"epochs": 40, "dist": 3, "cross_ecce": True, "dim": 16},
     "cross-dist3-layers2-e40": {"epochs": 40, "dist": 3, "cross_ecce": True, "teacher_layers": 2,
                                 "student_layers": 2},
@@ -121,12 +138,17 @@ def report(out: str, variants) -> str:
 
     lines = [f"seeds {', '.join(map(str, seeds))}; WAF % (mean over seeds); student: UME average over rates "
              "0.0..0.7; teacher: complete data", "",
-             "| variant | runs | student valid | student test | test @0.0 | test @0.7 | teacher valid | teacher test | "
-             "train fit (teacher / student @0) | best epoch | s/run |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| variant | runs | student valid | valid level (last 20 epochs) | epoch sd | student test | test @0.0 | "
+             "test @0.7 | teacher valid | teacher test | train fit (teacher / student @0) | best epoch | s/run |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name in [v for v in variants if v in runs]:
         rs = runs[name]
         sv, st = (np.mean([r[f"student_{s}"] for r in rs], 0) for s in ("valid", "test"))
-        lines.append(f"| {name} | {len(rs)} | {sv.mean():.2f} | {st.mean():.2f} | {st[0]:.2f} | {st[-1]:.2f} | "
+        curves = [[h["valid_waf"] for h in r["history"]] for r in rs]
+        level = np.mean([np.mean(c[-20:]) for c in curves])
+        spread = np.mean([np.std(np.diff(c[-20:])) for c in curves])
+        lines.append(f"| {name} | {len(rs)} | {sv.mean():.2f} | {level:.2f} | {spread:.2f} | {st.mean():.2f} | "
+                     f"{st[0]:.2f} | {st[-1]:.2f} | "
                      f"{np.mean([r['teacher_valid'] for r in rs]):.2f} | {np.mean([r['teacher_test'] for r in rs]):.2f}"
                      f" | {np.mean([r['teacher_train'] for r in rs]):.1f} / "
                      f"{np.mean([r['student_train'][0] for r in rs]):.1f} | "

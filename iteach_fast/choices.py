@@ -13,6 +13,8 @@ Modality = Literal["text", "audio", "visual"]
 Framework = Literal["its", "ts", "pre"]  # Inverted Teacher-Student, conventional TS, one model
 Mixer = Literal["tf", "nas"]  # attention only, or the router-weighted mixture of four mixers
 EcceMode = Literal["local+global", "global", "off"]
+# not the paper's: which streams' input projections read all three modalities side by side
+EarlyFusion = Literal["off", "text", "all"]
 Strategy = Literal["fixed", "random", "progressive"]  # the training missing-rate schedules
 DatasetName = Literal["synthetic", "iemocap4", "iemocap6", "cmumosi", "cmumosei"]
 SelectOn = Literal["valid", "test"]  # the split that model selection reads
@@ -27,6 +29,7 @@ MODALITIES: tuple[str, ...] = get_args(Modality)
 FRAMEWORKS: tuple[str, ...] = get_args(Framework)
 MIXERS: tuple[str, ...] = get_args(Mixer)
 ECCE_MODES: tuple[str, ...] = get_args(EcceMode)
+EARLY_FUSION: tuple[str, ...] = get_args(EarlyFusion)
 STRATEGIES: tuple[str, ...] = get_args(Strategy)
 DATASETS: tuple[str, ...] = get_args(DatasetName)
 SELECT_ON: tuple[str, ...] = get_args(SelectOn)
@@ -47,6 +50,15 @@ def check_choice(name: str, value, allowed: tuple) -> str:
     if value not in allowed:
         raise ValueError(f"{name} must be one of {', '.join(map(str, allowed))}; got {value!r}")
     return value
+
+
+def early_fusion_mode(value) -> str:
+    """``early_fusion`` as one of :data:`EARLY_FUSION`; a bool (the option of the release before
+    ``all``, when it fused into the text stream only) reads as ``text`` / ``off``, so its
+    configs and checkpoints load as what they hold."""
+    if isinstance(value, bool):
+        return "text" if value else "off"
+    return check_choice("early_fusion", value, EARLY_FUSION)
 
 #: IEMOCAP's leave-one-session-out folds: fold k tests on Session k
 IEMOCAP_FOLDS: tuple[int, ...] = (1, 2, 3, 4, 5)

@@ -96,6 +96,8 @@ CONFIG_HELP = {
     "router_lr": "AdamW's learning rate of the NAS router",
     "weight_decay": "AdamW's weight decay",
     "grad_clip": "clip the gradient norm to this (0: no clipping)",
+    "ema": "not the paper's: validate, save and evaluate an exponential moving average of the weights, with this "
+           "decay per optimiser step (0: off; 0.98 averages over about 50 steps)",
     "strategy": "the training missing rate: fixed (--rate), random (each batch uniform in [0, --max-rate]) or "
                 "progressive (+ --progressive-step every --progressive-every epochs)",
     "rate": "the fixed strategy's missing rate: the fraction of (utterance, modality) cells dropped",
@@ -138,7 +140,8 @@ CONFIG_HELP = {
     "backend": "the fused operators' backend: auto picks the fastest available here (iteach-fast info)",
     "causal": "real-time ERC: each output sees the utterances up to its own only (streamable)",
     "cross_ecce": "not the paper's: the text stream's ECCE bias guides its cross-attentions too",
-    "early_fusion": "not the paper's: the text stream's input projection reads text, audio and visual together",
+    "early_fusion": "not the paper's: which streams' input projections read text, audio and visual together: off (the "
+                    "paper's), text (the text stream's), all (every stream's)",
 }
 
 

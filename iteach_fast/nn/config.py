@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields
 from typing import Literal, Union
 
 from ..checks import check_heads, check_int, check_odd
-from ..choices import Backend, EcceMode, Framework, Mixer
+from ..choices import Backend, EarlyFusion, EcceMode, Framework, Mixer, early_fusion_mode
 
 __all__ = ["ModelConfig", "ConfigError", "coerce", "type_hints", "type_problems", "raise_problems", "finite"]
 
@@ -43,7 +43,11 @@ class ModelConfig:
     backend: Backend = "auto"  # the fused operators' backend
     causal: bool = False  # real-time ERC: every output i sees utterances <= i only (streamable)
     cross_ecce: bool = False  # not the paper's: the text stream's ECCE bias guides its cross-attentions too
-    early_fusion: bool = False  # not the paper's: the text stream's input projection reads all three modalities
+    early_fusion: EarlyFusion = "off"  # not the paper's: text / all: those streams' projections read all three
+
+    def __post_init__(self):
+        if isinstance(self.early_fusion, bool):  # the release where it was a bool (text stream only)
+            self.early_fusion = early_fusion_mode(self.early_fusion)
 
     def validate(self) -> ModelConfig:
         problems = type_problems(self)

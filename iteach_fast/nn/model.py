@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checks import check_int
-from ..choices import MIXERS, MODALITIES, check_choice
+from ..choices import MIXERS, MODALITIES, check_choice, early_fusion_mode
 from .config import ModelConfig
 from .modules import ECCE, EncoderLayer, Padded, padded, set_backend
 from .streaming import StreamingSession
@@ -76,7 +76,7 @@ class ITEACHModel(nn.Module):
                  heads: int = 8, ffn_ratio: float = 4.0, max_len: int = 110, dist: int = 30, conv_kernel: int = 7,
                  pool_size: int = 3, ecce: str = "local+global", dropout: float = 0.0, backend: str = "auto",
                  mlp_ratio: float = 1.0, causal: bool = False, cross_ecce: bool = False,
-                 early_fusion: bool = False):
+                 early_fusion: str = "off"):
         super().__init__()
         input_dims = tuple(int(d) for d in input_dims)
         if len(input_dims) != 3 or min(input_dims) < 1:
@@ -88,10 +88,12 @@ class ITEACHModel(nn.Module):
         check_choice("mixer", mixer, MIXERS)
         self.input_dims, self.num_classes, self.num_layers = input_dims, num_classes, num_layers
         self.mixer, self.dim, self.max_len, self.causal = mixer, dim, max_len, bool(causal)
-        # early_fusion (an option, not the paper's): the text stream's projection reads the three
-        # modalities side by side, so every utterance's fused representation starts at the input
-        self.early_fusion = bool(early_fusion)
-        in_dims = (sum(input_dims),) + input_dims[1:] if self.early_fusion else input_dims
+        # early_fusion (an option, not the paper's): the text stream's projection ("text") or every
+        # stream's ("all") reads the three modalities side by side, so the utterance's modalities
+        # meet at the input instead of only through the cross-attentions
+        self.early_fusion = early_fusion_mode(early_fusion)
+        self.fused_streams = {"off": 0, "text": 1, "all": 3}[self.early_fusion]
+        in_dims = tuple(sum(input_dims) if i < self.fused_streams else d for i, d in enumerate(input_dims))
         self.proj = nn.ModuleList(nn.Linear(d, dim) for d in in_dims)
         self.ecce = nn.ModuleList(ECCE(dim, heads, conv_kernel, dist, ecce, backend, causal) for _ in input_dims)
         self.dropout = nn.Dropout(dropout)
@@ -169,9 +171,12 @@ class ITEACHModel(nn.Module):
 
     def projection_inputs(self, inputs: tuple) -> tuple:
         """What each stream's input projection reads: ``(text, audio, visual)``, or with
-        ``early_fusion`` the three concatenated for the text stream (a missing modality is
-        already zero there)."""
-        return (torch.cat(inputs, -1),) + tuple(inputs[1:]) if self.early_fusion else tuple(inputs)
+        ``early_fusion`` the three concatenated for the text stream (``text``) or for every
+        stream (``all``); a missing modality is already zero there."""
+        if not self.fused_streams:
+            return tuple(inputs)
+        fused = torch.cat(inputs, -1)
+        return (fused,) * self.fused_streams + tuple(inputs[self.fused_streams:])
 
     def stream(self, batch_size: int = 1) -> StreamingSession:
         """A :class:`~iteach_fast.nn.streaming.StreamingSession` on this (causal) model: push one

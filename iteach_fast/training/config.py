@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass, field, fields
 
 from ..checks import check_fold
-from ..choices import EVAL_RATES, MAX_RATE, DatasetName, Precision, SelectOn, Strategy
+from ..choices import EVAL_RATES, MAX_RATE, DatasetName, Precision, SelectOn, Strategy, early_fusion_mode
 from ..nn.config import ConfigError, ModelConfig, coerce, finite, raise_problems, type_hints, type_problems
 from .runtime import THREADS_ALL, parse_device, parse_threads
 
@@ -49,6 +49,7 @@ class TrainConfig:
     router_lr: float = 5e-3
     weight_decay: float = 0.01
     grad_clip: float = 0.0  # 0: off
+    ema: float = 0.0  # not the paper's: evaluate and save a moving average of the weights, this decay per step (0: off)
     strategy: Strategy = "random"  # §5.4.2
     rate: float = 0.0  # the missing rate of the fixed strategy
     max_rate: float = 0.7  # random: U[0, max_rate]; progressive: the cap
@@ -81,6 +82,7 @@ class TrainConfig:
                  f"router_lr must be a finite number > 0, got {self.router_lr}"),
                 (finite(self.weight_decay) and self.weight_decay >= 0, "weight_decay must be a finite number >= 0"),
                 (finite(self.grad_clip) and self.grad_clip >= 0, "grad_clip must be a finite number >= 0 (0: off)"),
+                (finite(self.ema) and 0.0 <= self.ema < 1.0, "ema must lie in [0, 1) (0: off)"),
                 (_rate_ok(self.rate), f"rate must lie in [0, {MAX_RATE}], got {self.rate}"),
                 (_rate_ok(self.max_rate), f"max_rate must lie in [0, {MAX_RATE}], got {self.max_rate}"),
                 (finite(self.outage_prob) and 0.0 <= self.outage_prob <= 1.0,
@@ -184,6 +186,8 @@ def _merge(cfg: TrainConfig, changes: dict, source: str) -> TrainConfig:
             unknown.append(key)
             continue
         try:
+            if name == "early_fusion" and isinstance(value, bool):
+                value = early_fusion_mode(value)  # a config or checkpoint of the release where it was a bool
             target[name] = parse_threads(value) if name == "threads" else coerce(value, hint)
         except (TypeError, ValueError) as err:
             problems.append(f"key '{name}': {err}")

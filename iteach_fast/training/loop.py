@@ -16,12 +16,14 @@ over ``select_rates`` (default UME's 0.0..0.7; the fixed strategy: its own rate)
 fixed-seed masks; ``best.pt`` is written only when an epoch improves on the best recorded
 so far (a resumed run carries that record), ``last.pt`` after every epoch. Both are full
 checkpoints (model, optimiser, config, RNG states of torch / numpy / python and the two
-generators, history), written atomically (:mod:`iteach_fast.training.checkpoint`); ``resume``
-continues bit-identically. A resumed run's folder must agree with itself: ``best.pt`` holds
-the epoch ``last.pt`` records as the best; a run stopped between the two writes of one epoch
-(``last.pt`` of the new best epoch, ``best.pt`` of an older one) is repaired from ``last.pt``,
-any other disagreement refused, and either is said. Interrupting a run (Ctrl-C) raises
-:class:`Interrupted`, whose message is the command that continues it.
+generators, history; with ``ema`` the model validated and saved is the weights' moving
+average, and ``trained_model`` holds the trained weights), written atomically
+(:mod:`iteach_fast.training.checkpoint`); ``resume`` continues bit-identically. A resumed
+run's folder must agree with itself: ``best.pt`` holds the epoch ``last.pt`` records as the
+best; a run stopped between the two writes of one epoch (``last.pt`` of the new best epoch,
+``best.pt`` of an older one) is repaired from ``last.pt``, any other disagreement refused,
+and either is said. Interrupting a run (Ctrl-C) raises :class:`Interrupted`, whose message is
+the command that continues it.
 
 What makes a run trustworthy, in the order it is checked: every setting validated, the
 backend / device / dtype combination asked of the registry, the weights of a resumed
@@ -52,6 +54,7 @@ from torch.utils.data import BatchSampler, RandomSampler
 from ..data.sources import splits_for
 from ..nn.model import ITEACHNet, roles
 from ..ops import backends
+from .averaging import WeightAverage
 from .checkpoint import (
     CheckpointError,
     atomic_write,
@@ -241,6 +244,9 @@ class TrainingRun:
         self.cfg, self.ctx, self.splits, self.dtype, self.paths, self.log = cfg, ctx, splits, dtype, paths, log
         self.raw = ITEACHNet.from_config(cfg.model, splits.input_dims, splits.num_classes).to(ctx.device)
         self.optim = make_optimizer(self.raw, cfg, ctx.device)
+        # what is validated and saved as the model: the trained weights, or their moving average
+        self.average = WeightAverage(self.raw, cfg.ema) if cfg.ema > 0 else None
+        self.evaluated = self.average.model if self.average is not None else self.raw
         self.scaler = torch.amp.GradScaler("cuda", enabled=dtype == "fp16")
         self.gens = {"shuffle": torch.Generator().manual_seed(cfg.seed + 1),  # batch order
                      "mask": torch.Generator().manual_seed(cfg.seed + 2)}  # batch rates and masks
@@ -262,7 +268,12 @@ class TrainingRun:
         if list(data.get("input_dims", self.splits.input_dims)) != list(self.splits.input_dims):
             raise ValueError(f"{path}: trained on features of dims {data['input_dims']}, but the data now has "
                              f"{list(self.splits.input_dims)}")
-        load_weights(self.raw, ckpt["model"], path)
+        if self.average is not None:
+            require_keys(ckpt, path, ("trained_model",), "resume a run that averages its weights (ema)")
+            load_weights(self.raw, ckpt["trained_model"], path)
+            load_weights(self.average.model, ckpt["model"], path)
+        else:
+            load_weights(self.raw, ckpt["model"], path)
         self.optim.load_state_dict(ckpt["optimizer"])
         if "scaler" in ckpt:
             self.scaler.load_state_dict(ckpt["scaler"])
@@ -377,6 +388,8 @@ class TrainingRun:
             self.steps += 1
             if not all(map(math.isfinite, vals)):
                 raise TrainingDiverged(_diverged(vals, epoch, self.steps, self.raw, self.optim, self.last_good))
+            if self.average is not None:
+                self.average.update()
             for k, v in zip(TERMS, vals):
                 sums[k] += v
             count += 1
@@ -391,7 +404,7 @@ class TrainingRun:
         """The student's validation WAF over the selection rates; ``last.pt``, and ``best.pt``
         when it improves on the best so far (rank 0 writes them); the epoch's log line."""
         cfg, ctx = self.cfg, self.ctx
-        scores = evaluate_rates(self.raw, self.splits.valid, self.select_rates, cfg.eval_seed, cfg.batch_size,
+        scores = evaluate_rates(self.evaluated, self.splits.valid, self.select_rates, cfg.eval_seed, cfg.batch_size,
                                 ctx.device, self.dtype, part=self.valid_part,
                                 gather=ctx.gather_predictions if ctx.parallel else None)
         score = float(np.mean([r["waf"] for r in scores]))
@@ -431,11 +444,14 @@ class TrainingRun:
     def payload(self, epoch: int, rngs: list) -> dict:
         """The checkpoint of ``epoch`` (rank 0 writes it); ``rngs``: every rank's generators."""
         splits = self.splits
-        out = dict(model=self.raw.state_dict(), optimizer=self.optim.state_dict(), scaler=self.scaler.state_dict(),
-                   config=self.cfg.to_dict(), epoch=epoch, best_score=self.best_score, best_epoch=self.best_epoch,
-                   history=self.history, rng=rngs[0], world=self.ctx.world,
+        out = dict(model=self.evaluated.state_dict(), optimizer=self.optim.state_dict(),
+                   scaler=self.scaler.state_dict(), config=self.cfg.to_dict(), epoch=epoch,
+                   best_score=self.best_score, best_epoch=self.best_epoch, history=self.history, rng=rngs[0],
+                   world=self.ctx.world,
                    data={"name": splits.train.name, "input_dims": list(splits.input_dims),
                          "num_classes": splits.num_classes, "class_names": list(splits.class_names)})
+        if self.average is not None:  # "model" holds the average (what is evaluated), this what is trained
+            out["trained_model"] = self.raw.state_dict()
         if self.ctx.parallel:
             out["rng_ranks"] = rngs  # each rank's dropout stream continues exactly on resume
         return out

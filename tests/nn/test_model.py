@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from iteach_fast.nn.config import ModelConfig
+from iteach_fast.nn.config import ConfigError, ModelConfig
 from iteach_fast.nn.model import REC_WEIGHTS, ITEACHModel, ITEACHNet, ModelOutput
 from iteach_fast.nn.modules import RoutedTokenMixer
 
@@ -435,7 +435,7 @@ def _step(net, opt, complete, incomplete, lens, present, labels):
 
 @pytest.mark.parametrize("framework,mixer,causal,options", [("its", None, False, {}), ("pre", "nas", True, {}),
                                                             ("its", None, False, {"cross_ecce": True,
-                                                                                  "early_fusion": True})])
+                                                                                  "early_fusion": "all"})])
 def test_training_step_has_no_host_synchronisation(framework, mixer, causal, options):
     """Forward, loss, backward and the AdamW step dispatch no op that reads a value back to the
     host (.item(), nonzero, boolean-mask indexing, ...): the step can be captured as a CUDA
@@ -551,17 +551,20 @@ def test_a_batch_without_any_utterance(framework, causal):
 # ----------------------------------------------------------------------------- early fusion (an option)
 
 @pytest.mark.parametrize("mixer", ["tf", "nas"])
-def test_early_fusion_is_the_paper_model_fed_the_three_modalities_as_its_text(mixer):
-    """early_fusion: the text stream's projection reads (text | audio | visual). The same
-    weights in the paper's model, given that concatenation as its text input, give the same
-    outputs; audio and visual keep their own streams."""
-    m = _perturb(ITEACHModel(DIMS, C, num_layers=2, mixer=mixer, early_fusion=True, **SMALL))
-    assert m.proj[0].in_features == sum(DIMS) and [p.in_features for p in m.proj[1:]] == list(DIMS[1:])
-    paper = ITEACHModel((sum(DIMS),) + DIMS[1:], C, num_layers=2, mixer=mixer, **SMALL)
+@pytest.mark.parametrize("mode,fused", [("text", 1), ("all", 3)])
+def test_early_fusion_is_the_paper_model_fed_the_three_modalities_as_its_inputs(mixer, mode, fused):
+    """early_fusion: the text stream's projection ("text") or every stream's ("all") reads
+    (text | audio | visual). The same weights in the paper's model, given that concatenation
+    as those streams' inputs, give the same outputs; the other streams keep their own."""
+    m = _perturb(ITEACHModel(DIMS, C, num_layers=2, mixer=mixer, early_fusion=mode, **SMALL))
+    dims = (sum(DIMS),) * fused + DIMS[fused:]
+    assert [p.in_features for p in m.proj] == list(dims)
+    paper = ITEACHModel(dims, C, num_layers=2, mixer=mixer, **SMALL)
     paper.load_state_dict(m.state_dict())
     _, incomplete, lens, present, _ = batch()
     out = m(*incomplete, lens, present)
-    ref = paper(torch.cat(incomplete, -1), *incomplete[1:], lens, present)
+    cat = torch.cat(incomplete, -1)
+    ref = paper(*((cat,) * fused + tuple(incomplete[fused:])), lens, present)
     torch.testing.assert_close(out.logits, ref.logits)
     for h, r in zip(out.hidden, ref.hidden):
         torch.testing.assert_close(h, r)
@@ -572,9 +575,25 @@ def test_early_fusion_is_the_paper_model_fed_the_three_modalities_as_its_text(mi
     assert (moved[0, 2] - out.logits[0, 2]).abs().max() > 1e-4
 
 
-def test_early_fusion_round_trips_through_its_config():
-    net = ITEACHNet(DIMS, C, early_fusion=True, **SMALL)
+@pytest.mark.parametrize("mode", ["text", "all"])
+def test_early_fusion_round_trips_through_its_config(mode):
+    net = ITEACHNet(DIMS, C, early_fusion=mode, **SMALL)
     again = ITEACHNet.from_config(net.config, DIMS, C)
     again.load_state_dict(net.state_dict())
-    assert net.config.early_fusion and again.student.early_fusion and again.teacher.early_fusion
-    assert ModelConfig().early_fusion is False  # the paper's model by default
+    assert net.config.early_fusion == again.student.early_fusion == again.teacher.early_fusion == mode
+    assert ModelConfig().early_fusion == "off"  # the paper's model by default
+
+
+def test_early_fusion_as_a_bool_reads_as_the_text_stream_only():
+    """The release before ``all`` had ``early_fusion: bool`` (the text stream only): its configs
+    and checkpoints, and Python calls, load as what they hold; anything else is refused by name."""
+    from iteach_fast.training.config import TrainConfig
+
+    assert TrainConfig.from_dict({"model": {"early_fusion": True}}).model.early_fusion == "text"
+    assert TrainConfig.from_dict({"early_fusion": False}).model.early_fusion == "off"
+    assert ModelConfig(early_fusion=True).early_fusion == "text"
+    assert ITEACHModel(DIMS, C, num_layers=1, early_fusion=True, **SMALL).proj[0].in_features == sum(DIMS)
+    with pytest.raises(ValueError, match="early_fusion"):
+        ITEACHModel(DIMS, C, num_layers=1, early_fusion="audio", **SMALL)
+    with pytest.raises(ConfigError, match="early_fusion"):
+        TrainConfig.from_dict({"early_fusion": "both"})

@@ -57,7 +57,7 @@ def test_plan_shares_runs_and_keys_ignore_where_they_run(tmp_path, tiny_keys):
     assert len(runs) == 34
     assert set(groups["table2"]["ITS TF NAS + cross-ECCE"]) == set(groups["table4"]["ITEACH-Net + cross-ECCE"])
     assert set(groups["table2"]["ITS TF NAS + early fusion"]) == set(groups["table4"]["ITEACH-Net + early fusion"])
-    assert runs[groups["table4"]["ITEACH-Net + early fusion"][0]].config.model.early_fusion
+    assert runs[groups["table4"]["ITEACH-Net + early fusion"][0]].config.model.early_fusion == "text"
     cfg = {k: runs[k].config for k in groups["fig78"]["fixed 0.3"]}
     assert all(c.strategy == "fixed" and c.rate == 0.3 and c.select_rates == (0.3,) for c in cfg.values())
     pre = runs[groups["table2"]["PRE TF"][0]].config.model

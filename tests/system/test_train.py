@@ -61,6 +61,62 @@ def test_resume_is_bit_identical(tmp_path, tiny):
     assert [h["total"] for h in a["history"]] == [h["total"] for h in b["history"]]
 
 
+def test_resume_with_a_weight_average_is_bit_identical(tmp_path, tiny):
+    """ema: the trained weights and their average both continue exactly."""
+    base = dict(strategy="random", dropout=0.1, epochs=2, ema=0.9)
+    straight = training.train(tiny(tmp_path / "a", **base), log=quiet)
+    first = training.train(tiny(tmp_path / "b", **{**base, "epochs": 1}), log=quiet)
+    resumed = training.train(tiny(tmp_path / "b", **base), resume=first["last"], log=quiet)
+    a, b = _state(straight["last"]), _state(resumed["last"])
+    for key in ("model", "trained_model"):
+        for k in a[key]:
+            assert torch.equal(a[key][k], b[key][k]), (key, k)
+    assert [h["valid_waf"] for h in a["history"]] == [h["valid_waf"] for h in b["history"]]
+
+
+def test_weight_average_is_what_is_validated_saved_and_evaluated(tmp_path, tiny, monkeypatch):
+    """With ema the checkpoint's ``model`` is the moving average of the trained weights
+    (``trained_model``), every step ``avg <- d avg + (1 - d) w`` from the initial weights;
+    validation and load_for_eval read the average."""
+    from iteach_fast.training.averaging import WeightAverage
+
+    # the average, replayed by hand over the steps of one epoch
+    steps, d = [], 0.7
+    real_update = WeightAverage.update
+
+    def update(self):
+        steps.append({k: v.detach().clone() for k, v in self.net.state_dict().items()})
+        real_update(self)
+    monkeypatch.setattr(WeightAverage, "update", update)
+    made = []
+    real_init = WeightAverage.__init__
+
+    def init(self, net, decay):
+        real_init(self, net, decay)
+        made.append({k: v.detach().clone() for k, v in net.state_dict().items()})
+    monkeypatch.setattr(WeightAverage, "__init__", init)
+    out = training.train(tiny(tmp_path, epochs=1, ema=d), log=quiet)
+    ckpt = _state(out["last"])
+    expect = made[0]
+    for w in steps:
+        expect = {k: (d * v + (1 - d) * w[k]) if v.is_floating_point() else w[k] for k, v in expect.items()}
+    assert len(steps) >= 2
+    for k, v in ckpt["model"].items():
+        torch.testing.assert_close(v, expect[k], rtol=1e-5, atol=1e-6)
+    for k, v in ckpt["trained_model"].items():
+        assert torch.equal(v, steps[-1][k]), k
+    assert any(not torch.equal(ckpt["model"][k], ckpt["trained_model"][k]) for k in ckpt["model"])
+    net, cfg, splits, _ = load_for_eval(out["last"], device="cpu")
+    assert cfg.ema == d
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, ckpt["model"][k]), k
+    # the epoch was selected on the average's validation score
+    scores = training.evaluate_rates(net, splits.valid, cfg.select_rates, cfg.eval_seed, cfg.batch_size, "cpu")
+    assert ckpt["history"][0]["valid_waf"] == pytest.approx(sum(r["waf"] for r in scores) / len(scores))
+    with pytest.raises(ValueError, match="ema"):
+        tiny(tmp_path, ema=1.0).validate()
+
+
 def test_max_steps_and_zero_epochs(tmp_path, tiny):
     out = training.train(tiny(tmp_path, epochs=3), log=quiet, max_steps=1)
     assert len(out["history"]) == 1
