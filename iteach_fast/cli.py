@@ -97,7 +97,7 @@ CONFIG_HELP = {
     "weight_decay": "AdamW's weight decay",
     "grad_clip": "clip the gradient norm to this (0: no clipping)",
     "ema": "not the paper's: validate, save and evaluate an exponential moving average of the weights, with this "
-           "decay per optimiser step (0: off; 0.98 averages over about 50 steps)",
+           "decay per optimiser step (0: off; 0.99 averages over about the last 100 steps)",
     "strategy": "the training missing rate: fixed (--rate), random (each batch uniform in [0, --max-rate]) or "
                 "progressive (+ --progressive-step every --progressive-every epochs)",
     "rate": "the fixed strategy's missing rate: the fraction of (utterance, modality) cells dropped",
