@@ -65,8 +65,7 @@ def ume(checkpoint: str, out_dir: str | None = None, rates=None, split: str = "t
         # PRE is one model, trained on complete and masked data alike: it has no student
         role = "one model" if net.teacher is net.student else "student"
         label = (f"{cfg.model.framework.upper()} ({role} {net.student.mixer.upper()}, {cfg.strategy}"
-                 + (", cross-ECCE" if cfg.model.cross_ecce else "")
-                 + (f", early fusion ({cfg.model.early_fusion})" if cfg.model.early_fusion != "off" else "") + ")")
+                 + "".join(f", {o}" for o in cfg.model.options()) + ")")
         title = f"UME on {dataset.name} [{split}], {label}, masks seed {seed}"
     table = format_table(rows, title)
     log(table)

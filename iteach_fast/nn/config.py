@@ -71,6 +71,11 @@ class ModelConfig:
         raise_problems(problems)
         return self
 
+    def options(self) -> list[str]:
+        """The options that are not the paper's and are on, as a log names them."""
+        return ((["cross-ECCE"] if self.cross_ecce else [])
+                + ([f"early fusion ({self.early_fusion})"] if self.early_fusion != "off" else []))
+
     def model_kwargs(self) -> dict:
         """Every field but the framework's layer / mixer choices: what both models of a net share."""
         skip = {"framework", "teacher_mixer", "student_mixer", "teacher_layers", "student_layers"}

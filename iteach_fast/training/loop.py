@@ -347,11 +347,13 @@ class TrainingRun:
                  f"teacher {raw.teacher.num_layers}x{raw.teacher.mixer.upper()}, student "
                  f"{raw.student.num_layers}x{raw.student.mixer.upper()}")
         return (f"{self.splits.summary()}\nITEACH-Net {cfg.model.framework}: {shape}, "
-                f"{n_params / 1e6:.2f}M parameters, dim {cfg.model.dim}, ecce {cfg.model.ecce}; strategy "
-                f"{cfg.strategy}; device {ctx.device}, dtype {self.dtype}"
+                f"{n_params / 1e6:.2f}M parameters, dim {cfg.model.dim}, ecce {cfg.model.ecce}"
+                + "".join(f", {o}" for o in cfg.model.options())
+                + f"; strategy {cfg.strategy}; device {ctx.device}, dtype {self.dtype}"
                 + (f", {ctx.world} processes" if ctx.parallel else "")
                 + (", compiled" if cfg.compile else "") + (", CUDA graphs" if cfg.cuda_graphs else "")
-                + f"; selection: valid WAF averaged over rates {list(self.select_rates)}")
+                + f"; selection: valid WAF averaged over rates {list(self.select_rates)}"
+                + (f", of the weights' moving average (ema {cfg.ema})" if cfg.ema > 0 else ""))
 
     def train_epoch(self, epoch: int, step: Step, max_steps: int | None) -> EpochStats:
         """One epoch of optimiser steps (fewer once ``max_steps`` steps are done in all); a
