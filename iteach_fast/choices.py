@@ -60,6 +60,7 @@ def early_fusion_mode(value) -> str:
         return "text" if value else "off"
     return check_choice("early_fusion", value, EARLY_FUSION)
 
+
 #: IEMOCAP's leave-one-session-out folds: fold k tests on Session k
 IEMOCAP_FOLDS: tuple[int, ...] = (1, 2, 3, 4, 5)
 
