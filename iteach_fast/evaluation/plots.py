@@ -25,6 +25,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from ..choices import MODALITIES  # noqa: E402
+
 __all__ = ["waf_vs_rate", "confusion_grid", "ecce_heatmap", "curves_with_bands", "embedding_grid"]
 
 
@@ -123,9 +125,10 @@ def confusion_grid(matrices: dict, class_names, path: str, title: str | None = N
 def ecce_bias_of(net, conversation: dict, device="cpu") -> torch.Tensor:
     """``E (H, L, L)`` of the student's text ECCE on one complete conversation."""
     student = net.student
-    text = torch.as_tensor(conversation["text"], dtype=torch.float32, device=device)[None]
-    lengths = torch.tensor([text.shape[1]], device=device)
-    x = student.proj[0](text)  # X_t, the ECCE's input (every position valid here)
+    inputs = tuple(torch.as_tensor(conversation[m], dtype=torch.float32, device=device)[None] for m in MODALITIES)
+    lengths = torch.tensor([inputs[0].shape[1]], device=device)
+    # X_t, the ECCE's input (every position valid here); with early fusion it reads all three modalities
+    x = student.proj[0](student.projection_inputs(inputs)[0])
     return student.ecce[0].bias(x, lengths)[0].float().cpu()
 
 

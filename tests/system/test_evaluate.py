@@ -163,6 +163,25 @@ def test_plots_are_pngs(tmp_path, checkpoint, tiny_keys):
     assert E.shape == (tiny_keys["heads"], n, n) and torch.isfinite(E).all()
 
 
+@pytest.mark.parametrize("mode", ["text", "all"])
+def test_ecce_heatmap_of_an_early_fusion_model_reads_all_three_modalities(tmp_path, mode):
+    """The heatmap's E is the student's text-stream ECCE bias on that stream's own input: with
+    early fusion, the three modalities side by side (a first version fed the text alone)."""
+    from iteach_fast.nn.model import ITEACHNet
+
+    g = torch.Generator().manual_seed(5)
+    dims, n = (6, 4, 5), 9
+    net = ITEACHNet(dims, 3, dim=8, heads=2, max_len=12, dist=3, early_fusion=mode).eval()
+    conv = {m: torch.randn(n, d, generator=g).numpy() for m, d in zip(("text", "audio", "visual"), dims)}
+    conv.update(id="c0", labels=np.zeros(n, dtype=np.int64))
+    E = plots.ecce_bias_of(net, conv)
+    assert E.shape == (2, n, n) and torch.isfinite(E).all()
+    moved = dict(conv, audio=conv["audio"] + 1.0)
+    assert (plots.ecce_bias_of(net, moved) - E).abs().max() > 1e-5  # the audio reaches the text stream's ECCE
+    with open(plots.ecce_heatmap(net, [conv], str(tmp_path / "ecce.png")), "rb") as f:
+        assert f.read(8) == PNG
+
+
 # ----------------------------------------------------------------------------- the teacher (Table 1)
 
 def test_teacher_is_evaluated_on_complete_data(checkpoint, tmp_path):

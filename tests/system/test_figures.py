@@ -124,7 +124,8 @@ def test_ecce_heatmap_has_colorbars_axis_labels_and_says_what_red_and_blue_mean(
     torch.manual_seed(0)
     net = ITEACHNet((6, 4, 5), 4, dim=8, heads=2, max_len=12, dist=4, teacher_layers=1, student_layers=1)
     rng = np.random.default_rng(0)
-    convs = [{"id": f"c{i}", "text": rng.normal(size=(n, 6)).astype(np.float32),
+    convs = [{"id": f"c{i}", **{m: rng.normal(size=(n, d)).astype(np.float32)
+                                for m, d in zip(("text", "audio", "visual"), (6, 4, 5))},
               "labels": rng.integers(0, 4, n)} for i, n in enumerate((5, 11, 8))]
     _png(plots.ecce_heatmap(net, convs, str(tmp_path / "ecce.png"), title="ITS student, synthetic [test]"))
     (fig,) = figures()
