@@ -448,6 +448,10 @@ def test_training_step_has_no_host_synchronisation(framework, mixer, causal, opt
     args = batch()
     _step(net, opt, *args)  # AdamW's state exists from here on
     assert count_syncs(lambda: _step(net, opt, *args)) == {}
+    # --ema: the weight average's update, after every step, is sync-free too
+    from iteach_fast.training.averaging import WeightAverage
+
+    assert count_syncs(WeightAverage(net, 0.99).update) == {}
     assert count_syncs(lambda: net.predict(args[1], args[2], args[3])) == {}
     logits = net.predict(args[1], args[2], args[3])
     assert count_syncs(lambda: logits[valid(args[2])])  # the counter sees what the old loss did
