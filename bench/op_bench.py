@@ -48,25 +48,35 @@ def sdpa_float_mask(q, k, v, zp, lengths, dist: int, causal: bool = False) -> to
 
 def flex_ecce_attention(q, k, v, zp, lengths, dist: int, causal: bool = False) -> torch.Tensor:
     """ECCE attention through FlexAttention: the bias is the band mean read from plain prefix
-    sums ``P (B, L+1, H)`` of the valid ``zp`` (what a user would write; no local numerics)."""
-    from torch.nn.attention.flex_attention import flex_attention
-
+    sums ``P (B, L+1, H)`` of the valid ``zp`` (what a user would write; no local numerics).
+    ``P`` is summed eagerly and only the attention compiled: Inductor 2.11 fails to generate the
+    split scan of a long ``cumsum`` (L = 2048), and a user would keep it out of the graph too."""
     L = q.shape[2]
     valid = valid_mask(lengths, L)
     zp = torch.where(valid[..., None], zp.float(), torch.zeros((), device=zp.device))
     P = F.pad(torch.cumsum(zp, dim=1), (0, 0, 1, 0)).to(q.dtype)
+    # two tensors, each indexed once in the score_mod: FlexAttention's backward does not take a
+    # captured tensor that needs gradients and is indexed twice
+    upper, lower = P[:, 1:].contiguous(), P[:, :-1].contiguous()
+    out = _compiled(_flex_band_attention)(q, k, v, upper, lower, lengths, dist, causal)
+    return torch.where(valid[:, None, :, None], out, torch.zeros((), dtype=out.dtype, device=out.device))
+
+
+def _flex_band_attention(q, k, v, upper, lower, lengths, dist: int, causal: bool) -> torch.Tensor:
+    """FlexAttention with ECCE's band mean ``(upper[b, hi] - lower[b, lo]) / (hi - lo + 1)``
+    (``upper = P[:, 1:]``, ``lower = P[:, :-1]``) added inside the band, key padding masked."""
+    from torch.nn.attention.flex_attention import flex_attention
 
     def score_mod(score, b, h, q_idx, kv_idx):
         lo, hi = torch.minimum(q_idx, kv_idx), torch.maximum(q_idx, kv_idx)
-        bias = (P[b, hi + 1, h] - P[b, lo, h]) / (hi - lo + 1)
+        bias = (upper[b, hi, h] - lower[b, lo, h]) / (hi - lo + 1)
         score = score + torch.where(hi - lo < dist, bias, torch.zeros_like(bias))
         keep = kv_idx < lengths[b]
         if causal:
             keep = keep & (kv_idx <= q_idx)
         return torch.where(keep, score, -float("inf"))
 
-    out = flex_attention(q, k, v, score_mod=score_mod)
-    return torch.where(valid[:, None, :, None], out, torch.zeros((), dtype=out.dtype, device=out.device))
+    return flex_attention(q, k, v, score_mod=score_mod)
 
 
 @functools.cache
@@ -100,7 +110,7 @@ ATTENTION_PEERS = {
                             lambda op: sdpa_float_mask),
     "flex-attention": Peer("torch.compile(flex_attention) with a score_mod reading the band mean from the prefix "
                            "sums P (key padding masked in the score_mod; time includes P)",
-                           lambda op: _compiled(flex_ecce_attention), compiled=True, devices=("cuda",),
+                           lambda op: flex_ecce_attention, compiled=True, devices=("cuda",),
                            elsewhere="FlexAttention has no backward on the CPU and its CPU forward is not a speed "
                                      "path: benchmarked on CUDA only"),
 }

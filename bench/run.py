@@ -26,6 +26,7 @@ import json
 import os
 import sys
 import time
+import traceback
 import warnings
 
 import torch
@@ -95,6 +96,10 @@ def _outcome(err: BaseException) -> dict:
         return {"status": "skipped", "reason": str(err)}
     if isinstance(err, torch.OutOfMemoryError):  # e.g. the reference's B*H*L*L bias at long L: a finding
         return {"status": "skipped", "reason": "out of memory: " + _reason(err)}
+    # the row keeps the first line; the log (stderr) the whole error, whose cause is often in its
+    # last lines (an Inductor compile worker's traceback rides inside the message)
+    text = "".join(traceback.format_exception(err)).rstrip().splitlines()
+    print("\n".join(["bench: the error in full (last 60 lines):"] + text[-60:]), file=sys.stderr)
     return {"status": "failed", "reason": _reason(err)}
 
 

@@ -1,6 +1,8 @@
 """The case list: every registered op has an entry, a newly registered backend gets rows with
 no edit in bench/, the headline preset holds the issue's rows, and a group's providers share
 everything but the provider."""
+import warnings
+
 import pytest
 import torch
 
@@ -78,3 +80,20 @@ def test_unknown_op_or_preset_is_a_clear_error():
         suite.build_cases(CPU, ops_=("nope",))
     with pytest.raises(ValueError, match="unknown preset"):
         suite.build_cases(CPU, preset="nope")
+
+
+def test_the_flexattention_peer_computes_ecce_attention(monkeypatch):
+    """The FlexAttention peer (compiled on a GPU; eager here, forward only: no CPU backward) gives
+    the materialised-bias answer, full and causal, with a padded conversation."""
+    from bench import op_bench
+
+    monkeypatch.setattr(op_bench, "_compiled", lambda fn: fn)
+    gen = torch.Generator().manual_seed(5)
+    B, H, L, Dh = 2, 3, 13, 8
+    for causal in (False, True):
+        q, k, v = (torch.randn(B, H, L, Dh, generator=gen) for _ in range(3))
+        zp, lengths = torch.randn(B, L, H, generator=gen), torch.tensor([13, 7])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # eager FlexAttention warns that it is not the fast path
+            got = op_bench.flex_ecce_attention(q, k, v, zp, lengths, 4, causal)
+        torch.testing.assert_close(got, op_bench.sdpa_float_mask(q, k, v, zp, lengths, 4, causal))
