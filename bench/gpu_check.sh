@@ -16,9 +16,9 @@
 #                          auto+compile, auto+compile+cuda-graphs) with host syncs and launches;
 #                          compiled rows last, the JSON rewritten after every case
 #   gpu-tests-key  100 s   the GPU tests that matter most, by node id (bench/gpu_check.py KEY_TESTS),
-#                          while kernel-resources compiles beside them (CPU only: 30 s on the spare cores)
+#                          while kernel-resources compiles beside them (CPU only: 95 s on the spare cores)
 #   syncs           20 s   host syncs and launches of one training step, by op
-#   gpu-tests-rest  60 s   the other GPU tests (autotuning deselected: marker autotune)
+#   gpu-tests-rest 140 s   the other GPU tests (autotuning deselected: marker autotune)
 #   bench-rest      rest   every other benchmark case, compiled peers last
 #   tests-rest      rest   the rest of the suite (ops first: on a GPU they run the kernels there)
 #   report           5 s   the benchmark report (Markdown) and the summary
@@ -241,12 +241,12 @@ if [ -n "$KR_PID" ]; then
     kr_note=$(grep -h '^Variants missing' "$OUT/kernel-resources.md" 2>/dev/null | head -n 1)
     [ "$DRY" = 1 ] && kr_note="dry (one variant); on a device: every variant for sm_$ARCH. $kr_note"
     case $kr_rc in
-        0) record kernel-resources passed 30 "$KR_LIMIT" $((SECONDS - KR_START)) "$kr_note" ;;
-        124|137) record kernel-resources stopped 30 "$KR_LIMIT" $((SECONDS - KR_START)) "time limit; $kr_note" ;;
-        *) record kernel-resources FAILED 30 "$KR_LIMIT" $((SECONDS - KR_START)) "exit $kr_rc; $kr_note" ;;
+        0) record kernel-resources passed 95 "$KR_LIMIT" $((SECONDS - KR_START)) "$kr_note" ;;
+        124|137) record kernel-resources stopped 95 "$KR_LIMIT" $((SECONDS - KR_START)) "time limit; $kr_note" ;;
+        *) record kernel-resources FAILED 95 "$KR_LIMIT" $((SECONDS - KR_START)) "exit $kr_rc; $kr_note" ;;
     esac
 else
-    skip kernel-resources 30 "time budget"
+    skip kernel-resources 95 "time budget"
 fi
 
 if [ "$DRY" = 1 ]; then
@@ -258,7 +258,7 @@ fi
 
 DESELECT=()
 for t in "${KEY_TESTS[@]}"; do DESELECT+=(--deselect "$t"); done
-pytest_stage gpu-tests-rest 60 120 30 "pytest -m 'gpu and not autotune' (the key tests deselected)" \
+pytest_stage gpu-tests-rest 140 160 30 "pytest -m 'gpu and not autotune' (the key tests deselected)" \
     -q -m "gpu and not autotune" "${DESELECT[@]}" tests
 
 # the dry run shows the flow only: one small op, the kernel tests' collection (the GPU stages
