@@ -142,6 +142,8 @@ CONFIG_HELP = {
     "cross_ecce": "not the paper's: the text stream's ECCE bias guides its cross-attentions too",
     "early_fusion": "not the paper's: which streams' input projections read text, audio and visual together: off (the "
                     "paper's), text (the text stream's), all (every stream's)",
+    "recurrent": "not the paper's: a residual GRU over each stream's utterances before ECCE (bidirectional; "
+                 "forward only with --causal), so the model knows their order",
 }
 
 

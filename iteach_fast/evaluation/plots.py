@@ -127,8 +127,7 @@ def ecce_bias_of(net, conversation: dict, device="cpu") -> torch.Tensor:
     student = net.student
     inputs = tuple(torch.as_tensor(conversation[m], dtype=torch.float32, device=device)[None] for m in MODALITIES)
     lengths = torch.tensor([inputs[0].shape[1]], device=device)
-    # X_t, the ECCE's input (every position valid here); with early fusion it reads all three modalities
-    x = student.proj[0](student.projection_inputs(inputs)[0])
+    x = student.stream_inputs(inputs, lengths)[0]  # X_t, the text ECCE's input (with the model's options)
     return student.ecce[0].bias(x, lengths)[0].float().cpu()
 
 

@@ -44,6 +44,7 @@ class ModelConfig:
     causal: bool = False  # real-time ERC: every output i sees utterances <= i only (streamable)
     cross_ecce: bool = False  # not the paper's: the text stream's ECCE bias guides its cross-attentions too
     early_fusion: EarlyFusion = "off"  # not the paper's: text / all: those streams' projections read all three
+    recurrent: bool = False  # not the paper's: a residual GRU over each stream's utterances before ECCE
 
     def __post_init__(self):
         if isinstance(self.early_fusion, bool):  # the release where it was a bool (text stream only)
@@ -74,7 +75,8 @@ class ModelConfig:
     def options(self) -> list[str]:
         """The options that are not the paper's and are on, as a log names them."""
         return ((["cross-ECCE"] if self.cross_ecce else [])
-                + ([f"early fusion ({self.early_fusion})"] if self.early_fusion != "off" else []))
+                + ([f"early fusion ({self.early_fusion})"] if self.early_fusion != "off" else [])
+                + (["recurrent"] if self.recurrent else []))
 
     def model_kwargs(self) -> dict:
         """Every field but the framework's layer / mixer choices: what both models of a net share."""

@@ -25,7 +25,7 @@ from torch import nn
 from ..checks import check_int
 from ..choices import MIXERS, MODALITIES, check_choice, early_fusion_mode
 from .config import ModelConfig
-from .modules import ECCE, EncoderLayer, Padded, padded, set_backend
+from .modules import ECCE, EncoderLayer, Padded, Recurrence, padded, set_backend
 from .streaming import StreamingSession
 
 __all__ = ["ModelOutput", "ITEACHModel", "ITEACHNet", "REC_WEIGHTS", "IGNORE_INDEX", "roles"]
@@ -76,7 +76,7 @@ class ITEACHModel(nn.Module):
                  heads: int = 8, ffn_ratio: float = 4.0, max_len: int = 110, dist: int = 30, conv_kernel: int = 7,
                  pool_size: int = 3, ecce: str = "local+global", dropout: float = 0.0, backend: str = "auto",
                  mlp_ratio: float = 1.0, causal: bool = False, cross_ecce: bool = False,
-                 early_fusion: str = "off"):
+                 early_fusion: str = "off", recurrent: bool = False):
         super().__init__()
         input_dims = tuple(int(d) for d in input_dims)
         if len(input_dims) != 3 or min(input_dims) < 1:
@@ -95,6 +95,9 @@ class ITEACHModel(nn.Module):
         self.fused_streams = {"off": 0, "text": 1, "all": 3}[self.early_fusion]
         in_dims = tuple(sum(input_dims) if i < self.fused_streams else d for i, d in enumerate(input_dims))
         self.proj = nn.ModuleList(nn.Linear(d, dim) for d in in_dims)
+        # recurrent (an option, not the paper's): a residual GRU over each stream's utterances, so
+        # order reaches ECCE and the encoder (nothing in the paper's scores says where an utterance is)
+        self.recurrence = (nn.ModuleList(Recurrence(dim, causal) for _ in input_dims) if recurrent else None)
         self.ecce = nn.ModuleList(ECCE(dim, heads, conv_kernel, dist, ecce, backend, causal) for _ in input_dims)
         self.dropout = nn.Dropout(dropout)
         self.layers = nn.ModuleList(
@@ -154,10 +157,8 @@ class ITEACHModel(nn.Module):
         pad = self.check_inputs(inputs, lengths, present)
         valid = pad.valid
         zero = torch.zeros((), dtype=text.dtype, device=text.device)
-        # eq. 1-2: X_m, then ECCE once per modality; padding zeroed (the projection bias would not be)
-        xs = [torch.where(valid, self.dropout(proj(torch.where(valid, x, zero))), zero)
-              for proj, x in zip(self.proj, self.projection_inputs(inputs))]
-        prefixes = tuple(ecce(x, pad) for ecce, x in zip(self.ecce, xs))
+        xs = self.stream_inputs(inputs, pad)
+        prefixes = tuple(ecce(x, pad) for ecce, x in zip(self.ecce, xs))  # ECCE once per modality
         t, a, v = xs
         hidden = []
         for layer in self.layers:  # eq. 3-4
@@ -168,6 +169,18 @@ class ITEACHModel(nn.Module):
         if self.regression:
             logits = logits.squeeze(-1)
         return ModelOutput(logits, hidden)
+
+    def stream_inputs(self, inputs: tuple, lengths) -> list:
+        """``X_t, X_a, X_v (B, L, D)``, what each stream's ECCE and first layer read (eq. 1-2): the
+        input projections, dropout, and with ``recurrent`` the residual GRU; 0 at padding (the
+        projection's bias would not be)."""
+        pad = padded(lengths, *inputs[0].shape[:2], inputs[0].device)
+        zero = torch.zeros((), dtype=inputs[0].dtype, device=inputs[0].device)
+        xs = [torch.where(pad.valid, self.dropout(proj(torch.where(pad.valid, x, zero))), zero)
+              for proj, x in zip(self.proj, self.projection_inputs(inputs))]
+        if self.recurrence is not None:
+            xs = [rnn(x, pad) for rnn, x in zip(self.recurrence, xs)]
+        return xs
 
     def projection_inputs(self, inputs: tuple) -> tuple:
         """What each stream's input projection reads: ``(text, audio, visual)``, or with

@@ -47,7 +47,8 @@ from ..ops.padding import masked_avg_pool, masked_max_pool, valid_mask, zero_inv
 
 __all__ = [
     "Padded", "padded", "ECCE", "ECCEAttention", "MLPTokenMixer", "AvgPoolTokenMixer",
-    "MaxPoolTokenMixer", "RoutedTokenMixer", "ITEACHEncoder", "CrossAttention", "EncoderLayer", "set_backend",
+    "MaxPoolTokenMixer", "RoutedTokenMixer", "ITEACHEncoder", "CrossAttention", "EncoderLayer", "Recurrence",
+    "set_backend",
 ]
 
 
@@ -171,6 +172,47 @@ class ECCE(nn.Module):
         """The materialised global bias ``E (B, H, L, L)`` (for heatmaps, paper Fig. 5)."""
         pad = _standalone(x, lengths, self.dim)
         return ops.ecce_bias(self.project(x, pad), pad.lengths, self.dist, self.causal, backend=self.backend)
+
+
+# ----------------------------------------------------------------------------- recurrence (an option)
+
+def reverse_within(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Each conversation's valid utterances in reverse order, padding left in place (its own
+    inverse); a gather with device-side indices, no host synchronisation."""
+    L = x.shape[1]
+    i = torch.arange(L, device=x.device)
+    n = lengths[:, None]
+    index = torch.where(i < n, n - 1 - i, i)
+    return x.gather(1, index[..., None].expand(-1, -1, x.shape[-1]))
+
+
+class Recurrence(nn.Module):
+    """Not the paper's (``ModelConfig.recurrent``): ``x + GRU(x)`` over one stream's utterances,
+    bc-LSTM's context carrier inside the model. Bidirectional as two GRUs of ``dim / 2`` (the
+    backward one reads each conversation reversed within its length, so padding never reaches a
+    valid utterance); ``causal``: one forward GRU of ``dim`` (a forward GRU's output ``i`` sees
+    ``<= i``; padding comes after every valid utterance)."""
+
+    def __init__(self, dim: int, causal: bool = False):
+        super().__init__()
+        self.dim, self.causal = dim, bool(causal)
+        if not causal and dim % 2:
+            raise ValueError(f"recurrent needs an even dim when not causal (two GRUs of dim / 2), got dim={dim}")
+        hidden = dim if causal else dim // 2
+        self.forward_gru = nn.GRU(dim, hidden, batch_first=True)
+        self.backward_gru = None if causal else nn.GRU(dim, hidden, batch_first=True)
+
+    def forward(self, x: torch.Tensor, lengths=None) -> torch.Tensor:
+        """``x (B, L, dim)`` -> ``x + GRU(x)`` ``(B, L, dim)``, 0 at invalid positions."""
+        pad = _standalone(x, lengths, self.dim)
+        x = zero_invalid(x, pad.valid)
+        if x.shape[1] == 0:  # no utterance at all (nn.GRU rejects an empty sequence)
+            return x
+        h = self.forward_gru(x)[0]
+        if self.backward_gru is not None:
+            back = reverse_within(self.backward_gru(reverse_within(x, pad.lengths))[0], pad.lengths)
+            h = torch.cat([h, back], -1)
+        return zero_invalid(x + h, pad.valid)
 
 
 # ----------------------------------------------------------------------------- token mixers

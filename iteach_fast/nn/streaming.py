@@ -11,7 +11,8 @@ given the moment ``t`` arrives, and nothing computed for an earlier utterance ev
 The session keeps, per conversation, what the next utterance needs and nothing it would
 recompute:
 
-- per modality: the projected inputs (the ECCE conv's left window) and ECCE's running
+- per modality: the projected inputs (the ECCE conv's left window), the residual GRU's
+  hidden state (``recurrent``), and ECCE's running
   band-mean table — the chunk-local sums ``S`` and ``zp`` of docs/maths.md ("Local
   numerics"), extended by one position per push, from which the new row of the global bias
   ``E[t, t-dist+1..t]`` costs ``O(dist·H)``;
@@ -94,6 +95,7 @@ class _Modality:
         self.x = like.new_zeros(B, capacity, dim)
         self.S = like.new_zeros(B, heads, capacity, dtype=acc)
         self.zp = like.new_zeros(B, heads, capacity, dtype=acc)
+        self.h = None  # the residual GRU's hidden state (``recurrent``); None: zeros, as at utterance 0
 
 
 class _Encoder:
@@ -162,6 +164,8 @@ class StreamingSession:
     def _push(self, inputs) -> torch.Tensor:
         m, t = self.model, self.length
         xs = [proj(x) for proj, x in zip(m.proj, m.projection_inputs(inputs))]  # eq. 1-2 (no dropout in evaluation)
+        if m.recurrence is not None:  # one GRU step per stream from its kept hidden state
+            xs = [self._recur(rnn, state, x) for rnn, state, x in zip(m.recurrence, self._modalities, xs)]
         biases = [self._ecce(ecce, state, x, t) for ecce, state, x in zip(m.ecce, self._modalities, xs)]
         tt, aa, vv = xs
         for layer, encs, (ca_a, ca_v) in zip(m.layers, self._encoders, self._cross):
@@ -217,6 +221,12 @@ class StreamingSession:
         return out
 
     # ------------------------------------------------------------------ the pieces, one position each
+
+    @staticmethod
+    def _recur(rnn, state: _Modality, x: torch.Tensor) -> torch.Tensor:
+        """The causal residual GRU at the new position: ``x + GRU(x)`` from the kept hidden state."""
+        out, state.h = rnn.forward_gru(x[:, None], state.h)
+        return x + out[:, 0]
 
     def _ecce(self, ecce, state: _Modality, x: torch.Tensor, t: int):
         """ECCE at position ``t``: the new row of the global bias, ``(B, H, t+1)``, or None when off."""

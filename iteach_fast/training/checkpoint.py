@@ -112,6 +112,7 @@ def weights_hparams(state: dict) -> dict:
         layers = {int(m.group(1)) for k in state if (m := re.match(rf"{role}\.layers\.(\d+)\.", k))}
         found[f"{role}_layers"] = max(layers) + 1 if layers else 0
         found[f"{role}_mixer"] = "nas" if f"{role}.layers.0.enc_t.mixer.router.weight" in state else "tf"
+    found["recurrent"] = any(".recurrence." in k for k in state)
     for key, t in state.items():
         for pattern, name, value in _REVEALS:
             m = re.fullmatch(pattern, key)

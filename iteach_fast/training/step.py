@@ -148,6 +148,8 @@ class Step:
         self.model, self.loss, self.forward_loss = net, raw.loss, self._forward_loss
         if cfg.compile:  # one graph per batch shape (length buckets), backward through AOTAutograd
             opts = dict(fullgraph=True, dynamic=False, backend=COMPILE_BACKEND)
+            if cfg.model.recurrent:  # Dynamo refuses nn.GRU unless told (its support is marked experimental)
+                torch._dynamo.config.allow_rnn = True
             if ctx.parallel:  # Dynamo compiles a DDP module's inner module (split at its gradient buckets);
                 # DDP's own bookkeeping around it stays eager, so the module cannot be one full graph
                 self.model = torch.compile(net, **{**opts, "fullgraph": False})

@@ -435,7 +435,9 @@ def _step(net, opt, complete, incomplete, lens, present, labels):
 
 @pytest.mark.parametrize("framework,mixer,causal,options", [("its", None, False, {}), ("pre", "nas", True, {}),
                                                             ("its", None, False, {"cross_ecce": True,
-                                                                                  "early_fusion": "all"})])
+                                                                                  "early_fusion": "all"}),
+                                                            ("its", None, False, {"recurrent": True}),
+                                                            ("pre", "nas", True, {"recurrent": True})])
 def test_training_step_has_no_host_synchronisation(framework, mixer, causal, options):
     """Forward, loss, backward and the AdamW step dispatch no op that reads a value back to the
     host (.item(), nonzero, boolean-mask indexing, ...): the step can be captured as a CUDA
@@ -601,3 +603,77 @@ def test_early_fusion_as_a_bool_reads_as_the_text_stream_only():
         ITEACHModel(DIMS, C, num_layers=1, early_fusion="audio", **SMALL)
     with pytest.raises(ConfigError, match="early_fusion"):
         TrainConfig.from_dict({"early_fusion": "both"})
+
+
+# ----------------------------------------------------------------------------- recurrence (an option)
+
+def _gru_reference(rnn, x, lengths):
+    """The residual GRU run one conversation at a time on its valid utterances only (no
+    padding anywhere), the backward direction on the reversed conversation: what
+    :class:`Recurrence` must compute on a padded batch."""
+    out = torch.zeros_like(x)
+    for b, n in enumerate(lengths.tolist()):
+        if n == 0:
+            continue
+        xb = x[b:b + 1, :n]
+        h = rnn.forward_gru(xb)[0]
+        if rnn.backward_gru is not None:
+            h = torch.cat([h, rnn.backward_gru(xb.flip(1))[0].flip(1)], -1)
+        out[b, :n] = (xb + h)[0]
+    return out
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["bidirectional", "causal"])
+def test_recurrence_equals_each_conversation_run_alone(causal):
+    """Ragged lengths (one empty, one full) with garbage in the padding: the output and every
+    gradient equal the per-conversation reference; padding stays 0 and never leaks in."""
+    from iteach_fast.nn.modules import Recurrence
+
+    g = torch.Generator().manual_seed(11)
+    rnn = _perturb(Recurrence(8, causal=causal))
+    lengths = torch.tensor([7, 0, 3, 5])
+    x = torch.randn(4, 7, 8, generator=g, dtype=torch.float64)
+    rnn = rnn.double()
+    x[2, 3:] = 1e3  # padding: must not reach a valid utterance
+    x.requires_grad_(True)
+    out = rnn(x, lengths)
+    ref = _gru_reference(rnn, x, lengths)
+    torch.testing.assert_close(out, ref)
+    assert torch.equal(out[1], torch.zeros_like(out[1])) and torch.equal(out[2, 3:], torch.zeros_like(out[2, 3:]))
+    grad = torch.randn(out.shape, generator=g, dtype=torch.float64)
+    params = [x] + list(rnn.parameters())
+    for a, b in zip(torch.autograd.grad(out, params, grad), torch.autograd.grad(ref, params, grad)):
+        torch.testing.assert_close(a, b)
+
+
+def test_recurrence_causal_output_sees_only_the_past():
+    from iteach_fast.nn.modules import Recurrence
+
+    g = torch.Generator().manual_seed(12)
+    rnn = Recurrence(6, causal=True)
+    x = torch.randn(2, 9, 6, generator=g)
+    out = rnn(x, torch.tensor([9, 9]))
+    later = x.clone()
+    later[:, 5:] += torch.randn(2, 4, 6, generator=g)
+    moved = rnn(later, torch.tensor([9, 9]))
+    torch.testing.assert_close(moved[:, :5], out[:, :5], rtol=0, atol=0)
+    assert (moved[:, 5:] - out[:, 5:]).abs().max() > 1e-3
+    bidirectional = Recurrence(6)
+    assert (bidirectional(later, torch.tensor([9, 9]))[:, :5]
+            - bidirectional(x, torch.tensor([9, 9]))[:, :5]).abs().max() > 1e-4  # the backward GRU sees ahead
+
+
+def test_recurrent_round_trips_through_its_config_and_checkpoint_check():
+    from iteach_fast.training.checkpoint import CheckpointError, check_weights
+    from iteach_fast.training.config import TrainConfig
+
+    net = ITEACHNet(DIMS, C, recurrent=True, **SMALL)
+    again = ITEACHNet.from_config(net.config, DIMS, C)
+    again.load_state_dict(net.state_dict())
+    assert again.student.recurrence is not None and net.config.options() == ["recurrent"]
+    assert ModelConfig().recurrent is False and ITEACHNet(DIMS, C, **SMALL).student.recurrence is None
+    assert TrainConfig.from_dict({"recurrent": "true"}).model.recurrent is True
+    with pytest.raises(CheckpointError, match="recurrent: config False, weights True"):
+        check_weights(ITEACHNet(DIMS, C, **SMALL).state_dict(), net.state_dict(), "run/best.pt")
+    with pytest.raises(ValueError, match="even dim"):
+        ITEACHModel(DIMS, C, num_layers=1, dim=9, heads=1, recurrent=True)

@@ -62,11 +62,13 @@ def test_stream_equals_full_causal_forward():
     torch.testing.assert_close(probs, torch.softmax(s_out.logits[:, 0], -1), atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize("option", [{"cross_ecce": True}, {"early_fusion": "text"}, {"early_fusion": "all"}])
+@pytest.mark.parametrize("option", [{"cross_ecce": True}, {"early_fusion": "text"}, {"early_fusion": "all"},
+                                    {"recurrent": True},
+                                    {"recurrent": True, "early_fusion": "all", "cross_ecce": True}])
 def test_stream_with_each_option(option):
     """The options, streamed too: cross_ecce (the text stream's band bias in the
-    cross-attentions) and early_fusion (the text stream's projection, or every stream's, reads
-    all three modalities)."""
+    cross-attentions), early_fusion (the text stream's projection, or every stream's, reads
+    all three modalities) and recurrent (the residual GRU steps from its kept hidden state)."""
     L = 40
     net = _perturb(ITEACHNet(DIMS, 4, causal=True, max_len=L, **option, **SMALL))
     complete, incomplete, present = _conversations(2, L)

@@ -1,7 +1,8 @@
 """The training step compiled and graph-captured (issue 16 item 4): what is computed must not change.
 
 * from a fresh interpreter (nothing run eagerly before), the training step's forward + loss
-  is captured by Dynamo with ``fullgraph=True`` for backend ``auto`` and ``reference``, and
+  is captured by Dynamo with ``fullgraph=True`` for backend ``auto`` and ``reference`` (and with
+  the ``recurrent`` option's GRUs), and
   its losses follow the eager step's over several optimiser steps. The compiler is Dynamo's
   "eager" one: the capture is what fails from a cold process or on a graph break;
   AOTAutograd's trace of the same forward + loss and its backward is
@@ -68,14 +69,14 @@ from test_compile_step import TINY, losses, make_steps
 
 out = {{}}
 ts.COMPILE_BACKEND = "eager"  # Dynamo's whole-graph capture, run as captured
-for backend in ("auto", "reference"):
+for name, options in (("auto", {{}}), ("reference", {{"backend": "reference"}}), ("recurrent", {{"recurrent": True}})):
     # one model (pre) with the NAS mixer: every fused op (ECCE attention, routed mixture), half the trace
-    cfg = TrainConfig.from_dict({{**TINY, "backend": backend, "framework": "pre", "student_mixer": "nas"}})
+    cfg = TrainConfig.from_dict({{**TINY, **options, "framework": "pre", "student_mixer": "nas"}})
     splits = splits_for(cfg)
     (compiled, eager), ctx = make_steps(cfg, splits, "cpu", [(ts.Step, True), (ts.Step, False)])
     longest = max(len(c["labels"]) for c in splits.train)
     shape = (4, ts.length_bucket(longest, longest))
-    out[backend] = {{"compiled": losses(compiled, splits, ctx, 3, shape),  # first: a cold trace
+    out[name] = {{"compiled": losses(compiled, splits, ctx, 3, shape),  # first: a cold trace
                     "eager": losses(eager, splits, ctx, 3, shape)}}
 print(json.dumps(out))
 """

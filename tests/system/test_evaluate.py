@@ -182,6 +182,23 @@ def test_ecce_heatmap_of_an_early_fusion_model_reads_all_three_modalities(tmp_pa
         assert f.read(8) == PNG
 
 
+def test_ecce_heatmap_of_a_recurrent_model_reads_the_grus_output():
+    """With ``recurrent`` the text ECCE reads the residual GRU's output: the heatmap's E is the
+    bias the model computes (its forward's input to ECCE), not the bare projection's."""
+    from iteach_fast.nn.model import ITEACHNet
+
+    g = torch.Generator().manual_seed(6)
+    dims, n = (6, 4, 5), 9
+    net = ITEACHNet(dims, 3, dim=8, heads=2, max_len=12, dist=3, recurrent=True).eval()
+    conv = {m: torch.randn(n, d, generator=g).numpy() for m, d in zip(("text", "audio", "visual"), dims)}
+    conv.update(id="c0", labels=np.zeros(n, dtype=np.int64))
+    E = plots.ecce_bias_of(net, conv)
+    text = torch.as_tensor(conv["text"])[None]
+    with torch.no_grad():
+        x = net.student.recurrence[0](net.student.proj[0](text), torch.tensor([n]))
+        torch.testing.assert_close(E, net.student.ecce[0].bias(x, torch.tensor([n]))[0])
+
+
 # ----------------------------------------------------------------------------- the teacher (Table 1)
 
 def test_teacher_is_evaluated_on_complete_data(checkpoint, tmp_path):
