@@ -26,15 +26,15 @@ RESULT_VERSION = 2  # 2: each run also holds its data's baselines
 #: config fields that say where or how fast a run computes, not what: left out of its key
 NOT_HASHED = ("out_dir", "progress", "threads", "device", "compile", "cuda_graphs")
 #: the fields an experiment sets per run (a base config's values for them are replaced)
-VARIED = ("framework", "teacher_mixer", "student_mixer", "ecce", "cross_ecce", "early_fusion", "strategy", "rate",
-          "seed", "fold")
+VARIED = ("framework", "teacher_mixer", "student_mixer", "ecce", "cross_ecce", "early_fusion", "recurrent", "strategy",
+          "rate", "seed", "fold")
 #: every variant starts from the paper's ITEACH-Net: ITS, 3 x TF teacher, 4 x NAS student, full ECCE, random
-#: rates, cross-attention without a bias, each modality projected alone (the options, cross_ecce and
-#: early_fusion, in their own rows)
+#: rates, cross-attention without a bias, each modality projected alone, no recurrence (the options,
+#: cross_ecce, early_fusion and recurrent, in their own rows)
 BASE_CHANGES = dict(framework="its", teacher_mixer=None, student_mixer=None, ecce="local+global", cross_ecce=False,
-                    early_fusion="off", strategy="random")
+                    early_fusion="off", recurrent=False, strategy="random")
 #: the options' rows: not the paper's model, so not among the paper's claims
-OPTIONS = ("cross_ecce", "early_fusion")
+OPTIONS = ("cross_ecce", "early_fusion", "recurrent")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,16 +58,18 @@ def _v(label: str, cells: tuple, **changes) -> Variant:
 _ITS = _v("ITS TF NAS", ("ITS", "TF", "NAS"))  # the paper's ITEACH-Net: random missing rates
 _CROSS = _v("ITS TF NAS + cross-ECCE", ("ITS", "TF", "NAS, cross-ECCE"), cross_ecce=True)  # the option
 _EARLY = _v("ITS TF NAS + early fusion", ("ITS", "TF", "NAS, early fusion"), early_fusion="text")  # the option
+_RECURRENT = _v("ITS TF NAS + recurrent", ("ITS", "TF", "NAS, recurrent"), recurrent=True)  # the option
 _TABLE4 = (dataclasses.replace(_ITS, label="ITEACH-Net", cells=("ITEACH-Net (random)",)),
            dataclasses.replace(_CROSS, label="ITEACH-Net + cross-ECCE", cells=("ITEACH-Net + cross-ECCE (random)",)),
            dataclasses.replace(_EARLY, label="ITEACH-Net + early fusion",
-                               cells=("ITEACH-Net + early fusion (random)",)))
+                               cells=("ITEACH-Net + early fusion (random)",)),
+           dataclasses.replace(_RECURRENT, label="ITEACH-Net + recurrent", cells=("ITEACH-Net + recurrent (random)",)))
 VARIANTS = {
     "table1": (_v("off", ("✗", "✗"), ecce="off"), _v("global", ("✗", "✓"), ecce="global"),
                dataclasses.replace(_ITS, label="local+global", cells=("✓", "✓"))),
     "table2": (_v("PRE TF", ("PRE", "TF", "–"), framework="pre", student_mixer="tf"),
                _v("ITS TF TF", ("ITS", "TF", "TF"), student_mixer="tf"), _ITS,
-               _v("TS NAS TF", ("TS", "NAS", "TF"), framework="ts"), _CROSS, _EARLY),
+               _v("TS NAS TF", ("TS", "NAS", "TF"), framework="ts"), _CROSS, _EARLY, _RECURRENT),
     "table3": (),
     "table4": _TABLE4,
     "table5": (_v("ITEACH-Net", ("ITEACH-Net (progressive)",), strategy="progressive"),),

@@ -204,7 +204,8 @@ LEGEND_NAMES = {"PRE TF": "PRE: one Transformer model", "ITS TF TF": "ITS: Trans
                 "ITS TF NAS": "ITS: Transformer teacher → NAS student (ITEACH-Net)",
                 "TS NAS TF": "TS: NAS teacher → Transformer student",
                 "ITS TF NAS + cross-ECCE": "ITS: Transformer teacher → NAS student, cross-ECCE (option)",
-                "ITS TF NAS + early fusion": "ITS: Transformer teacher → NAS student, early fusion (option)"}
+                "ITS TF NAS + early fusion": "ITS: Transformer teacher → NAS student, early fusion (option)",
+                "ITS TF NAS + recurrent": "ITS: Transformer teacher → NAS student, recurrent (option)"}
 
 
 def _draw_table1(exp, g, runs, context, out_dir) -> tuple:

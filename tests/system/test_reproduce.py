@@ -52,12 +52,14 @@ def test_plan_shares_runs_and_keys_ignore_where_they_run(tmp_path, tiny_keys):
         == set(groups["fig6"]["NAS student"])
     assert set(groups["table2"]["ITS TF TF"]) == set(groups["fig6"]["TF student"])
     assert groups["fig9"]["ITEACH-Net"] == groups["table4"]["ITEACH-Net"][:1]  # first seed only
-    # table1: 2 new rows, table2: 5 new (3 of the paper's and the two options, which table4 and
-    # baselines share), table5: 1, fig78: 8 (one per rate) -> 17 configs x 2 seeds
-    assert len(runs) == 34
+    # table1: 2 new rows, table2: 6 new (3 of the paper's and the three options, which table4 and
+    # baselines share), table5: 1, fig78: 8 (one per rate) -> 18 configs x 2 seeds
+    assert len(runs) == 36
     assert set(groups["table2"]["ITS TF NAS + cross-ECCE"]) == set(groups["table4"]["ITEACH-Net + cross-ECCE"])
     assert set(groups["table2"]["ITS TF NAS + early fusion"]) == set(groups["table4"]["ITEACH-Net + early fusion"])
     assert runs[groups["table4"]["ITEACH-Net + early fusion"][0]].config.model.early_fusion == "text"
+    assert set(groups["table2"]["ITS TF NAS + recurrent"]) == set(groups["table4"]["ITEACH-Net + recurrent"])
+    assert runs[groups["table4"]["ITEACH-Net + recurrent"][0]].config.model.recurrent is True
     cfg = {k: runs[k].config for k in groups["fig78"]["fixed 0.3"]}
     assert all(c.strategy == "fixed" and c.rate == 0.3 and c.select_rates == (0.3,) for c in cfg.values())
     pre = runs[groups["table2"]["PRE TF"][0]].config.model
@@ -182,7 +184,7 @@ def test_render_from_fake_results_on_a_paper_dataset(tmp_path, context):
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == ["experiment", "row", "dataset", "fold", "seed", "run", "model", "rate", "metric", "value"]
     t2_rows = [r for r in rows if r["experiment"] == "table2"]
-    assert len(t2_rows) == 6 * 4 * (8 * 3 + 2 + 8)  # rows x runs x (student waf/acc/realised, teacher, distance)
+    assert len(t2_rows) == 7 * 4 * (8 * 3 + 2 + 8)  # rows x runs x (student waf/acc/realised, teacher, distance)
     assert {r["fold"] for r in t2_rows} == {"1", "2"}
     for exp in exps:
         assert os.path.isfile(tmp_path / f"{exp}.md")
@@ -266,12 +268,12 @@ def test_reproduce_trains_in_a_pool_then_caches_and_resumes(tmp_path, tiny_keys)
         assert "== done in" in f.read()
     # again, for another table reading the same run: only its other rows (the options) are trained
     res = rp.reproduce("table4", cfg, seeds=(0,), jobs=2, log=quiet)
-    assert res["ran"] == 2 and res["cached"] == 1
+    assert res["ran"] == 3 and res["cached"] == 1
     # an interrupted run (its result not written) resumes from its last.pt, here in this process (jobs=1)
     key = rp.plan(("table4",), cfg, (0,), (None,), str(tmp_path))[1]["table4"]["ITEACH-Net"][0]
     os.remove(tmp_path / "runs" / key / "result.json")
     res = rp.reproduce("table4", cfg, seeds=(0,), log=quiet)
-    assert res["ran"] == 1 and res["cached"] == 2
+    assert res["ran"] == 1 and res["cached"] == 3
     with open(tmp_path / "runs" / key / "train.log") as f:
         assert "resumed from" in f.read()
 
