@@ -78,7 +78,7 @@ VARIANTS = {
     "earlyall-cross-dist3-lr3e-3-gru-e40": {"epochs": 40, "dist": 3, "early_fusion": "all", "cross_ecce": True,
                                             "lr": 3e-3, "recurrent": True},
     "dist3-ema.99-gru-e40": {"epochs": 40, "dist": 3, "ema": 0.99, "recurrent": True},
-    "gru-e40": {"epochs": 40, "recurrent": True},
+    "dist3-gru-e40": {"epochs": 40, "dist": 3, "recurrent": True},
     "early-cross-dist3-lr3e-3-ema-e40": {"epochs": 40, "dist": 3, "early_fusion": "text", "cross_ecce": True,
                                          "lr": 3e-3, "ema": 0.98},
     "early-cross-dist3-lr3e-3-drop0.3-e40": {"epochs": 40, "dist": 3, "early_fusion": "text", "cross_ecce": True,
