@@ -79,6 +79,8 @@ VARIANTS = {
                                                     "cross_ecce": True, "lr": 3e-3, "ema": 0.995, "recurrent": True},
     "earlyall-cross-dist3-lr1e-3-ema.99-gru-e40": {"epochs": 40, "dist": 3, "early_fusion": "all",
                                                    "cross_ecce": True, "lr": 1e-3, "ema": 0.99, "recurrent": True},
+    "earlyall-cross-dist3-lr3e-3-ema.99-gru-e60": {"epochs": 60, "dist": 3, "early_fusion": "all",
+                                                   "cross_ecce": True, "lr": 3e-3, "ema": 0.99, "recurrent": True},
     "earlyall-cross-dist3-lr3e-3-gru-e40": {"epochs": 40, "dist": 3, "early_fusion": "all", "cross_ecce": True,
                                             "lr": 3e-3, "recurrent": True},
     "dist3-ema.99-gru-e40": {"epochs": 40, "dist": 3, "ema": 0.99, "recurrent": True},
