@@ -163,17 +163,24 @@ def test_plots_are_pngs(tmp_path, checkpoint, tiny_keys):
     assert E.shape == (tiny_keys["heads"], n, n) and torch.isfinite(E).all()
 
 
+def _heatmap_case(seed: int, n: int = 9, **options):
+    """A small net with ``options`` and one random conversation of ``n`` utterances for it."""
+    from iteach_fast.nn.model import ITEACHNet
+
+    g = torch.Generator().manual_seed(seed)
+    dims = (6, 4, 5)
+    net = ITEACHNet(dims, 3, dim=8, heads=2, max_len=12, dist=3, **options).eval()
+    conv = {m: torch.randn(n, d, generator=g).numpy() for m, d in zip(("text", "audio", "visual"), dims)}
+    conv.update(id="c0", labels=np.zeros(n, dtype=np.int64))
+    return net, conv
+
+
 @pytest.mark.parametrize("mode", ["text", "all"])
 def test_ecce_heatmap_of_an_early_fusion_model_reads_all_three_modalities(tmp_path, mode):
     """The heatmap's E is the student's text-stream ECCE bias on that stream's own input: with
     early fusion, the three modalities side by side (a first version fed the text alone)."""
-    from iteach_fast.nn.model import ITEACHNet
-
-    g = torch.Generator().manual_seed(5)
-    dims, n = (6, 4, 5), 9
-    net = ITEACHNet(dims, 3, dim=8, heads=2, max_len=12, dist=3, early_fusion=mode).eval()
-    conv = {m: torch.randn(n, d, generator=g).numpy() for m, d in zip(("text", "audio", "visual"), dims)}
-    conv.update(id="c0", labels=np.zeros(n, dtype=np.int64))
+    net, conv = _heatmap_case(5, early_fusion=mode)
+    n = len(conv["labels"])
     E = plots.ecce_bias_of(net, conv)
     assert E.shape == (2, n, n) and torch.isfinite(E).all()
     moved = dict(conv, audio=conv["audio"] + 1.0)
@@ -185,13 +192,8 @@ def test_ecce_heatmap_of_an_early_fusion_model_reads_all_three_modalities(tmp_pa
 def test_ecce_heatmap_of_a_recurrent_model_reads_the_grus_output():
     """With ``recurrent`` the text ECCE reads the residual GRU's output: the heatmap's E is the
     bias the model computes (its forward's input to ECCE), not the bare projection's."""
-    from iteach_fast.nn.model import ITEACHNet
-
-    g = torch.Generator().manual_seed(6)
-    dims, n = (6, 4, 5), 9
-    net = ITEACHNet(dims, 3, dim=8, heads=2, max_len=12, dist=3, recurrent=True).eval()
-    conv = {m: torch.randn(n, d, generator=g).numpy() for m, d in zip(("text", "audio", "visual"), dims)}
-    conv.update(id="c0", labels=np.zeros(n, dtype=np.int64))
+    net, conv = _heatmap_case(6, recurrent=True)
+    n = len(conv["labels"])
     E = plots.ecce_bias_of(net, conv)
     text = torch.as_tensor(conv["text"])[None]
     with torch.no_grad():
