@@ -190,7 +190,24 @@ def report(out: str, variants) -> str:
             f"{x:.2f}" + ("" if x >= b else "↓") for x, b in zip(st, best("test", among))) + " |")
     lines.append("")
     lines.append("↓: below the best baseline (on the row's seeds) at that rate.")
+    lines += ["", "paired by seed, test split (mean ± standard error over the seeds; wins: seeds above):", "",
+              "| variant | seeds | student UME avg − BiGRU's | wins | teacher − best baseline at 0.0 | wins |",
+              "|---|---|---|---|---|---|"]
+    for name in [v for v in variants if v in runs]:
+        rs = sorted(runs[name], key=lambda r: r["seed"])
+        student = np.array([np.mean(r["student_test"]) - np.mean([x["waf"] for x in base[r["seed"]]["test"]["rows"]
+                                                                  ["gru"]]) for r in rs])
+        teacher = np.array([r["teacher_test"] - best("test", [r["seed"]])[0] for r in rs])
+        lines.append(f"| {name} | {len(rs)} | {_paired(student)} | {int((student > 0).sum())}/{len(rs)} | "
+                     f"{_paired(teacher)} | {int((teacher > 0).sum())}/{len(rs)} |")
     return "\n".join(lines)
+
+
+def _paired(d: np.ndarray) -> str:
+    """``mean ± standard error`` of per-seed differences (no error from one seed)."""
+    if len(d) < 2:
+        return f"{d.mean():+.2f}"
+    return f"{d.mean():+.2f} ± {d.std(ddof=1) / np.sqrt(len(d)):.2f}"
 
 
 def main(argv=None) -> int:
