@@ -109,7 +109,8 @@ def run_group(cases: list[Case], device: torch.device, level: str) -> dict[Case,
     try:
         prepared = suite.entry(cases[0].op).prepare(cases, device)
     except Exception as err:  # noqa: BLE001 - a failing entry is a result, and the run goes on
-        return {case: _outcome(err) for case in cases}
+        outcome = _outcome(err)  # once: a failed case's error goes to the log in full
+        return {case: dict(outcome) for case in cases}
     results, live = {}, {}
     for case in cases:
         p = prepared[case]

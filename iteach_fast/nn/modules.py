@@ -205,9 +205,10 @@ class Recurrence(nn.Module):
     def forward(self, x: torch.Tensor, lengths=None) -> torch.Tensor:
         """``x (B, L, dim)`` -> ``x + GRU(x)`` ``(B, L, dim)``, 0 at invalid positions."""
         pad = _standalone(x, lengths, self.dim)
-        x = zero_invalid(x, pad.valid)
         if x.shape[1] == 0:  # no utterance at all (nn.GRU rejects an empty sequence)
             return x
+        # padding need not be zeroed first: it comes after every valid utterance in both reading
+        # orders, so no GRU carries it into a valid output; the sum is zeroed there instead
         h = self.forward_gru(x)[0]
         if self.backward_gru is not None:
             back = reverse_within(self.backward_gru(reverse_within(x, pad.lengths))[0], pad.lengths)
