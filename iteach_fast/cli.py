@@ -144,6 +144,8 @@ CONFIG_HELP = {
                     "paper's), text (the text stream's), all (every stream's)",
     "recurrent": "not the paper's: a residual GRU over each stream's utterances before ECCE (bidirectional; "
                  "forward only with --causal), so the model knows their order",
+    "presence": "not the paper's: every input projection also reads the utterance's three presence flags (the "
+                "baselines read them too), so a missing modality is not only a zero",
 }
 
 

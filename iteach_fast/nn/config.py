@@ -45,6 +45,7 @@ class ModelConfig:
     cross_ecce: bool = False  # not the paper's: the text stream's ECCE bias guides its cross-attentions too
     early_fusion: EarlyFusion = "off"  # not the paper's: text / all: those streams' projections read all three
     recurrent: bool = False  # not the paper's: a residual GRU over each stream's utterances before ECCE
+    presence: bool = False  # not the paper's: every input projection also reads the three presence flags
 
     def __post_init__(self):
         if isinstance(self.early_fusion, bool):  # the release where it was a bool (text stream only)
@@ -76,7 +77,8 @@ class ModelConfig:
         """The options that are not the paper's and are on, as a log names them."""
         return ((["cross-ECCE"] if self.cross_ecce else [])
                 + ([f"early fusion ({self.early_fusion})"] if self.early_fusion != "off" else [])
-                + (["recurrent"] if self.recurrent else []))
+                + (["recurrent"] if self.recurrent else [])
+                + (["presence flags"] if self.presence else []))
 
     def model_kwargs(self) -> dict:
         """Every field but the framework's layer / mixer choices: what both models of a net share."""

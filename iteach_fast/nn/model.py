@@ -76,7 +76,7 @@ class ITEACHModel(nn.Module):
                  heads: int = 8, ffn_ratio: float = 4.0, max_len: int = 110, dist: int = 30, conv_kernel: int = 7,
                  pool_size: int = 3, ecce: str = "local+global", dropout: float = 0.0, backend: str = "auto",
                  mlp_ratio: float = 1.0, causal: bool = False, cross_ecce: bool = False,
-                 early_fusion: str = "off", recurrent: bool = False):
+                 early_fusion: str = "off", recurrent: bool = False, presence: bool = False):
         super().__init__()
         input_dims = tuple(int(d) for d in input_dims)
         if len(input_dims) != 3 or min(input_dims) < 1:
@@ -93,7 +93,11 @@ class ITEACHModel(nn.Module):
         # meet at the input instead of only through the cross-attentions
         self.early_fusion = early_fusion_mode(early_fusion)
         self.fused_streams = {"off": 0, "text": 1, "all": 3}[self.early_fusion]
-        in_dims = tuple(sum(input_dims) if i < self.fused_streams else d for i, d in enumerate(input_dims))
+        # presence (an option, not the paper's): every projection also reads the utterance's three
+        # presence flags, so a zero feature that is missing can be told from one that is small
+        self.presence = bool(presence)
+        in_dims = tuple((sum(input_dims) if i < self.fused_streams else d) + 3 * self.presence
+                        for i, d in enumerate(input_dims))
         self.proj = nn.ModuleList(nn.Linear(d, dim) for d in in_dims)
         # recurrent (an option, not the paper's): a residual GRU over each stream's utterances, so
         # order reaches ECCE and the encoder (nothing in the paper's scores says where an utterance is)
@@ -157,7 +161,7 @@ class ITEACHModel(nn.Module):
         pad = self.check_inputs(inputs, lengths, present)
         valid = pad.valid
         zero = torch.zeros((), dtype=text.dtype, device=text.device)
-        xs = self.stream_inputs(inputs, pad)
+        xs = self.stream_inputs(inputs, pad, present)
         prefixes = tuple(ecce(x, pad) for ecce, x in zip(self.ecce, xs))  # ECCE once per modality
         t, a, v = xs
         hidden = []
@@ -170,26 +174,30 @@ class ITEACHModel(nn.Module):
             logits = logits.squeeze(-1)
         return ModelOutput(logits, hidden)
 
-    def stream_inputs(self, inputs: tuple, lengths) -> list:
+    def stream_inputs(self, inputs: tuple, lengths, present: torch.Tensor | None = None) -> list:
         """``X_t, X_a, X_v (B, L, D)``, what each stream's ECCE and first layer read (eq. 1-2): the
         input projections, dropout, and with ``recurrent`` the residual GRU; 0 at padding (the
         projection's bias would not be)."""
         pad = padded(lengths, *inputs[0].shape[:2], inputs[0].device)
         zero = torch.zeros((), dtype=inputs[0].dtype, device=inputs[0].device)
         xs = [torch.where(pad.valid, self.dropout(proj(torch.where(pad.valid, x, zero))), zero)
-              for proj, x in zip(self.proj, self.projection_inputs(inputs))]
+              for proj, x in zip(self.proj, self.projection_inputs(inputs, present))]
         if self.recurrence is not None:
             xs = [rnn(x, pad) for rnn, x in zip(self.recurrence, xs)]
         return xs
 
-    def projection_inputs(self, inputs: tuple) -> tuple:
+    def projection_inputs(self, inputs: tuple, present: torch.Tensor | None = None) -> tuple:
         """What each stream's input projection reads: ``(text, audio, visual)``, or with
         ``early_fusion`` the three concatenated for the text stream (``text``) or for every
         stream (``all``); a missing modality is already zero there."""
-        if not self.fused_streams:
-            return tuple(inputs)
-        fused = torch.cat(inputs, -1)
-        return (fused,) * self.fused_streams + tuple(inputs[self.fused_streams:])
+        if self.fused_streams:
+            fused = torch.cat(inputs, -1)
+            inputs = (fused,) * self.fused_streams + tuple(inputs[self.fused_streams:])
+        if self.presence:  # None: every modality present (the teacher's complete data)
+            x = inputs[0]
+            flags = (x.new_ones(*x.shape[:-1], 3) if present is None else present.to(x.dtype))
+            inputs = tuple(torch.cat([x, flags], -1) for x in inputs)
+        return tuple(inputs)
 
     def stream(self, batch_size: int = 1) -> StreamingSession:
         """A :class:`~iteach_fast.nn.streaming.StreamingSession` on this (causal) model: push one

@@ -157,13 +157,13 @@ class StreamingSession:
         if self.length >= self.max_len:
             raise ValueError(f"the session already holds max_len={self.max_len} utterances: reset() for a new "
                              f"conversation, or build the model with a larger max_len")
-        inputs = self._check(text, audio, visual, present)
+        inputs, present = self._check(text, audio, visual, present)
         with _eval_mode(self.model):
-            return self._push(inputs)
+            return self._push(inputs, present)
 
-    def _push(self, inputs) -> torch.Tensor:
+    def _push(self, inputs, present) -> torch.Tensor:
         m, t = self.model, self.length
-        xs = [proj(x) for proj, x in zip(m.proj, m.projection_inputs(inputs))]  # eq. 1-2 (no dropout in evaluation)
+        xs = [proj(x) for proj, x in zip(m.proj, m.projection_inputs(inputs, present))]  # eq. 1-2 (no dropout in evaluation)
         if m.recurrence is not None:  # one GRU step per stream from its kept hidden state
             xs = [self._recur(rnn, state, x) for rnn, state, x in zip(m.recurrence, self._modalities, xs)]
         biases = [self._ecce(ecce, state, x, t) for ecce, state, x in zip(m.ecce, self._modalities, xs)]
@@ -218,7 +218,7 @@ class StreamingSession:
                 warnings.warn(f"utterance {self.length} of conversation(s) {nothing}: no modality present (present is "
                               "all False): its prediction rests on the earlier utterances alone",
                               NoModalityWarning, stacklevel=3)
-        return out
+        return out, present
 
     # ------------------------------------------------------------------ the pieces, one position each
 

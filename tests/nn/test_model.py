@@ -663,6 +663,34 @@ def test_recurrence_causal_output_sees_only_the_past():
             - bidirectional(x, torch.tensor([9, 9]))[:, :5]).abs().max() > 1e-4  # the backward GRU sees ahead
 
 
+def test_presence_flags_reach_the_projections():
+    """``presence``: a modality marked absent is not the same input as one that is present and
+    zero; no ``present`` (the teacher's complete data) means every modality present; the config
+    round-trips and a checkpoint built without it is refused, naming the input width."""
+    from iteach_fast.training.checkpoint import CheckpointError, check_weights
+    from iteach_fast.training.config import TrainConfig
+
+    torch.manual_seed(0)
+    m = _perturb(ITEACHModel(DIMS, C, num_layers=1, mixer="tf", presence=True, **SMALL)).eval()
+    xs = tuple(torch.randn(2, 7, d) for d in DIMS)
+    xs[1][:, 3] = 0  # utterance 3's audio: zero, whether present or not
+    present = torch.ones(2, 7, 3, dtype=torch.bool)
+    lens = torch.tensor([7, 5])
+    with torch.no_grad():
+        everything = m(*xs, lens, present).logits
+        torch.testing.assert_close(m(*xs, lens).logits, everything, rtol=0, atol=0)
+        present[:, 3, 1] = False
+        absent = m(*xs, lens, present).logits
+    assert (absent[:, 3] - everything[:, 3]).abs().max() > 1e-4
+    assert m.proj[0].in_features == DIMS[0] + 3
+    net = ITEACHNet(DIMS, C, presence=True, **SMALL)
+    ITEACHNet.from_config(net.config, DIMS, C).load_state_dict(net.state_dict())
+    assert net.config.options() == ["presence flags"] and ModelConfig().presence is False
+    assert TrainConfig.from_dict({"presence": "true"}).model.presence is True
+    with pytest.raises(CheckpointError, match=f"input dim 0 .*config {DIMS[0]}, weights {DIMS[0] + 3}"):
+        check_weights(ITEACHNet(DIMS, C, **SMALL).state_dict(), net.state_dict(), "run/best.pt")
+
+
 def test_recurrent_round_trips_through_its_config_and_checkpoint_check():
     from iteach_fast.training.checkpoint import CheckpointError, check_weights
     from iteach_fast.training.config import TrainConfig

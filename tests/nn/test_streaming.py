@@ -64,11 +64,13 @@ def test_stream_equals_full_causal_forward():
 
 @pytest.mark.parametrize("option", [{"cross_ecce": True}, {"early_fusion": "text"}, {"early_fusion": "all"},
                                     {"recurrent": True},
-                                    {"recurrent": True, "early_fusion": "all", "cross_ecce": True}])
+                                    {"recurrent": True, "early_fusion": "all", "cross_ecce": True},
+                                    {"presence": True}, {"presence": True, "early_fusion": "all", "recurrent": True}])
 def test_stream_with_each_option(option):
     """The options, streamed too: cross_ecce (the text stream's band bias in the
     cross-attentions), early_fusion (the text stream's projection, or every stream's, reads
-    all three modalities) and recurrent (the residual GRU steps from its kept hidden state)."""
+    all three modalities), recurrent (the residual GRU steps from its kept hidden state) and
+    presence (the pushed presence flags reach the projections; None: all present, as for the teacher)."""
     L = 40
     net = _perturb(ITEACHNet(DIMS, 4, causal=True, max_len=L, **option, **SMALL))
     complete, incomplete, present = _conversations(2, L)
