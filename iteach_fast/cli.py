@@ -96,6 +96,8 @@ CONFIG_HELP = {
     "router_lr": "AdamW's learning rate of the NAS router",
     "weight_decay": "AdamW's weight decay",
     "grad_clip": "clip the gradient norm to this (0: no clipping)",
+    "rec_weight": "not the paper's (eq. 15 weighs it 1): the weight of L_rec, the student's distance to the teacher's "
+                  "features on utterances that lost a modality, in the total loss",
     "ema": "not the paper's: validate, save and evaluate an exponential moving average of the weights, with this "
            "decay per optimiser step (0: off; 0.99 averages over about the last 100 steps)",
     "strategy": "the training missing rate: fixed (--rate), random (each batch uniform in [0, --max-rate]) or "

@@ -335,7 +335,7 @@ class ITEACHNet(nn.Module):
         return torch.where(counted, err, zero).sum() / n
 
     def loss(self, teacher_out: ModelOutput, student_out: ModelOutput, labels: torch.Tensor, lengths,
-             present: torch.Tensor, counts: dict | None = None) -> dict:
+             present: torch.Tensor, counts: dict | None = None, rec_weight: float = 1.0) -> dict:
         """The joint objective (eq. 12-15), as a dict ``total, emo, rec, emo_teacher, emo_student``.
 
         ``L_emo = CE(teacher) + CE(student)`` (MSE for a regressor), each the mean over the
@@ -348,7 +348,8 @@ class ITEACHNet(nn.Module):
         hidden features, on the valid utterances whose student input lost at least one
         modality (``present`` not all true), averaged over those utterances and ``D``; the
         teacher's features are detached (eq. 14: no gradient to the teacher). 0 when no
-        utterance lost anything. ``total = emo + rec`` (eq. 15).
+        utterance lost anything. ``total = emo + rec`` (eq. 15); ``rec_weight`` (not the paper's)
+        scales the second term: ``total = emo + rec_weight * rec`` (``rec`` is reported unscaled).
 
         ``counts``: the denominators ``{"valid": N, "lost": M}`` (see :meth:`loss_counts`)
         when they are not this batch's own — under data parallelism, the global batch's, so
@@ -376,7 +377,7 @@ class ITEACHNet(nn.Module):
             rec = rec + w * torch.where(lost, sq, zero).sum()
         rec = rec / (n_lost * D)
         emo = emo_t + emo_s
-        return {"total": emo + rec, "emo": emo, "rec": rec, "emo_teacher": emo_t, "emo_student": emo_s}
+        return {"total": emo + rec_weight * rec, "emo": emo, "rec": rec, "emo_teacher": emo_t, "emo_student": emo_s}
 
     # ------------------------------------------------------------------ optimiser
 

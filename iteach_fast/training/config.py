@@ -49,6 +49,7 @@ class TrainConfig:
     router_lr: float = 5e-3
     weight_decay: float = 0.01
     grad_clip: float = 0.0  # 0: off
+    rec_weight: float = 1.0  # not the paper's (eq. 15 adds L_rec with weight 1): L_rec's weight in the total loss
     ema: float = 0.0  # not the paper's: evaluate and save a moving average of the weights, this decay per step (0: off)
     strategy: Strategy = "random"  # §5.4.2
     rate: float = 0.0  # the missing rate of the fixed strategy
@@ -83,6 +84,7 @@ class TrainConfig:
                 (finite(self.weight_decay) and self.weight_decay >= 0, "weight_decay must be a finite number >= 0"),
                 (finite(self.grad_clip) and self.grad_clip >= 0, "grad_clip must be a finite number >= 0 (0: off)"),
                 (finite(self.ema) and 0.0 <= self.ema < 1.0, "ema must lie in [0, 1) (0: off)"),
+                (finite(self.rec_weight) and self.rec_weight >= 0.0, "rec_weight must be a finite number >= 0"),
                 (_rate_ok(self.rate), f"rate must lie in [0, {MAX_RATE}], got {self.rate}"),
                 (_rate_ok(self.max_rate), f"max_rate must lie in [0, {MAX_RATE}], got {self.max_rate}"),
                 (finite(self.outage_prob) and 0.0 <= self.outage_prob <= 1.0,

@@ -161,7 +161,8 @@ class Step:
         with autocast(self.ctx.device, self.dtype, self.autocast_cache):
             t_out, s_out = self.model(complete, incomplete, lengths, present)
             losses = self.loss(t_out, s_out, labels, lengths, present,
-                               counts=None if counts is None else {"valid": counts[0], "lost": counts[1]})
+                               counts=None if counts is None else {"valid": counts[0], "lost": counts[1]},
+                               rec_weight=self.cfg.rec_weight)
         return torch.stack([losses[k] for k in TERMS])
 
     def body(self, b: Batch) -> torch.Tensor:

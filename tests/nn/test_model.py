@@ -230,6 +230,11 @@ def test_loss_matches_hand_computation(regression):
     torch.testing.assert_close(got["emo"], emo_t + emo_s)
     torch.testing.assert_close(got["rec"], rec)
     torch.testing.assert_close(got["total"], emo_t + emo_s + rec)
+    # rec_weight (not the paper's) scales L_rec in the total only; 0 leaves the emotion losses
+    scaled = net.loss(t_out, s_out, labels, lens, present, rec_weight=0.25)
+    torch.testing.assert_close(scaled["rec"], rec)
+    torch.testing.assert_close(scaled["total"], emo_t + emo_s + 0.25 * rec)
+    torch.testing.assert_close(net.loss(t_out, s_out, labels, lens, present, rec_weight=0.0)["total"], emo_t + emo_s)
     assert REC_WEIGHTS == (0.5, 0.1, 0.05)
     if not regression:  # cross-check eq. 12 against torch's own mean CE over valid utterances
         ok = valid(lens, 6)

@@ -117,6 +117,25 @@ def test_weight_average_is_what_is_validated_saved_and_evaluated(tmp_path, tiny,
         tiny(tmp_path, ema=1.0).validate()
 
 
+def test_rec_weight_reaches_the_loss(tmp_path, tiny, monkeypatch):
+    """--rec-weight (not the paper's) is the weight the training step gives L_rec; a negative
+    or non-finite one is refused before training, naming the key."""
+    from iteach_fast.nn.model import ITEACHNet
+
+    seen = []
+    real_loss = ITEACHNet.loss
+
+    def loss(self, *args, **kwargs):
+        seen.append(kwargs.get("rec_weight"))
+        return real_loss(self, *args, **kwargs)
+    monkeypatch.setattr(ITEACHNet, "loss", loss)
+    training.train(tiny(tmp_path, epochs=1, rec_weight=0.3), log=quiet, max_steps=1)
+    assert seen == [0.3]
+    for bad in (-0.1, float("nan")):
+        with pytest.raises(ValueError, match="rec_weight"):
+            tiny(tmp_path, rec_weight=bad).validate()
+
+
 def test_max_steps_and_zero_epochs(tmp_path, tiny):
     out = training.train(tiny(tmp_path, epochs=3), log=quiet, max_steps=1)
     assert len(out["history"]) == 1
