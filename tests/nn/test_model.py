@@ -442,7 +442,8 @@ def _step(net, opt, complete, incomplete, lens, present, labels):
                                                             ("its", None, False, {"cross_ecce": True,
                                                                                   "early_fusion": "all"}),
                                                             ("its", None, False, {"recurrent": True}),
-                                                            ("pre", "nas", True, {"recurrent": True})])
+                                                            ("pre", "nas", True, {"recurrent": True}),
+                                                            ("its", None, False, {"presence": True})])
 def test_training_step_has_no_host_synchronisation(framework, mixer, causal, options):
     """Forward, loss, backward and the AdamW step dispatch no op that reads a value back to the
     host (.item(), nonzero, boolean-mask indexing, ...): the step can be captured as a CUDA
