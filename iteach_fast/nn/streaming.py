@@ -163,7 +163,8 @@ class StreamingSession:
 
     def _push(self, inputs, present) -> torch.Tensor:
         m, t = self.model, self.length
-        xs = [proj(x) for proj, x in zip(m.proj, m.projection_inputs(inputs, present))]  # eq. 1-2 (no dropout in evaluation)
+        # eq. 1-2 (no dropout in evaluation)
+        xs = [proj(x) for proj, x in zip(m.proj, m.projection_inputs(inputs, present))]
         if m.recurrence is not None:  # one GRU step per stream from its kept hidden state
             xs = [self._recur(rnn, state, x) for rnn, state, x in zip(m.recurrence, self._modalities, xs)]
         biases = [self._ecce(ecce, state, x, t) for ecce, state, x in zip(m.ecce, self._modalities, xs)]
