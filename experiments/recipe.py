@@ -99,6 +99,8 @@ VARIANTS = {
     "earlyall-cross-dist3-lr3e-3-ema.99-gru-rec3-e40": {"epochs": 40, "dist": 3, "early_fusion": "all",
                                                         "cross_ecce": True, "lr": 3e-3, "ema": 0.99,
                                                         "recurrent": True, "rec_weight": 3.0},
+    "earlyall-cross-dist5-lr3e-3-ema.99-gru-e40": {"epochs": 40, "dist": 5, "early_fusion": "all",
+                                                   "cross_ecce": True, "lr": 3e-3, "ema": 0.99, "recurrent": True},
     "earlyall-cross-dist3-lr3e-3-gru-e40": {"epochs": 40, "dist": 3, "early_fusion": "all", "cross_ecce": True,
                                             "lr": 3e-3, "recurrent": True},
     "dist3-ema.99-gru-e40": {"epochs": 40, "dist": 3, "ema": 0.99, "recurrent": True},
