@@ -43,6 +43,7 @@ VARIANTS = {
     "paper-e40": {"epochs": 40},
     "dist3-e40": {"epochs": 40, "dist": 3},
     "dist5-e40": {"epochs": 40, "dist": 5},
+    "dist3-rec0.1-e40": {"epochs": 40, "dist": 3, "rec_weight": 0.1},
     "cross-dist30-e40": {"epochs": 40, "cross_ecce": True},
     "cross-dist2-e40": {"epochs": 40, "dist": 2, "cross_ecce": True},
     "cross-dist3-e40": {"epochs": 40, "dist": 3, "cross_ecce": True},
