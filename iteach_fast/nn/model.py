@@ -69,7 +69,7 @@ class ITEACHModel(nn.Module):
     depends on utterances ``<= i`` only (:meth:`stream` runs it utterance by utterance).
 
     Missing modalities arrive as zeros (GCNet's convention); ``present (B, L, 3)`` bool is
-    validated but not otherwise needed here.
+    validated, and read only with the ``presence`` option (its flags join each projection's input).
     """
 
     def __init__(self, input_dims, num_classes: int, num_layers: int, mixer: str = "tf", dim: int = 128,
@@ -189,13 +189,14 @@ class ITEACHModel(nn.Module):
     def projection_inputs(self, inputs: tuple, present: torch.Tensor | None = None) -> tuple:
         """What each stream's input projection reads: ``(text, audio, visual)``, or with
         ``early_fusion`` the three concatenated for the text stream (``text``) or for every
-        stream (``all``); a missing modality is already zero there."""
+        stream (``all``); a missing modality is already zero there. With ``presence`` each is
+        followed by the utterance's three presence flags (``present`` None: all present)."""
         if self.fused_streams:
             fused = torch.cat(inputs, -1)
             inputs = (fused,) * self.fused_streams + tuple(inputs[self.fused_streams:])
         if self.presence:  # None: every modality present (the teacher's complete data)
-            x = inputs[0]
-            flags = (x.new_ones(*x.shape[:-1], 3) if present is None else present.to(x.dtype))
+            like = inputs[0]
+            flags = like.new_ones(*like.shape[:-1], 3) if present is None else present.to(like.dtype)
             inputs = tuple(torch.cat([x, flags], -1) for x in inputs)
         return tuple(inputs)
 
