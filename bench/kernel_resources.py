@@ -163,8 +163,10 @@ def _occupancy(arch: int, registers: int, shared: int, num_warps: int) -> dict:
                 warps_per_sm=ctas * num_warps)
 
 
-def compile_variant(kernel, args, meta, arch: int, ptxas: str) -> dict:
-    """Compile one launch of ``kernel`` for sm_``arch`` as the runtime would, and report its resources."""
+def compile_launch(kernel, args, meta, arch: int, float_type: str = "fp32"):
+    """``(compiled, options)``: one launch of ``kernel`` compiled for sm_``arch`` as the runtime
+    would compile it; ``float_type="fp64"`` types the float scalar arguments as Inductor's code
+    for a ``triton_op`` does (a kernel must then cast them, or its loop-carried types change)."""
     target = GPUTarget("cuda", arch, 32)
     backend = make_backend(target)
     options = {k: meta[k] for k in ("num_warps", "num_stages") if k in meta}
@@ -172,7 +174,13 @@ def compile_variant(kernel, args, meta, arch: int, ptxas: str) -> dict:
     binder = create_function_from_signature(kernel.signature, kernel.params, backend)
     bound, specialization, _ = binder(*args, **constexprs)
     opts, signature, consts, attrs = kernel._pack_args(backend, options, bound, specialization, None)
-    compiled = triton.compile(ASTSource(kernel, signature, consts, attrs), target=target, options=opts.__dict__)
+    signature = {k: float_type if t == "fp32" else t for k, t in signature.items()}  # scalars only: pointers are "*fp32"
+    return triton.compile(ASTSource(kernel, signature, consts, attrs), target=target, options=opts.__dict__), opts
+
+
+def compile_variant(kernel, args, meta, arch: int, ptxas: str) -> dict:
+    """Compile one launch of ``kernel`` for sm_``arch`` as the runtime would, and report its resources."""
+    compiled, opts = compile_launch(kernel, args, meta, arch)
     ptx_arch = re.search(r"\.target (sm_\w+)", compiled.asm["ptx"]).group(1)
     with tempfile.TemporaryDirectory() as tmp:
         src = os.path.join(tmp, "k.ptx")

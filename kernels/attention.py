@@ -69,6 +69,7 @@ def _attn_fwd_kernel(Q, K, V, T, LENGTHS, OUT, LSE2, scale, dist, L, H, Dh,
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    scale = tl.cast(scale, tl.float32)  # Inductor passes a float argument as fp64
     qk_scale = scale * LOG2E
     hi = tl.where(m0 < n, n, 0)  # a block of invalid rows visits nothing
     if CAUSAL:
@@ -142,6 +143,7 @@ def _attn_bwd_dq_kernel(Q, K, V, T, LENGTHS, O, DO, DQ, LSE2, DELTA, ROWS, scale
     row_s = tl.zeros([BLOCK_M], tl.float32)
     row_r = tl.zeros([BLOCK_M], tl.float32)
     row_z = tl.zeros([BLOCK_M], tl.float32)
+    scale = tl.cast(scale, tl.float32)  # Inductor passes a float argument as fp64
     qk_scale = scale * LOG2E
     hi = tl.where(m0 < n, n, 0)
     if CAUSAL:
@@ -218,6 +220,7 @@ def _attn_bwd_dkv_kernel(Q, K, V, T, LENGTHS, DO, DK, DV, LSE2, DELTA, ROWS, DT,
     col_s = tl.zeros([BLOCK_N], tl.float32)
     col_r = tl.zeros([BLOCK_N], tl.float32)
     col_z = tl.zeros([BLOCK_N], tl.float32)
+    scale = tl.cast(scale, tl.float32)  # Inductor passes a float argument as fp64
     qk_scale = scale * LOG2E
     lo = 0
     if CAUSAL:

@@ -16,7 +16,7 @@ from bench import gpu_check
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ORDER = ["preflight", "build", "build-check", "install", "imports", "headline", "gpu-tests-key", "kernel-resources",
-         "syncs", "gpu-tests-rest", "bench-rest", "tests-rest", "report"]
+         "syncs", "gpu-tests-rest", "compiled-step", "bench-rest", "tests-rest", "report"]
 
 
 def _stages(summary: str) -> dict[str, str]:
