@@ -90,6 +90,8 @@ VARIANTS = {
     "earlyall-cross-dist5-lr3e-3-ema.99-gru-e40": {**CHOSEN, "dist": 5},
     "earlyall-cross-dist3-lr3e-3-ema.99-gru-studenttf-e40": {**CHOSEN, "student_mixer": "tf"},
     "earlyall-cross-dist3-lr3e-3-ema.99-gru-student2-e40": {**CHOSEN, "student_layers": 2},
+    # the training rates drawn with a density rising to 0.7 (the baselines train with the same draw)
+    "earlyall-cross-dist3-lr3e-3-ema.99-gru-pow2-e40": {**CHOSEN, "rate_power": 2.0},
     "earlyall-cross-dist3-lr3e-3-gru-e40": {"epochs": 40, "dist": 3, "early_fusion": "all", "cross_ecce": True,
                                             "lr": 3e-3, "recurrent": True},
     "dist3-ema.99-gru-e40": {"epochs": 40, "dist": 3, "ema": 0.99, "recurrent": True},
@@ -134,9 +136,10 @@ def run_one(out: str, variant: str, seed: int) -> dict:
     return result
 
 
-def baselines(out: str, seed: int) -> dict:
-    """The baselines of the demo's data at ``seed`` (random rates, as every variant), valid and test."""
-    cfg = config("paper-e10", seed, out)
+def baselines(out: str, seed: int, variant: str = "paper-e10") -> dict:
+    """The baselines of the demo's data at ``seed``, trained with ``variant``'s missing-rate draw
+    (for every variant but the ``rate_power`` ones the paper's, so one cached set), valid and test."""
+    cfg = config(variant, seed, out)
     from iteach_fast.data.sources import splits_for
 
     splits = splits_for(cfg)
@@ -154,12 +157,14 @@ def report(out: str, variants) -> str:
             runs.setdefault(r["variant"], []).append(r)
     seeds = sorted({r["seed"] for rs in runs.values() for r in rs})
     base = {s: baselines(out, s) for s in seeds}
+    own = {name: {r["seed"]: baselines(out, r["seed"], name) for r in rs} for name, rs in runs.items()
+           if name in variants}
 
-    def brow(split, name, among=seeds):  # mean over seeds of a baseline's per-rate WAF
-        return np.mean([[r["waf"] for r in base[s][split]["rows"][name]] for s in among], 0)
+    def brow(split, name, among=seeds, bases=base):  # mean over seeds of a baseline's per-rate WAF
+        return np.mean([[r["waf"] for r in bases[s][split]["rows"][name]] for s in among], 0)
 
-    def best(split, among=seeds):  # the better of the two context baselines at each rate
-        return np.maximum(brow(split, "logreg_context", among), brow(split, "gru", among))
+    def best(split, among=seeds, bases=base):  # the better of the two context baselines at each rate
+        return np.maximum(brow(split, "logreg_context", among, bases), brow(split, "gru", among, bases))
 
     lines = [f"seeds {', '.join(map(str, seeds))}; WAF % (mean over seeds); student: UME average over rates "
              "0.0..0.7; teacher: complete data", "",
@@ -193,17 +198,18 @@ def report(out: str, variants) -> str:
         among = sorted(r["seed"] for r in runs[name])
         st = np.mean([r["student_test"] for r in runs[name]], 0)
         lines.append(f"| {name} | {', '.join(map(str, among))} | " + " | ".join(
-            f"{x:.2f}" + ("" if x >= b else "↓") for x, b in zip(st, best("test", among))) + " |")
+            f"{x:.2f}" + ("" if x >= b else "↓") for x, b in zip(st, best("test", among, own[name]))) + " |")
     lines.append("")
-    lines.append("↓: below the best baseline (on the row's seeds) at that rate.")
+    lines.append("↓: below the best baseline (on the row's seeds, trained with the row's missing-rate draw) at "
+                 "that rate.")
     lines += ["", "paired by seed, test split (mean ± standard error over the seeds; wins: seeds above):", "",
               "| variant | seeds | student UME avg − BiGRU's | wins | teacher − best baseline at 0.0 | wins |",
               "|---|---|---|---|---|---|"]
     for name in [v for v in variants if v in runs]:
         rs = sorted(runs[name], key=lambda r: r["seed"])
-        student = np.array([np.mean(r["student_test"]) - np.mean([x["waf"] for x in base[r["seed"]]["test"]["rows"]
-                                                                  ["gru"]]) for r in rs])
-        teacher = np.array([r["teacher_test"] - best("test", [r["seed"]])[0] for r in rs])
+        student = np.array([np.mean(r["student_test"]) - np.mean([x["waf"] for x in own[name][r["seed"]]["test"]
+                                                                  ["rows"]["gru"]]) for r in rs])
+        teacher = np.array([r["teacher_test"] - best("test", [r["seed"]], own[name])[0] for r in rs])
         lines.append(f"| {name} | {len(rs)} | {_paired(student)} | {int((student > 0).sum())}/{len(rs)} | "
                      f"{_paired(teacher)} | {int((teacher > 0).sum())}/{len(rs)} |")
     return "\n".join(lines)
@@ -234,6 +240,7 @@ def main(argv=None) -> int:
     for seed in [int(s) for s in args.seeds.split(",")]:
         baselines(args.out, seed)
         for variant in variants:
+            baselines(args.out, seed, variant)  # the same set unless the variant draws its rates otherwise
             r = run_one(args.out, variant, seed)
             print(f"{variant} seed {seed}: student valid {np.mean(r['student_valid']):.2f} test "
                   f"{np.mean(r['student_test']):.2f}; teacher valid {r['teacher_valid']:.2f} test "

@@ -104,6 +104,9 @@ CONFIG_HELP = {
                 "progressive (+ --progressive-step every --progressive-every epochs)",
     "rate": "the fixed strategy's missing rate: the fraction of (utterance, modality) cells dropped",
     "max_rate": "random: the largest rate drawn; progressive: the cap",
+    "rate_power": "not the paper's: random draws each batch's rate as max_rate * U ** (1 / rate_power), U uniform "
+                  "in [0, 1) (1: uniform, the paper's; 2: the density rises linearly to max_rate); the baselines "
+                  "train with the same draw",
     "outage_prob": "not the paper's: the probability that a training conversation loses one or two modalities for "
                    "its whole length (a robustness option; evaluate --gaps measures outages)",
     "progressive_step": "progressive: the rate added at each step",

@@ -29,11 +29,19 @@ import torch
 
 from ..choices import EVAL_RATES, MAX_RATE, MODALITIES
 
-__all__ = ["sample_present", "add_outages", "OUTAGE_SUBSETS", "apply_mask", "fixed_masks", "present_for_batch",
+__all__ = ["random_rate", "sample_present", "add_outages", "OUTAGE_SUBSETS", "apply_mask", "fixed_masks", "present_for_batch",
            "missing_rate", "EVAL_RATES", "MAX_RATE"]
 
 # EVAL_RATES (UME's test rates) and MAX_RATE are defined in iteach_fast.choices (no torch: the
 # command line's help reads them) and re-exported here
+
+
+def random_rate(max_rate: float, power: float = 1.0, generator: torch.Generator | None = None) -> float:
+    """The random strategy's missing rate for one training batch: ``max_rate * U ** (1 / power)``,
+    ``U`` uniform in [0, 1). ``power`` 1 is the paper's uniform draw in [0, max_rate] (§5.4.2);
+    2 makes the density rise linearly towards ``max_rate`` (more batches at the highest rates)."""
+    u = float(torch.rand((), generator=generator))
+    return max_rate * (u if power == 1.0 else u ** (1.0 / power))
 
 
 def _draw(n: int, rate: float, generator: torch.Generator | None) -> torch.Tensor:

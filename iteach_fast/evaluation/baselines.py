@@ -35,7 +35,7 @@ from torch import nn
 
 from ..choices import MODALITIES
 from ..data.dataset import collate
-from ..data.masking import EVAL_RATES, fixed_masks, sample_present
+from ..data.masking import EVAL_RATES, fixed_masks, random_rate, sample_present
 from ..files import atomic_write
 from ..training.validation import compute_metrics
 
@@ -60,6 +60,7 @@ class BaselineConfig:
     strategy: str = "random"
     rate: float = 0.0  # the fixed strategy's rate
     max_rate: float = 0.7  # random: U[0, max_rate]; progressive: every step up to it
+    rate_power: float = 1.0  # random: max_rate * U ** (1 / rate_power) (1: uniform)
     copies: int = 4  # masked copies of the training split the linear models see (the first complete)
     windows: tuple = (1, 2, 3, 4, 6)
     hidden: int = 64
@@ -75,7 +76,7 @@ class BaselineConfig:
     @classmethod
     def from_train_config(cls, cfg, **changes) -> BaselineConfig:
         """The baselines of a run: its strategy, rates and seed."""
-        return cls(strategy=cfg.strategy, rate=cfg.rate, max_rate=cfg.max_rate, seed=cfg.seed,
+        return cls(strategy=cfg.strategy, rate=cfg.rate, max_rate=cfg.max_rate, rate_power=cfg.rate_power, seed=cfg.seed,
                    causal=cfg.model.causal, **changes)
 
     def training_rate(self, generator: torch.Generator, step: int, steps: int) -> float:
@@ -84,7 +85,7 @@ class BaselineConfig:
         if self.strategy == "fixed":
             return self.rate
         if self.strategy == "random":
-            return float(torch.rand((), generator=generator)) * self.max_rate
+            return random_rate(self.max_rate, self.rate_power, generator)
         return self.max_rate * step / max(steps - 1, 1)
 
 
@@ -303,7 +304,10 @@ def baselines_for_run(cfg, splits, rates=EVAL_RATES, split: str = "test", mask_s
     a checkpoint, or another model on the same data, does not retrain them."""
     config = config or BaselineConfig.from_train_config(cfg)
     plain = cfg.to_dict()
-    what = {"data": {k: plain[k] for k in DATA_FIELDS}, "baseline": dataclasses.asdict(config),
+    recipe = dataclasses.asdict(config)
+    if recipe["rate_power"] == 1.0:  # the uniform draw: left out, so baselines kept before the option still match
+        del recipe["rate_power"]
+    what = {"data": {k: plain[k] for k in DATA_FIELDS}, "baseline": recipe,
             "rates": [float(r) for r in rates], "split": split, "mask_seed": mask_seed}
     key = hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
     path = os.path.join(folder, f"baselines-{key}.json") if folder else None

@@ -54,6 +54,7 @@ class TrainConfig:
     strategy: Strategy = "random"  # §5.4.2
     rate: float = 0.0  # the missing rate of the fixed strategy
     max_rate: float = 0.7  # random: U[0, max_rate]; progressive: the cap
+    rate_power: float = 1.0  # not the paper's: random draws max_rate * U ** (1 / rate_power) (1: uniform)
     outage_prob: float = 0.0  # not the paper's: P(a conversation loses one or two modalities for its whole length)
     progressive_step: float = 0.1
     progressive_every: int = 10  # epochs per progressive step
@@ -87,6 +88,8 @@ class TrainConfig:
                 (finite(self.rec_weight) and self.rec_weight >= 0.0, "rec_weight must be a finite number >= 0"),
                 (_rate_ok(self.rate), f"rate must lie in [0, {MAX_RATE}], got {self.rate}"),
                 (_rate_ok(self.max_rate), f"max_rate must lie in [0, {MAX_RATE}], got {self.max_rate}"),
+                (finite(self.rate_power) and self.rate_power > 0,
+                 f"rate_power must be a finite number > 0 (1: uniform), got {self.rate_power}"),
                 (finite(self.outage_prob) and 0.0 <= self.outage_prob <= 1.0,
                  f"outage_prob must lie in [0, 1], got {self.outage_prob}"),
                 (finite(self.progressive_step) and self.progressive_step >= 0, "progressive_step must be >= 0"),

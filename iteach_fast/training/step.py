@@ -19,7 +19,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from ..choices import MODALITIES
 from ..data.dataset import collate
-from ..data.masking import add_outages, apply_mask, sample_present
+from ..data.masking import add_outages, apply_mask, random_rate, sample_present
 from ..nn.model import ITEACHNet
 from .config import TrainConfig
 from .distributed import Context
@@ -42,7 +42,7 @@ def rate_for(cfg: TrainConfig, epoch: int, generator: torch.Generator) -> float:
     if cfg.strategy == "fixed":
         return cfg.rate
     if cfg.strategy == "random":
-        return float(torch.rand((), generator=generator)) * cfg.max_rate
+        return random_rate(cfg.max_rate, cfg.rate_power, generator)
     return min(cfg.progressive_step * (epoch // cfg.progressive_every), cfg.max_rate)
 
 

@@ -3,6 +3,7 @@ epoch on tiny data, the strategies' rates, atomic checkpoints, bit-identical res
 the errors of the set-up helpers. The eq. 12-15 loss itself is tested in test_model.py."""
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -38,6 +39,31 @@ def test_rate_schedule_of_each_strategy(tmp_path, tiny):
     prog = tiny(tmp_path, strategy="progressive", progressive_step=0.1, progressive_every=10, max_rate=0.7)
     got = [step.rate_for(prog, e, g) for e in (0, 9, 10, 25, 69, 70, 99)]
     assert got == pytest.approx([0.0, 0.0, 0.1, 0.2, 0.6, 0.7, 0.7])
+
+
+def test_rate_power_moves_the_random_rates_up(tmp_path, tiny):
+    """--rate-power (not the paper's): power 1 is the uniform draw, draw for draw; power 2 draws
+    max_rate * sqrt(U) (mean 2/3 of max_rate, against 1/2), still within [0, max_rate]; the
+    baselines of the run train with the same draw. A power <= 0 or non-finite is refused."""
+    def draws(cfg, n=4000):
+        g = torch.Generator().manual_seed(3)
+        return np.array([step.rate_for(cfg, 0, g) for _ in range(n)])
+    g = torch.Generator().manual_seed(3)
+    uniform = np.array([float(torch.rand((), generator=g)) * 0.7 for _ in range(4000)])
+    assert np.array_equal(draws(tiny(tmp_path, strategy="random", max_rate=0.7)), uniform)
+    skewed = draws(tiny(tmp_path, strategy="random", max_rate=0.7, rate_power=2.0))
+    assert np.allclose(skewed, 0.7 * np.sqrt(uniform / 0.7))
+    assert 0.0 <= skewed.min() and skewed.max() <= 0.7
+    assert skewed.mean() == pytest.approx(0.7 * 2 / 3, abs=0.01) and uniform.mean() == pytest.approx(0.35, abs=0.01)
+    from iteach_fast.evaluation.baselines import BaselineConfig
+    cfg = tiny(tmp_path, strategy="random", max_rate=0.7, rate_power=2.0)
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    baseline = BaselineConfig.from_train_config(cfg)
+    assert baseline.rate_power == 2.0
+    assert [baseline.training_rate(g1, s, 10) for s in range(10)] == [step.rate_for(cfg, 0, g2) for _ in range(10)]
+    for bad in (0.0, -1.0, float("inf")):
+        with pytest.raises(ValueError, match="rate_power"):
+            tiny(tmp_path, rate_power=bad).validate()
 
 
 def _state(path):
