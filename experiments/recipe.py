@@ -90,6 +90,9 @@ VARIANTS = {
     "earlyall-cross-dist5-lr3e-3-ema.99-gru-e40": {**CHOSEN, "dist": 5},
     "earlyall-cross-dist3-lr3e-3-ema.99-gru-studenttf-e40": {**CHOSEN, "student_mixer": "tf"},
     "earlyall-cross-dist3-lr3e-3-ema.99-gru-student2-e40": {**CHOSEN, "student_layers": 2},
+    "earlyall-cross-dist3-lr3e-3-ema.99-gru-wd0.1-e40": {**CHOSEN, "weight_decay": 0.1},
+    # four times the conversations (the baselines trained on the same larger set): is the gap a small-data effect?
+    "earlyall-cross-dist3-lr3e-3-ema.99-gru-n480-e40": {**CHOSEN, "syn_conversations": 480},
     # the training rates drawn with a density rising to 0.7 (the baselines train with the same draw)
     "earlyall-cross-dist3-lr3e-3-ema.99-gru-pow2-e40": {**CHOSEN, "rate_power": 2.0},
     "earlyall-cross-dist3-lr3e-3-gru-e40": {"epochs": 40, "dist": 3, "early_fusion": "all", "cross_ecce": True,
