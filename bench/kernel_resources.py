@@ -174,7 +174,8 @@ def compile_launch(kernel, args, meta, arch: int, float_type: str = "fp32"):
     binder = create_function_from_signature(kernel.signature, kernel.params, backend)
     bound, specialization, _ = binder(*args, **constexprs)
     opts, signature, consts, attrs = kernel._pack_args(backend, options, bound, specialization, None)
-    signature = {k: float_type if t == "fp32" else t for k, t in signature.items()}  # scalars only: pointers are "*fp32"
+    # scalars only: a pointer is "*fp32"
+    signature = {k: float_type if t == "fp32" else t for k, t in signature.items()}
     return triton.compile(ASTSource(kernel, signature, consts, attrs), target=target, options=opts.__dict__), opts
 
 

@@ -29,8 +29,8 @@ import torch
 
 from ..choices import EVAL_RATES, MAX_RATE, MODALITIES
 
-__all__ = ["random_rate", "sample_present", "add_outages", "OUTAGE_SUBSETS", "apply_mask", "fixed_masks", "present_for_batch",
-           "missing_rate", "EVAL_RATES", "MAX_RATE"]
+__all__ = ["random_rate", "sample_present", "add_outages", "OUTAGE_SUBSETS", "apply_mask", "fixed_masks",
+           "present_for_batch", "missing_rate", "EVAL_RATES", "MAX_RATE"]
 
 # EVAL_RATES (UME's test rates) and MAX_RATE are defined in iteach_fast.choices (no torch: the
 # command line's help reads them) and re-exported here

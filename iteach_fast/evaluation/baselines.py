@@ -76,8 +76,8 @@ class BaselineConfig:
     @classmethod
     def from_train_config(cls, cfg, **changes) -> BaselineConfig:
         """The baselines of a run: its strategy, rates and seed."""
-        return cls(strategy=cfg.strategy, rate=cfg.rate, max_rate=cfg.max_rate, rate_power=cfg.rate_power, seed=cfg.seed,
-                   causal=cfg.model.causal, **changes)
+        return cls(strategy=cfg.strategy, rate=cfg.rate, max_rate=cfg.max_rate, rate_power=cfg.rate_power,
+                   seed=cfg.seed, causal=cfg.model.causal, **changes)
 
     def training_rate(self, generator: torch.Generator, step: int, steps: int) -> float:
         """A training batch's (or copy's) missing rate under the strategy; progressive climbs
