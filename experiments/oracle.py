@@ -57,7 +57,8 @@ def emission_terms(latents, keep, spec: SyntheticSpec, protos, offsets=None):
     n = len(keep)
     loglik, amb = np.zeros((n, C)), np.zeros((n, C, len(MODALITIES)))
     strengths = (0.15 * spec.signal, spec.signal)
-    log_w = np.log([spec.ambiguous, 1.0 - spec.ambiguous])
+    with np.errstate(divide="ignore"):  # a weight of 0 is a component that never occurs: log 0 = -inf
+        log_w = np.log([spec.ambiguous, 1.0 - spec.ambiguous])
     for m, (z, readback) in enumerate(latents):
         if offsets is None:
             cov = (1.0 + 0.36 + 0.16) * np.eye(r) + readback
