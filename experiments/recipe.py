@@ -140,8 +140,8 @@ def run_one(out: str, variant: str, seed: int) -> dict:
 
 
 def baselines(out: str, seed: int, variant: str = "paper-e10") -> dict:
-    """The baselines of the demo's data at ``seed``, trained with ``variant``'s missing-rate draw
-    (for every variant but the ``rate_power`` ones the paper's, so one cached set), valid and test."""
+    """The baselines of ``variant``'s data at ``seed``, trained with its missing-rate draw, valid and
+    test (one cached set for every variant that changes neither: ``syn_*`` or ``rate_power``)."""
     cfg = config(variant, seed, out)
     from iteach_fast.data.sources import splits_for
 
@@ -243,7 +243,7 @@ def main(argv=None) -> int:
     for seed in [int(s) for s in args.seeds.split(",")]:
         baselines(args.out, seed)
         for variant in variants:
-            baselines(args.out, seed, variant)  # the same set unless the variant draws its rates otherwise
+            baselines(args.out, seed, variant)  # the cached set unless the variant changes the data or the draw
             r = run_one(args.out, variant, seed)
             print(f"{variant} seed {seed}: student valid {np.mean(r['student_valid']):.2f} test "
                   f"{np.mean(r['student_test']):.2f}; teacher valid {r['teacher_valid']:.2f} test "
