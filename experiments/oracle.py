@@ -10,11 +10,11 @@ features. This script rebuilds the generator's own prototypes and maps from the 
 first draws of ``make_synthetic``), reads each utterance's latent back through the map's
 pseudo-inverse, scores every emotion with the exact emission mixture (ambiguous or not), and
 runs forward-backward over the conversation with the exact transition matrix; a missing
-modality contributes no factor. It knows everything a learned model must estimate, except
-that it treats the conversation and speaker offsets as independent noise per utterance (a
-learned model could, in principle, estimate a conversation's offset from its utterances), so it
-is a reference close to the ceiling, not a proven bound. The masks are the evaluation's fixed
-test masks (``fixed_masks(test, rate, 0)``), the metric its weighted F1.
+modality contributes no factor. The conversation's and speakers' offsets are unknown to it
+too: it estimates them from the conversation (their posterior mean given the current emotion
+posterior, ``--iterations`` rounds; 0 treats them as independent noise per utterance). So it is
+a classifier the data allows, close to the best possible, not a proven bound. The masks are the
+evaluation's fixed test masks (``fixed_masks(test, rate, 0)``), the metric its weighted F1.
 """
 from __future__ import annotations
 
@@ -28,8 +28,20 @@ from iteach_fast.choices import MODALITIES
 from iteach_fast.data.dataset import CLASS_COUNTS
 from iteach_fast.data.masking import EVAL_RATES, fixed_masks
 from iteach_fast.data.sources import synthetic_spec
-from iteach_fast.data.synthetic import _CONFUSIONS, _RELIABILITY, SyntheticSpec, _prototypes, make_synthetic
+from iteach_fast.data.synthetic import (
+    _AMBIGUOUS_SCALE,
+    _CONFUSIONS,
+    _CONVERSATION_OFFSET,
+    _FEATURE_NOISE,
+    _RELIABILITY,
+    _SPEAKER_OFFSET,
+    SyntheticSpec,
+    _prototypes,
+    make_synthetic,
+)
 from iteach_fast.training.config import TrainConfig
+
+OFFSET_VAR = _CONVERSATION_OFFSET ** 2 + _SPEAKER_OFFSET ** 2  # what the offsets add to the unit noise
 
 
 def generator_parameters(spec: SyntheticSpec):
@@ -44,8 +56,8 @@ def _latents(conv: dict, spec: SyntheticSpec, maps) -> list:
     """Each modality's latent read back through its map's pseudo-inverse, and the read-back noise's covariance."""
     out = []
     for m, name in enumerate(MODALITIES):
-        pinv = np.linalg.pinv(maps[m])  # (d, r): x = z M + 0.3 e, so x pinv = z + 0.3 e pinv
-        out.append((conv[name].astype(np.float64) @ pinv, 0.09 * pinv.T @ pinv))
+        pinv = np.linalg.pinv(maps[m])  # (d, r): x = z M + s e, so x pinv = z + s e pinv
+        out.append((conv[name].astype(np.float64) @ pinv, _FEATURE_NOISE ** 2 * pinv.T @ pinv))
     return out
 
 
@@ -56,12 +68,12 @@ def emission_terms(latents, keep, spec: SyntheticSpec, protos, offsets=None):
     C, r = spec.num_classes, spec.latent
     n = len(keep)
     loglik, amb = np.zeros((n, C)), np.zeros((n, C, len(MODALITIES)))
-    strengths = (0.15 * spec.signal, spec.signal)
+    strengths = (_AMBIGUOUS_SCALE * spec.signal, spec.signal)
     with np.errstate(divide="ignore"):  # a weight of 0 is a component that never occurs: log 0 = -inf
         log_w = np.log([spec.ambiguous, 1.0 - spec.ambiguous])
     for m, (z, readback) in enumerate(latents):
         if offsets is None:
-            cov = (1.0 + 0.36 + 0.16) * np.eye(r) + readback
+            cov = (1.0 + OFFSET_VAR) * np.eye(r) + readback
         else:
             z = z - offsets[m]
             cov = np.eye(r) + readback
@@ -80,15 +92,16 @@ def emission_terms(latents, keep, spec: SyntheticSpec, protos, offsets=None):
 
 def estimate_offsets(latents, keep, speakers, post, amb, spec: SyntheticSpec, protos) -> list:
     """Each modality's conversation + speaker offset at each utterance: the posterior mean of
-    ``c + s_k`` (priors N(0, 0.6^2), N(0, 0.4^2)) given the residuals ``z - E[signal]`` of the
+    ``c + s_k`` (the generator's Gaussian priors) given the residuals ``z - E[signal]`` of the
     kept utterances, the signal's expectation taken over the current emotion posterior."""
     out = []
     for m, (z, _) in enumerate(latents):
-        scale = _RELIABILITY[m] * spec.signal * (1.0 - 0.85 * amb[..., m])  # E[strength | c] per (i, c)
+        # E[strength | c] per (i, c)
+        scale = _RELIABILITY[m] * spec.signal * (1.0 - (1.0 - _AMBIGUOUS_SCALE) * amb[..., m])
         signal = np.einsum("nc,nc,cr->nr", post, scale, protos[m][:post.shape[1]])
         kept = keep[:, m]
         A = np.stack([np.ones(len(z)), speakers == 0, speakers == 1], 1).astype(float)[kept]
-        P = np.diag([1 / 0.36, 1 / 0.16, 1 / 0.16]) + A.T @ A  # unit residual noise
+        P = np.diag([_CONVERSATION_OFFSET ** -2, _SPEAKER_OFFSET ** -2, _SPEAKER_OFFSET ** -2]) + A.T @ A  # unit noise
         coef = np.linalg.solve(P, A.T @ (z - signal)[kept]) if kept.any() else np.zeros((3, z.shape[1]))
         out.append(coef[0] + coef[1:][speakers])
     return out

@@ -35,6 +35,10 @@ _CONFUSIONS = {
 
 
 _RELIABILITY = (1.0, 0.8, 0.6)  # latent signal scale of text, audio, visual
+_AMBIGUOUS_SCALE = 0.15  # an ambiguous utterance's share of the signal
+_CONVERSATION_OFFSET = 0.6  # std of a conversation's constant latent offset (recording conditions)
+_SPEAKER_OFFSET = 0.4  # std of a speaker's constant latent offset
+_FEATURE_NOISE = 0.3  # std of the noise added after the latent-to-feature map
 
 
 @dataclass
@@ -110,7 +114,7 @@ def make_synthetic(spec: SyntheticSpec) -> DataSplits:
             turns = rng.random(n) < 0.8
             turns[0] = bool(rng.integers(2))
             speakers = (np.cumsum(turns) % 2).astype(np.int64)
-        strength = np.where(rng.random(n) < spec.ambiguous, 0.15, 1.0) * spec.signal
+        strength = np.where(rng.random(n) < spec.ambiguous, _AMBIGUOUS_SCALE, 1.0) * spec.signal
         conv = {"id": f"syn{ci:04d}", "labels": labels, "speakers": speakers}
         for m, name in enumerate(MODALITIES):
             if regression:
@@ -119,10 +123,10 @@ def make_synthetic(spec: SyntheticSpec) -> DataSplits:
             else:
                 signal = protos[m][labels]
             z = _RELIABILITY[m] * strength[:, None] * signal
-            z = z + 0.6 * rng.standard_normal(r)  # conversation offset (recording conditions)
-            z = z + 0.4 * rng.standard_normal((2, r))[speakers]  # speaker offset
+            z = z + _CONVERSATION_OFFSET * rng.standard_normal(r)
+            z = z + _SPEAKER_OFFSET * rng.standard_normal((2, r))[speakers]
             z = z + rng.standard_normal((n, r))
-            x = z @ maps[m] + 0.3 * rng.standard_normal((n, spec.dims[m]))
+            x = z @ maps[m] + _FEATURE_NOISE * rng.standard_normal((n, spec.dims[m]))
             conv[name] = x.astype(np.float32)
         conversations.append(conv)
 

@@ -32,8 +32,14 @@ sys.exit(1 if failed else 0)
 """
 
 
-def _backend_missing() -> str | None:
+def _compiled_env() -> dict:
+    """This environment without the interpreter switch, the checkout importable."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def _backend_missing(env: dict) -> str | None:
     probe = subprocess.run([sys.executable, "-c", "from triton.backends.nvidia.compiler import CUDABackend"],
                            env=env, capture_output=True, text=True)
     return None if probe.returncode == 0 else f"triton's CUDA backend is not importable: {probe.stderr[-300:]}"
@@ -41,11 +47,10 @@ def _backend_missing() -> str | None:
 
 @pytest.mark.parametrize("float_type", ["fp32", "fp64"], ids=["as-launched", "as-inductor-types-floats"])
 def test_every_kernel_compiles_for_sm90(float_type):
-    missing = _backend_missing()
+    env = _compiled_env()
+    missing = _backend_missing(env)
     if missing:
         pytest.skip(missing)
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     run = subprocess.run([sys.executable, "-c", SCRIPT, float_type], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, f"kernels that do not compile with float arguments as {float_type}:\n" \
