@@ -4,6 +4,7 @@ seeds, measured on the validation split (where settings are chosen) and on the t
 
     python experiments/recipe.py run    --out DIR [--variants a,b,...] [--seeds 0,1,2]
     python experiments/recipe.py report --out DIR [--variants a,b,...]      # markdown on stdout
+    python experiments/recipe.py masks  --out DIR --variants a [--mask-seeds 5]  # evaluation noise
 
 ``run`` trains what is missing (a finished run is kept: re-running continues), one thread per
 process; ``report`` tabulates every finished run. A run measures, from its ``best.pt`` (the
@@ -15,6 +16,11 @@ Two validation columns: the student's score at the epoch chosen on validation (t
 over the run's epochs, so the noisier a run's epoch-to-epoch score, the more it is flattered:
 the winner's curse), and its level, the selection score averaged over the last 20 epochs,
 which no epoch was chosen on; ``epoch sd`` is the spread of that score from epoch to epoch.
+
+``masks`` asks how much of the seed-to-seed spread is the test masks': every finished run and
+its baselines (the same models as ``run``'s) scored on the test split with mask seeds
+``0 .. N-1`` at each rate, paired by seed after averaging over the masks, and at the highest
+rate split by the one modality each utterance kept (cached per run as ``masks.json``).
 """
 from __future__ import annotations
 
@@ -27,12 +33,20 @@ import time
 import numpy as np
 import torch
 
-from iteach_fast.data.masking import EVAL_RATES
-from iteach_fast.evaluation.baselines import baselines_for_run
+from iteach_fast.choices import MODALITIES
+from iteach_fast.data.masking import EVAL_RATES, fixed_masks
+from iteach_fast.evaluation.baselines import (
+    BaselineConfig,
+    baselines_for_run,
+    fit_linear,
+    gru_predictions,
+    linear_predictions,
+    train_gru,
+)
 from iteach_fast.training.checkpoint import load_for_eval
 from iteach_fast.training.config import TrainConfig
 from iteach_fast.training.loop import train
-from iteach_fast.training.validation import evaluate_rates
+from iteach_fast.training.validation import compute_metrics, evaluate_rates, predictions
 
 #: the demo's recipe before this search (the paper's model, 10 epochs): every variant changes it
 BASE = dict(syn_conversations=120, syn_max_len=60, dim=32, heads=4, max_len=60, epochs=10, batch_size=8, lr=1e-3,
@@ -218,6 +232,94 @@ def report(out: str, variants) -> str:
     return "\n".join(lines)
 
 
+def mask_scores(out: str, variant: str, seed: int, n_masks: int) -> dict:
+    """One run's student and its two context baselines on the test split at every rate with
+    mask seeds ``0 .. n_masks-1``: ``{"waf": {model: [[WAF per rate] per mask]}, "kept": {model:
+    {modality: [WAF per mask]}}}``, ``kept`` at the highest rate over the utterances that kept
+    exactly that one modality. Cached in the run's folder."""
+    folder = os.path.join(out, "runs", f"{variant}-s{seed}")
+    path = os.path.join(folder, "masks.json")
+    if os.path.isfile(path):
+        with open(path) as f:
+            cached = json.load(f)
+        if len(cached["waf"]["student"]) >= n_masks:
+            return cached
+    net, _, splits, _ = load_for_eval(os.path.join(folder, "best.pt"), device="cpu")
+    cfg = config(variant, seed, out)
+    k = baselines(out, seed, variant)["test"]["logreg_context_k"]  # the window the run's baseline chose
+    bcfg = BaselineConfig.from_train_config(cfg)
+    linear, (gru, _) = fit_linear(splits, bcfg), train_gru(splits, bcfg)
+    data = splits.test
+    y = np.concatenate([np.asarray(c["labels"]) for c in data])
+    result = {"waf": {m: [] for m in ("student", "gru", "logreg_context")},
+              "kept": {m: {name: [] for name in MODALITIES} for m in ("student", "gru", "logreg_context")}}
+    waf = lambda sel, p: compute_metrics(y[sel], p[sel])["waf"]  # noqa: E731
+    for mask_seed in range(n_masks):
+        per_rate = {m: [] for m in result["waf"]}
+        for rate in EVAL_RATES:
+            masks = fixed_masks(data, rate, mask_seed)
+            plain = {cid: m.numpy() for cid, m in masks.items()}
+            preds = {"student": predictions(net, data, masks)[1],
+                     "gru": np.concatenate([gru_predictions(gru, data, plain, False)[c["id"]] for c in data]),
+                     "logreg_context": np.concatenate([linear_predictions(linear, data, plain, k, False)[c["id"]]
+                                                       for c in data])}
+            for m, p in preds.items():
+                per_rate[m].append(waf(slice(None), p))
+            if rate == EVAL_RATES[-1]:
+                kept = np.concatenate([plain[c["id"]] for c in data])
+                for i, name in enumerate(MODALITIES):
+                    only = kept[:, i] & (kept.sum(1) == 1)
+                    for m, p in preds.items():
+                        result["kept"][m][name].append(waf(only, p))
+        for m, v in per_rate.items():
+            result["waf"][m].append(v)
+    with open(path, "w") as f:
+        json.dump(result, f)
+    return result
+
+
+def mask_report(out: str, variant: str, n_masks: int) -> str:
+    """Per rate: the student minus the best baseline, paired by seed, with one mask (``run``'s)
+    and averaged over ``n_masks``; the spread over seeds and over masks; the kept modalities."""
+    seeds = sorted(r["seed"] for r in _finished(out, variant))
+    scores = [mask_scores(out, variant, s, n_masks) for s in seeds]
+    arr = {m: np.array([sc["waf"][m][:n_masks] for sc in scores]) for m in ("student", "gru", "logreg_context")}
+    diff = arr["student"] - np.maximum(arr["gru"], arr["logreg_context"])  # (seeds, masks, rates)
+    rates = " | ".join(f"{r:.1f}" for r in EVAL_RATES)
+    lines = [f"{variant}: {len(seeds)} seeds ({seeds[0]}..{seeds[-1]}), {n_masks} test masks per rate; WAF %", "",
+             f"| | {rates} |", "|---|" + "---|" * len(EVAL_RATES)]
+    rows = [("student, mean over seeds and masks", arr["student"].mean((0, 1))),
+            ("BiGRU", arr["gru"].mean((0, 1))), ("logreg ± k", arr["logreg_context"].mean((0, 1)))]
+    lines += [f"| {name} | " + " | ".join(f"{x:.2f}" for x in v) + " |" for name, v in rows]
+    lines.append("| student − best baseline, mask 0 (`run`'s) | "
+                 + " | ".join(_paired(diff[:, 0, i]) for i in range(len(EVAL_RATES))) + " |")
+    lines.append(f"| student − best baseline, mean of {n_masks} masks | "
+                 + " | ".join(_paired(diff.mean(1)[:, i]) for i in range(len(EVAL_RATES))) + " |")
+    lines.append("| its sd over seeds, mask 0 / mean of masks | " + " | ".join(
+        f"{diff[:, 0, i].std(ddof=1):.2f} / {diff.mean(1)[:, i].std(ddof=1):.2f}" for i in range(len(EVAL_RATES)))
+                 + " |")
+    lines.append("| its sd over masks within a seed | " + " | ".join(
+        f"{diff[:, :, i].std(1, ddof=1).mean():.2f}" if n_masks > 1 else "" for i in range(len(EVAL_RATES))) + " |")
+    lines += ["", f"at rate {EVAL_RATES[-1]}, the utterances that kept one modality only (mean of masks; paired by "
+              "seed):", "", "| kept | student | BiGRU | student − BiGRU |", "|---|---|---|---|"]
+    for name in MODALITIES:
+        s_, g_ = (np.array([np.mean(sc["kept"][m][name][:n_masks]) for sc in scores]) for m in ("student", "gru"))
+        lines.append(f"| {name} | {s_.mean():.2f} | {g_.mean():.2f} | {_paired(s_ - g_)} |")
+    return "\n".join(lines)
+
+
+def _finished(out: str, variant: str) -> list:
+    runs = []
+    for name in os.listdir(os.path.join(out, "runs")):
+        path = os.path.join(out, "runs", name, "result.json")
+        if name.startswith(f"{variant}-s") and os.path.isfile(path):
+            with open(path) as f:
+                r = json.load(f)
+            if r["variant"] == variant:
+                runs.append(r)
+    return runs
+
+
 def _paired(d: np.ndarray) -> str:
     """``mean ± standard error`` of per-seed differences (no error from one seed)."""
     if len(d) < 2:
@@ -227,10 +329,11 @@ def _paired(d: np.ndarray) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("what", choices=("run", "report"))
+    p.add_argument("what", choices=("run", "report", "masks"))
     p.add_argument("--out", required=True, help="the folder of the runs and their results")
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of: {', '.join(VARIANTS)}")
     p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--mask-seeds", type=int, default=5, help="masks: test masks per rate (seeds 0..N-1)")
     args = p.parse_args(argv)
     variants = [v for v in args.variants.split(",") if v]
     unknown = [v for v in variants if v not in VARIANTS]
@@ -239,6 +342,11 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     if args.what == "report":
         print(report(args.out, variants))
+        return 0
+    if args.what == "masks":
+        if args.mask_seeds < 1:
+            p.error(f"--mask-seeds must be >= 1, got {args.mask_seeds}")
+        print("\n\n".join(mask_report(args.out, v, args.mask_seeds) for v in variants))
         return 0
     for seed in [int(s) for s in args.seeds.split(",")]:
         baselines(args.out, seed)

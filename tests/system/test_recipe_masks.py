@@ -1,0 +1,37 @@
+"""experiments/recipe.py's ``masks``: with mask seed 0 it scores exactly what ``run`` and the
+cached baselines scored (the same models, the same masks), and other mask seeds draw other masks."""
+import importlib.util
+import json
+import os
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _recipe():
+    spec = importlib.util.spec_from_file_location("recipe", os.path.join(ROOT, "experiments", "recipe.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_masks_mask_zero_is_runs_own_and_the_report_pairs_by_seed(tmp_path):
+    recipe = _recipe()
+    recipe.BASE = {**recipe.BASE, "syn_conversations": 16, "syn_max_len": 12, "max_len": 12, "dim": 8, "heads": 2}
+    recipe.VARIANTS = {"tiny": {"epochs": 1, "dist": 3, "early_fusion": "all", "recurrent": True}}
+    out = str(tmp_path)
+    for seed in (0, 1):
+        recipe.run_one(out, "tiny", seed)
+    scores = recipe.mask_scores(out, "tiny", 0, 2)
+    with open(os.path.join(out, "runs", "tiny-s0", "result.json")) as f:
+        result = json.load(f)
+    cached = recipe.baselines(out, 0, "tiny")["test"]["rows"]
+    np.testing.assert_allclose(scores["waf"]["student"][0], result["student_test"])
+    for name in ("gru", "logreg_context"):
+        np.testing.assert_allclose(scores["waf"][name][0], [r["waf"] for r in cached[name]])
+    assert scores["waf"]["student"][1] != scores["waf"]["student"][0]  # another draw of the masks
+    assert set(scores["kept"]["student"]) == {"text", "audio", "visual"}
+    text = recipe.mask_report(out, "tiny", 2)
+    assert "2 seeds (0..1), 2 test masks per rate" in text and "mean of 2 masks" in text
+    assert os.path.isfile(os.path.join(out, "runs", "tiny-s1", "masks.json"))
