@@ -43,6 +43,7 @@ from iteach_fast.evaluation.baselines import (
     linear_predictions,
     train_gru,
 )
+from iteach_fast.files import atomic_write
 from iteach_fast.training.checkpoint import load_for_eval
 from iteach_fast.training.config import TrainConfig
 from iteach_fast.training.loop import train
@@ -273,8 +274,7 @@ def mask_scores(out: str, variant: str, seed: int, n_masks: int) -> dict:
                         result["kept"][m][name].append(waf(only, p))
         for m, v in per_rate.items():
             result["waf"][m].append(v)
-    with open(path, "w") as f:
-        json.dump(result, f)
+    atomic_write(path, json.dumps(result))  # a run cut off mid-write leaves no half file behind
     return result
 
 
