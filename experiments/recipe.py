@@ -166,13 +166,7 @@ def baselines(out: str, seed: int, variant: str = "paper-e10") -> dict:
 
 
 def report(out: str, variants) -> str:
-    runs = {}
-    for name in os.listdir(os.path.join(out, "runs")):
-        path = os.path.join(out, "runs", name, "result.json")
-        if os.path.isfile(path):
-            with open(path) as f:
-                r = json.load(f)
-            runs.setdefault(r["variant"], []).append(r)
+    runs = _finished(out)
     seeds = sorted({r["seed"] for rs in runs.values() for r in rs})
     base = {s: baselines(out, s) for s in seeds}
     own = {name: {r["seed"]: baselines(out, r["seed"], name) for r in rs} for name, rs in runs.items()
@@ -281,7 +275,9 @@ def mask_scores(out: str, variant: str, seed: int, n_masks: int) -> dict:
 def mask_report(out: str, variant: str, n_masks: int) -> str:
     """Per rate: the student minus the best baseline, paired by seed, with one mask (``run``'s)
     and averaged over ``n_masks``; the spread over seeds and over masks; the kept modalities."""
-    seeds = sorted(r["seed"] for r in _finished(out, variant))
+    seeds = sorted(r["seed"] for r in _finished(out).get(variant, []))
+    if not seeds:
+        raise SystemExit(f"masks: no finished run of {variant} in {os.path.join(out, 'runs')} (train it with `run`)")
     scores = [mask_scores(out, variant, s, n_masks) for s in seeds]
     arr = {m: np.array([sc["waf"][m][:n_masks] for sc in scores]) for m in ("student", "gru", "logreg_context")}
     diff = arr["student"] - np.maximum(arr["gru"], arr["logreg_context"])  # (seeds, masks, rates)
@@ -308,15 +304,15 @@ def mask_report(out: str, variant: str, n_masks: int) -> str:
     return "\n".join(lines)
 
 
-def _finished(out: str, variant: str) -> list:
-    runs = []
+def _finished(out: str) -> dict:
+    """``{variant: [result per finished run]}`` of the runs in ``out``."""
+    runs = {}
     for name in os.listdir(os.path.join(out, "runs")):
         path = os.path.join(out, "runs", name, "result.json")
-        if name.startswith(f"{variant}-s") and os.path.isfile(path):
+        if os.path.isfile(path):
             with open(path) as f:
                 r = json.load(f)
-            if r["variant"] == variant:
-                runs.append(r)
+            runs.setdefault(r["variant"], []).append(r)
     return runs
 
 

@@ -5,6 +5,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -35,3 +36,11 @@ def test_masks_mask_zero_is_runs_own_and_the_report_pairs_by_seed(tmp_path):
     text = recipe.mask_report(out, "tiny", 2)
     assert "2 seeds (0..1), 2 test masks per rate" in text and "mean of 2 masks" in text
     assert os.path.isfile(os.path.join(out, "runs", "tiny-s1", "masks.json"))
+
+
+def test_masks_without_finished_runs_names_the_folder(tmp_path):
+    recipe = _recipe()
+    os.makedirs(tmp_path / "runs")
+    with pytest.raises(SystemExit, match="no finished run of paper-e10") as err:
+        recipe.mask_report(str(tmp_path), "paper-e10", 2)
+    assert str(tmp_path) in str(err.value)
