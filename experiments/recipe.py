@@ -110,6 +110,11 @@ VARIANTS = {
     "earlyall-cross-dist3-lr3e-3-ema.99-gru-n480-e40": {**CHOSEN, "syn_conversations": 480},
     # the training rates drawn with a density rising to 0.7 (the baselines train with the same draw)
     "earlyall-cross-dist3-lr3e-3-ema.99-gru-pow2-e40": {**CHOSEN, "rate_power": 2.0},
+    "earlyall-cross-dist3-lr3e-3-ema.99-gru-pow0.5-e40": {**CHOSEN, "rate_power": 0.5},
+    # the optimisation and the masks: clipping, a smaller batch, whole-conversation outages (the baselines see none)
+    "earlyall-cross-dist3-lr3e-3-ema.99-gru-clip1-e40": {**CHOSEN, "grad_clip": 1.0},
+    "earlyall-cross-dist3-lr3e-3-ema.99-gru-b4-e40": {**CHOSEN, "batch_size": 4},
+    "earlyall-cross-dist3-lr3e-3-ema.99-gru-outage0.1-e40": {**CHOSEN, "outage_prob": 0.1},
     "earlyall-cross-dist3-lr3e-3-gru-e40": {"epochs": 40, "dist": 3, "early_fusion": "all", "cross_ecce": True,
                                             "lr": 3e-3, "recurrent": True},
     "dist3-ema.99-gru-e40": {"epochs": 40, "dist": 3, "ema": 0.99, "recurrent": True},
