@@ -1,5 +1,8 @@
 """What the system tests share beside the fixtures of conftest.py: running the command line in
-this process, and what a refusal must look like."""
+this process, what a refusal must look like, and loading a script of ``experiments/``."""
+import importlib.util
+import os
+
 import pytest
 
 from iteach_fast import cli
@@ -27,3 +30,12 @@ def one_line_error(rc, err, *words):
     assert rc == 2 and len(lines) == 1 and "Traceback" not in err, err
     for w in words:
         assert w in lines[0], (w, lines[0])
+
+
+def experiment(name: str):
+    """The module ``experiments/<name>.py`` (a script folder, not a package), freshly loaded."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    spec = importlib.util.spec_from_file_location(name, os.path.join(root, "experiments", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

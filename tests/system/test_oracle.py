@@ -1,25 +1,14 @@
 """experiments/oracle.py reads the synthetic generator's own parameters: with a strong signal
 and no ambiguous utterances its reference is nearly perfect, with parameters from another seed
 it is not (so a change to the generator's draws cannot go unnoticed)."""
-import importlib.util
-import os
-
 import numpy as np
 
 from iteach_fast.data.synthetic import SyntheticSpec
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def _oracle():
-    spec = importlib.util.spec_from_file_location("oracle", os.path.join(ROOT, "experiments", "oracle.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.system.helpers import experiment
 
 
 def test_the_reference_reads_the_generators_parameters():
-    oracle = _oracle()
+    oracle = experiment("oracle")
     clear = SyntheticSpec(num_conversations=20, min_len=5, max_len=20, seed=4, signal=8.0, ambiguous=0.0)
     assert oracle.oracle_waf(clear, rates=(0.0,))[0] > 97.0
     # the same data scored with another seed's prototypes and maps: far from it
@@ -32,7 +21,7 @@ def test_the_reference_reads_the_generators_parameters():
 
 
 def test_estimating_the_offsets_helps_and_more_missing_costs():
-    oracle = _oracle()
+    oracle = experiment("oracle")
     spec = SyntheticSpec(num_conversations=40, min_len=10, max_len=40, seed=1)
     white = np.array(oracle.oracle_waf(spec, rates=(0.0, 0.7), iterations=0))
     estimated = np.array(oracle.oracle_waf(spec, rates=(0.0, 0.7), iterations=3))

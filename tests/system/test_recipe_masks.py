@@ -1,24 +1,16 @@
 """experiments/recipe.py's ``masks``: with mask seed 0 it scores exactly what ``run`` and the
 cached baselines scored (the same models, the same masks), and other mask seeds draw other masks."""
-import importlib.util
 import json
 import os
 
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def _recipe():
-    spec = importlib.util.spec_from_file_location("recipe", os.path.join(ROOT, "experiments", "recipe.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.system.helpers import experiment
 
 
 def test_masks_mask_zero_is_runs_own_and_the_report_pairs_by_seed(tmp_path):
-    recipe = _recipe()
+    recipe = experiment("recipe")
     recipe.BASE = {**recipe.BASE, "syn_conversations": 16, "syn_max_len": 12, "max_len": 12, "dim": 8, "heads": 2}
     recipe.VARIANTS = {"tiny": {"epochs": 1, "dist": 3, "early_fusion": "all", "recurrent": True}}
     out = str(tmp_path)
@@ -39,7 +31,7 @@ def test_masks_mask_zero_is_runs_own_and_the_report_pairs_by_seed(tmp_path):
 
 
 def test_masks_without_finished_runs_names_the_folder(tmp_path):
-    recipe = _recipe()
+    recipe = experiment("recipe")
     os.makedirs(tmp_path / "runs")
     with pytest.raises(SystemExit, match="no finished run of paper-e10") as err:
         recipe.mask_report(str(tmp_path), "paper-e10", 2)
