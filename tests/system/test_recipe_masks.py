@@ -36,3 +36,19 @@ def test_masks_without_finished_runs_names_the_folder(tmp_path):
     with pytest.raises(SystemExit, match="no finished run of paper-e10") as err:
         recipe.mask_report(str(tmp_path), "paper-e10", 2)
     assert str(tmp_path) in str(err.value)
+
+
+def test_report_shows_a_variant_on_other_data_beside_its_own_baselines(tmp_path):
+    recipe = experiment("recipe")
+    recipe.BASE = {**recipe.BASE, "syn_conversations": 16, "syn_max_len": 12, "max_len": 12, "dim": 8, "heads": 2}
+    tiny = {"epochs": 1, "dist": 3}
+    recipe.VARIANTS = {"paper-e10": {}, "tiny": tiny, "tiny-n24": {**tiny, "syn_conversations": 24}}
+    out = str(tmp_path)
+    for name in ("tiny", "tiny-n24"):
+        recipe.run_one(out, name, 0)
+    text = recipe.report(out, ["tiny", "tiny-n24"])
+    assert "| best baseline, tiny-n24's data and draw | 0 |" in text
+    assert "best baseline, tiny's data" not in text  # the default data: the first row is its own
+    ours = recipe.baselines(out, 0, "tiny-n24")["test"]["rows"]
+    best = np.maximum(*[[r["waf"] for r in ours[n]] for n in ("logreg_context", "gru")])
+    assert " | ".join(f"{x:.2f}" for x in best) in text
