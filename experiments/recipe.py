@@ -103,6 +103,8 @@ VARIANTS = {
     "earlyall-cross-dist3-lr3e-3-ema.99-gru-rec0.1-e40": {**CHOSEN, "rec_weight": 0.1},
     "earlyall-cross-dist3-lr3e-3-ema.99-gru-rec3-e40": {**CHOSEN, "rec_weight": 3.0},
     "earlyall-cross-dist5-lr3e-3-ema.99-gru-e40": {**CHOSEN, "dist": 5},
+    "earlyall-cross-dist2-lr3e-3-ema.99-gru-e40": {**CHOSEN, "dist": 2},
+    "earlyall-cross-dist3-lr3e-3-ema.99-gru-heads2-e40": {**CHOSEN, "heads": 2},
     "earlyall-cross-dist3-lr3e-3-ema.99-gru-studenttf-e40": {**CHOSEN, "student_mixer": "tf"},
     "earlyall-cross-dist3-lr3e-3-ema.99-gru-student2-e40": {**CHOSEN, "student_layers": 2},
     "earlyall-cross-dist3-lr3e-3-ema.99-gru-wd0.1-e40": {**CHOSEN, "weight_decay": 0.1},
