@@ -109,7 +109,7 @@ VARIANTS = {
     "earlyall-cross-dist3-lr3e-3-ema.99-gru-student2-e40": {**CHOSEN, "student_layers": 2},
     "earlyall-cross-dist3-lr3e-3-ema.99-gru-wd0.1-e40": {**CHOSEN, "weight_decay": 0.1},
     "earlyall-cross-dist3-lr3e-3-ema.99-gru-wd0.5-e40": {**CHOSEN, "weight_decay": 0.5},
-    # four times the conversations (the baselines trained on the same larger set): is the gap a small-data effect?
+    # two and four times the conversations (baselines trained on the same larger set): a small-data effect?
     "earlyall-cross-dist3-lr3e-3-ema.99-gru-n480-e40": {**CHOSEN, "syn_conversations": 480},
     "earlyall-cross-dist3-lr3e-3-ema.99-gru-n240-e40": {**CHOSEN, "syn_conversations": 240},
     # the training rates drawn with a density rising to 0.7 (the baselines train with the same draw)
